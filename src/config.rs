@@ -1,0 +1,476 @@
+//! The YAML configuration: parsed (`RawConfig`, every struct denies unknown keys because the
+//! config ships with the binary and a typo must not silently fall back to a default), then
+//! validated into [`Config`], with the key path in every error.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::hub::upstream::{HostPattern, Origin};
+
+/// The embedded default, also what `hf-edge serve` runs with no `--config`.
+pub const DEFAULT_YAML: &str = include_str!("../conf/hf-edge.yaml");
+
+/// A config error: the dotted key path and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A secret (an upstream token): never printed, not even by `{:?}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Pingora worker threads for the proxy service.
+    pub threads: usize,
+    pub upstream: Upstream,
+    pub cache: Cache,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub endpoint: Origin,
+    /// The site's token, sent for clients that bring none of their own.
+    pub token: Option<Secret>,
+    /// Hosts whose absolute redirects are followed (without `Authorization`).
+    pub cdn_hosts: Vec<HostPattern>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    pub dir: PathBuf,
+    pub max_size: u64,
+    /// How long a branch or tag → commit answer is trusted.
+    pub revision_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub listen: SocketAddr,
+}
+
+// === raw (as written) ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    #[serde(default)]
+    threads: Option<usize>,
+    upstream: RawUpstream,
+    cache: RawCache,
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    endpoint: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default = "default_cdn_hosts")]
+    cdn_hosts: Vec<String>,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: RawValue,
+    #[serde(default = "default_read_timeout")]
+    read_timeout: RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    dir: PathBuf,
+    max_size: RawValue,
+    #[serde(default = "default_revision_ttl")]
+    revision_ttl: RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+/// A size or duration, written as a number or a string with a unit.
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum RawValue {
+    Int(u64),
+    Str(String),
+}
+
+fn default_cdn_hosts() -> Vec<String> {
+    ["*.hf.co", "*.huggingface.co", "*.xethub.hf.co"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_connect_timeout() -> RawValue {
+    RawValue::Str("10s".into())
+}
+fn default_read_timeout() -> RawValue {
+    RawValue::Str("60s".into())
+}
+fn default_revision_ttl() -> RawValue {
+    RawValue::Str("60s".into())
+}
+
+// === loading and validation ===
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_yaml(&text, &file, |k| std::env::var(k).ok())
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Config {
+        Self::from_yaml(DEFAULT_YAML, "<embedded default>", |k| {
+            std::env::var(k).ok()
+        })
+        .expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates YAML; `env` supplies `HF_TOKEN` (a parameter so tests stay pure).
+    pub fn from_yaml(
+        text: &str,
+        file: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let de = serde_yaml::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." {
+                "<root>".to_string()
+            } else {
+                key
+            };
+            // serde_yaml appends " at line N column M"; keep it, it helps find the key.
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        raw.validate(env)
+            .map_err(|(key, message)| invalid(&key, message))
+    }
+}
+
+type Invalid = (String, String);
+
+fn bad(key: &str, message: impl Into<String>) -> Invalid {
+    (key.to_string(), message.into())
+}
+
+impl RawConfig {
+    fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, Invalid> {
+        let listen = parse_addr("listen", &self.listen)?;
+        let threads = match self.threads {
+            Some(0) => return Err(bad("threads", "must be at least 1")),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let u = self.upstream;
+        let endpoint = Origin::parse(&u.endpoint).map_err(|m| bad("upstream.endpoint", m))?;
+        if endpoint.has_path() {
+            return Err(bad(
+                "upstream.endpoint",
+                "must be an origin without a path, like https://huggingface.co",
+            ));
+        }
+        let token = match (u.token, u.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "upstream.token_file",
+                    "set either upstream.token or upstream.token_file, not both",
+                ))
+            }
+            (Some(t), None) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| bad("upstream.token_file", format!("{}: {e}", path.display())))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => env("HF_TOKEN"),
+        };
+        let token = match token {
+            Some(t) if t.trim().is_empty() => None,
+            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(bad("upstream.token", "must not contain whitespace"))
+            }
+            t => t.map(Secret::new),
+        };
+        let cdn_hosts = u
+            .cdn_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                HostPattern::parse(h).map_err(|m| bad(&format!("upstream.cdn_hosts[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let upstream = Upstream {
+            endpoint,
+            token,
+            cdn_hosts,
+            connect_timeout: duration("upstream.connect_timeout", &u.connect_timeout)?,
+            read_timeout: duration("upstream.read_timeout", &u.read_timeout)?,
+        };
+
+        let c = self.cache;
+        if c.dir.as_os_str().is_empty() {
+            return Err(bad("cache.dir", "must not be empty"));
+        }
+        let max_size = size("cache.max_size", &c.max_size)?;
+        if max_size == 0 {
+            return Err(bad("cache.max_size", "must be greater than 0"));
+        }
+        let cache = Cache {
+            dir: c.dir,
+            max_size,
+            revision_ttl: duration("cache.revision_ttl", &c.revision_ttl)?,
+        };
+        let metrics = Metrics {
+            listen: parse_addr("metrics.listen", &self.metrics.listen)?,
+        };
+        if metrics.listen == listen && listen.port() != 0 {
+            return Err(bad("metrics.listen", "must differ from listen"));
+        }
+        Ok(Config {
+            listen,
+            threads,
+            upstream,
+            cache,
+            metrics,
+        })
+    }
+}
+
+fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
+    s.parse().map_err(|_| {
+        bad(
+            key,
+            format!("{s:?} is not an address like 127.0.0.1:8080 or [::]:8080"),
+        )
+    })
+}
+
+fn size(key: &str, v: &RawValue) -> Result<u64, Invalid> {
+    match v {
+        RawValue::Int(n) => Ok(*n),
+        RawValue::Str(s) => parse_size(s).ok_or_else(|| {
+            bad(
+                key,
+                format!("{s:?} is not a size like 100GiB, 500MB or 1048576"),
+            )
+        }),
+    }
+}
+
+fn duration(key: &str, v: &RawValue) -> Result<Duration, Invalid> {
+    match v {
+        RawValue::Int(n) => Ok(Duration::from_secs(*n)),
+        RawValue::Str(s) => parse_duration(s).ok_or_else(|| {
+            bad(
+                key,
+                format!("{s:?} is not a duration like 60s, 5m or 500ms"),
+            )
+        }),
+    }
+}
+
+/// Parses `100GiB`, `1.5 GB`, `512MiB`, `1024` (bytes). Decimal units are powers of 1000,
+/// binary ones (`KiB`...) powers of 1024.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000u64.pow(2),
+        "g" | "gb" => 1000u64.pow(3),
+        "t" | "tb" => 1000u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    if num.contains('.') {
+        let v: f64 = num.parse().ok()?;
+        let bytes = v * mult as f64;
+        (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+    } else {
+        num.parse::<u64>().ok()?.checked_mul(mult)
+    }
+}
+
+/// Parses `60s`, `5m`, `1h`, `500ms`, `2d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "s" | "" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86400)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+listen: "127.0.0.1:8080"
+upstream:
+  endpoint: "https://huggingface.co"
+cache:
+  dir: "/tmp/c"
+  max_size: "100GiB"
+metrics:
+  listen: "127.0.0.1:9090"
+"#;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(yaml, "t.yaml", |_| None)
+    }
+
+    fn err(yaml: &str) -> String {
+        parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn embedded_default_matches_the_contract() {
+        let c = Config::from_yaml(DEFAULT_YAML, "d", |_| None).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.upstream.endpoint.to_string(), "https://huggingface.co");
+        assert_eq!(c.cache.dir, PathBuf::from("./hf-edge-cache"));
+        assert_eq!(c.cache.max_size, 100 << 30);
+        assert_eq!(c.cache.revision_ttl, Duration::from_secs(60));
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
+        assert!(c.upstream.token.is_none());
+    }
+
+    #[test]
+    fn token_falls_back_to_hf_token_and_is_redacted() {
+        let c = Config::from_yaml(MINIMAL, "t", |k| (k == "HF_TOKEN").then(|| "hf_x".into()));
+        let c = c.unwrap();
+        assert_eq!(c.upstream.token.as_ref().unwrap().expose(), "hf_x");
+        assert!(!format!("{c:?}").contains("hf_x"));
+        let explicit = MINIMAL.replace(
+            "endpoint: \"https://huggingface.co\"",
+            "endpoint: \"https://huggingface.co\"\n  token: hf_cfg",
+        );
+        let c = Config::from_yaml(&explicit, "t", |_| Some("hf_env".into())).unwrap();
+        assert_eq!(c.upstream.token.unwrap().expose(), "hf_cfg");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("dir:", "dirr:"),
+                "cache: unknown field `dirr`",
+            ),
+            (
+                MINIMAL.replace("\"100GiB\"", "\"100 parsecs\""),
+                "cache.max_size: \"100 parsecs\" is not a size",
+            ),
+            (
+                MINIMAL.replace("\"127.0.0.1:9090\"", "\"nowhere\""),
+                "metrics.listen: \"nowhere\" is not an address",
+            ),
+            (
+                MINIMAL.replace("https://huggingface.co", "ftp://x"),
+                "upstream.endpoint:",
+            ),
+            (
+                MINIMAL.replace("https://huggingface.co", "https://h.co/api"),
+                "upstream.endpoint: must be an origin without a path",
+            ),
+            (format!("{MINIMAL}\nbogus: 1\n"), "unknown field `bogus`"),
+            (
+                MINIMAL.replace("max_size: \"100GiB\"", "max_size: 0"),
+                "cache.max_size: must be greater than 0",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = err(&yaml);
+            assert!(got.contains(want), "{got:?} should contain {want:?}");
+            assert!(got.starts_with("t.yaml: "), "{got}");
+            assert!(!got.contains('\n'), "one line: {got:?}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100GiB"), Some(100 << 30));
+        assert_eq!(parse_size("1.5 GB"), Some(1_500_000_000));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("10kb"), Some(10_000));
+        assert_eq!(parse_size("GiB"), None);
+        assert_eq!(parse_size("-1GiB"), None);
+        assert_eq!(parse_size("99999999999TiB"), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

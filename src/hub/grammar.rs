@@ -1,0 +1,408 @@
+//! The Hub's URL grammar: a raw request path → a typed [`Route`]. Pure, no I/O.
+//!
+//! The raw path is split on `/` *before* percent-decoding, because a revision such as
+//! `refs%2Fpr%2F1` is one segment whose decoded form contains slashes, while a `/` in a
+//! filename separates real folders. The raw path is what goes upstream, unchanged.
+
+use std::fmt;
+
+use percent_encoding::percent_decode_str;
+
+/// The kind of repository, from the path prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RepoType {
+    Model,
+    Dataset,
+    Space,
+    Kernel,
+}
+
+impl RepoType {
+    /// The path prefix used by `/resolve` URLs (`""` for models).
+    pub fn url_prefix(self) -> &'static str {
+        match self {
+            RepoType::Model => "",
+            RepoType::Dataset => "datasets/",
+            RepoType::Space => "spaces/",
+            RepoType::Kernel => "kernels/",
+        }
+    }
+
+    /// The plural used by `/api/{type}s/...`.
+    pub fn api_plural(self) -> &'static str {
+        match self {
+            RepoType::Model => "models",
+            RepoType::Dataset => "datasets",
+            RepoType::Space => "spaces",
+            RepoType::Kernel => "kernels",
+        }
+    }
+}
+
+/// A repository: its type and its id (`gpt2` or `org/name`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repo {
+    pub kind: RepoType,
+    pub id: String,
+}
+
+impl fmt::Display for Repo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.kind.url_prefix(), self.id)
+    }
+}
+
+/// A file download: `/{prefix}{repo}/resolve/{revision}/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolveRequest {
+    pub repo: Repo,
+    /// Decoded revision: a branch, a tag, `refs/pr/N` or a 40-hex commit.
+    pub revision: String,
+    /// Decoded file path inside the repo, `/`-separated.
+    pub path: String,
+}
+
+impl ResolveRequest {
+    /// A 40-hex revision is a commit and never moves.
+    pub fn is_commit_pinned(&self) -> bool {
+        is_commit(&self.revision)
+    }
+
+    /// The file's base name, for `Content-Disposition`.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// API routes whose JSON bodies hf-edge rewrites (to drop `xetHash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// `/api/{type}s/{repo}/tree/...`
+    Tree,
+    /// `/api/{type}s/{repo}/paths-info/...`
+    PathsInfo,
+    Other,
+}
+
+/// What a request is, as far as hf-edge cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A file download, answered by hf-edge (metadata + cached blob).
+    Resolve(ResolveRequest),
+    /// `/api/...`: passed through, uncached.
+    Api(ApiKind),
+    /// Git LFS batch and other `.git/` endpoints: passed through.
+    Lfs,
+    /// Anything else the Hub serves: passed through.
+    Other,
+}
+
+impl Route {
+    /// A bounded label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Route::Resolve(_) => "resolve",
+            Route::Api(_) => "api",
+            Route::Lfs => "lfs",
+            Route::Other => "other",
+        }
+    }
+}
+
+/// Why a path was refused (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("request path must start with '/'")]
+    NotAbsolute,
+    #[error("request path contains a NUL, backslash or control character")]
+    ForbiddenCharacter,
+    #[error("request path has an invalid percent-encoding or is not UTF-8")]
+    BadEncoding,
+    #[error("request path contains a '.' or '..' segment")]
+    Traversal,
+    #[error("invalid repository id {0:?}")]
+    BadRepoId(String),
+    #[error(
+        "resolve URL needs a revision and a file path: /{{repo}}/resolve/{{revision}}/{{path}}"
+    )]
+    MissingFile,
+    #[error("invalid revision {0:?}")]
+    BadRevision(String),
+    #[error("invalid file path: {0}")]
+    BadFilePath(&'static str),
+}
+
+/// Longest repo name the Hub allows.
+const MAX_REPO_NAME: usize = 96;
+
+/// Classifies a raw request path (no query string).
+pub fn parse(raw_path: &str) -> Result<Route, PathError> {
+    if !raw_path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    check_raw(raw_path)?;
+    let segs: Vec<&str> = raw_path[1..].split('/').collect();
+    // Traversal is refused on every route, not just resolve: a `..` forwarded upstream could
+    // reach a different resource than the one the path grammar saw.
+    for s in &segs {
+        let d = decode(s)?;
+        if d == "." || d == ".." || d.contains('\\') || d.contains('\0') {
+            return Err(PathError::Traversal);
+        }
+    }
+    if segs[0] == "api" {
+        return Ok(Route::Api(api_kind(&segs)));
+    }
+    if segs.iter().any(|s| s.ends_with(".git")) {
+        return Ok(Route::Lfs);
+    }
+    match resolve_split(&segs) {
+        Some((kind, repo_segs, rest)) => parse_resolve(kind, repo_segs, rest).map(Route::Resolve),
+        None => Ok(Route::Other),
+    }
+}
+
+/// Finds `{prefix}{repo}/resolve/...`: the repo id has one or two segments. Prefers two, so
+/// `org/resolve/resolve/main/x` is repo `org/resolve`.
+fn resolve_split<'a>(segs: &'a [&'a str]) -> Option<(RepoType, &'a [&'a str], &'a [&'a str])> {
+    let (kind, rest) = match segs[0] {
+        "datasets" => (RepoType::Dataset, &segs[1..]),
+        "spaces" => (RepoType::Space, &segs[1..]),
+        "kernels" => (RepoType::Kernel, &segs[1..]),
+        _ => (RepoType::Model, segs),
+    };
+    for n in [2, 1] {
+        if rest.len() > n && rest[n] == "resolve" {
+            return Some((kind, &rest[..n], &rest[n + 1..]));
+        }
+    }
+    None
+}
+
+fn parse_resolve(
+    kind: RepoType,
+    repo_segs: &[&str],
+    rest: &[&str],
+) -> Result<ResolveRequest, PathError> {
+    let mut id_parts = Vec::with_capacity(2);
+    for s in repo_segs {
+        let d = decode(s)?;
+        if !valid_repo_part(&d) {
+            return Err(PathError::BadRepoId(repo_segs.join("/")));
+        }
+        id_parts.push(d);
+    }
+    let [rev, file @ ..] = rest else {
+        return Err(PathError::MissingFile);
+    };
+    if file.is_empty() || file.iter().all(|s| s.is_empty()) {
+        return Err(PathError::MissingFile);
+    }
+    let revision = decode(rev)?;
+    if revision.is_empty()
+        || revision.len() > 256
+        || revision
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+    {
+        return Err(PathError::BadRevision(revision));
+    }
+    let mut path_parts = Vec::with_capacity(file.len());
+    for s in file {
+        if s.is_empty() {
+            return Err(PathError::BadFilePath("empty segment"));
+        }
+        let d = decode(s)?;
+        // An encoded slash inside one segment would name a different file upstream than the
+        // one we key on.
+        if d.contains('/') {
+            return Err(PathError::BadFilePath("encoded '/' inside a segment"));
+        }
+        path_parts.push(d);
+    }
+    Ok(ResolveRequest {
+        repo: Repo {
+            kind,
+            id: id_parts.join("/"),
+        },
+        revision,
+        path: path_parts.join("/"),
+    })
+}
+
+fn api_kind(segs: &[&str]) -> ApiKind {
+    // /api/{type}s/{ns}/{name}/{tree|paths-info}/... or /api/{type}s/{name}/{...}/...
+    let [_, plural, rest @ ..] = segs else {
+        return ApiKind::Other;
+    };
+    if !matches!(*plural, "models" | "datasets" | "spaces" | "kernels") {
+        return ApiKind::Other;
+    }
+    for n in [2, 1] {
+        match rest.get(n) {
+            Some(&"tree") => return ApiKind::Tree,
+            Some(&"paths-info") => return ApiKind::PathsInfo,
+            _ => {}
+        }
+    }
+    ApiKind::Other
+}
+
+fn check_raw(raw: &str) -> Result<(), PathError> {
+    if raw.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\') {
+        return Err(PathError::ForbiddenCharacter);
+    }
+    Ok(())
+}
+
+fn decode(seg: &str) -> Result<String, PathError> {
+    // `%` must introduce two hex digits; percent_decode_str would pass a bare `%` through.
+    let b = seg.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let ok = b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
+            if !ok {
+                return Err(PathError::BadEncoding);
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let d = percent_decode_str(seg)
+        .decode_utf8()
+        .map_err(|_| PathError::BadEncoding)?;
+    if d.chars().any(|c| c.is_control()) {
+        return Err(PathError::ForbiddenCharacter);
+    }
+    Ok(d.into_owned())
+}
+
+fn valid_repo_part(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_REPO_NAME
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// True for a full 40-hex git commit id.
+pub fn is_commit(rev: &str) -> bool {
+    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: &str = "1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b";
+
+    fn resolve(kind: RepoType, id: &str, rev: &str, path: &str) -> Route {
+        Route::Resolve(ResolveRequest {
+            repo: Repo {
+                kind,
+                id: id.into(),
+            },
+            revision: rev.into(),
+            path: path.into(),
+        })
+    }
+
+    #[test]
+    fn real_looking_urls() {
+        use RepoType::*;
+        let commit_url = format!("/gpt2/resolve/{C}/config.json");
+        let table: Vec<(&str, Route)> = vec![
+            ("/gpt2/resolve/main/config.json", resolve(Model, "gpt2", "main", "config.json")),
+            (
+                "/sentence-transformers/all-MiniLM-L6-v2/resolve/main/model.safetensors",
+                resolve(Model, "sentence-transformers/all-MiniLM-L6-v2", "main", "model.safetensors"),
+            ),
+            (
+                "/sentence-transformers/all-MiniLM-L6-v2/resolve/v1.0/1_Pooling/config.json",
+                resolve(Model, "sentence-transformers/all-MiniLM-L6-v2", "v1.0", "1_Pooling/config.json"),
+            ),
+            (&commit_url, resolve(Model, "gpt2", C, "config.json")),
+            (
+                "/org/m/resolve/refs%2Fpr%2F1/onnx/model.onnx",
+                resolve(Model, "org/m", "refs/pr/1", "onnx/model.onnx"),
+            ),
+            (
+                "/datasets/HuggingFaceFW/fineweb/resolve/main/data/CC-MAIN-2024-10/000_00000.parquet",
+                resolve(Dataset, "HuggingFaceFW/fineweb", "main", "data/CC-MAIN-2024-10/000_00000.parquet"),
+            ),
+            ("/datasets/squad/resolve/main/README.md", resolve(Dataset, "squad", "main", "README.md")),
+            ("/spaces/org/app/resolve/main/app.py", resolve(Space, "org/app", "main", "app.py")),
+            ("/kernels/kernels-community/activation/resolve/main/build.toml",
+                resolve(Kernel, "kernels-community/activation", "main", "build.toml")),
+            (
+                "/gpt2/resolve/main/onnx/d%C3%A9%20j%C3%A0%2Bv1.json",
+                resolve(Model, "gpt2", "main", "onnx/dé jà+v1.json"),
+            ),
+            ("/org/resolve/resolve/main/x", resolve(Model, "org/resolve", "main", "x")),
+            ("/api/models/gpt2", Route::Api(ApiKind::Other)),
+            ("/api/models/org/m/tree/main", Route::Api(ApiKind::Tree)),
+            ("/api/datasets/squad/tree/main/data%2Ftrain", Route::Api(ApiKind::Tree)),
+            ("/api/models/org/m/paths-info/main", Route::Api(ApiKind::PathsInfo)),
+            ("/api/models/org/m/revision/main", Route::Api(ApiKind::Other)),
+            ("/api/whoami-v2", Route::Api(ApiKind::Other)),
+            ("/org/m.git/info/lfs/objects/batch", Route::Lfs),
+            ("/datasets/org/d.git/info/lfs/objects/batch", Route::Lfs),
+            ("/", Route::Other),
+            ("/org/m/blob/main/README.md", Route::Other),
+        ];
+        for (url, want) in table {
+            assert_eq!(parse(url), Ok(want), "{url}");
+        }
+    }
+
+    #[test]
+    fn refused_paths() {
+        let table: &[(&str, PathError)] = &[
+            ("gpt2/resolve/main/x", PathError::NotAbsolute),
+            ("/gpt2/resolve/main/../../etc/passwd", PathError::Traversal),
+            ("/gpt2/resolve/main/%2e%2e/x", PathError::Traversal),
+            ("/gpt2/resolve/main/%2E%2E/x", PathError::Traversal),
+            ("/gpt2/resolve/main/a/./b", PathError::Traversal),
+            ("/api/models/../../admin", PathError::Traversal),
+            ("/gpt2/resolve/main/a%5C..%5Cb", PathError::Traversal),
+            ("/gpt2/resolve/main/a\\b", PathError::ForbiddenCharacter),
+            ("/gpt2/resolve/main/a%00b", PathError::ForbiddenCharacter),
+            ("/gpt2/resolve/main/a%zzb", PathError::BadEncoding),
+            ("/gpt2/resolve/main/a%", PathError::BadEncoding),
+            ("/gpt2/resolve/main/%ff", PathError::BadEncoding),
+            (
+                "/gpt2/resolve/main/a%2Fb",
+                PathError::BadFilePath("encoded '/' inside a segment"),
+            ),
+            (
+                "/gpt2/resolve/main/a//b",
+                PathError::BadFilePath("empty segment"),
+            ),
+            ("/gpt2/resolve/main", PathError::MissingFile),
+            ("/gpt2/resolve/main/", PathError::MissingFile),
+            (
+                "/gpt2/resolve/%2e%2e%2Fx/y",
+                PathError::BadRevision("../x".into()),
+            ),
+            (
+                "/bad%20name/resolve/main/x",
+                PathError::BadRepoId("bad%20name".into()),
+            ),
+        ];
+        for (url, want) in table {
+            assert_eq!(parse(url).as_ref(), Err(want), "{url}");
+        }
+    }
+
+    #[test]
+    fn commit_detection() {
+        assert!(is_commit(C));
+        assert!(!is_commit("main"));
+        assert!(!is_commit(&C[..39]));
+        assert!(!is_commit(&format!("{}g", &C[..39])));
+    }
+}

@@ -1,0 +1,22 @@
+//! hf-edge: an edge cache for the Hugging Face Hub, on Pingora.
+//!
+//! A request flows through these modules, one way:
+//!
+//! - [`hub::grammar`] turns the raw path into a [`hub::grammar::Route`];
+//! - [`resolver`] asks the Hub (or its caches) what a `/resolve` URL names: commit, blob id,
+//!   size, download URL;
+//! - [`store`] is the pingora-cache storage holding blobs by content address;
+//! - [`proxy`] is the `ProxyHttp` implementation tying them together, phase by phase;
+//! - [`config`] and [`server`] build it all from one YAML file; [`metrics`] reports on it.
+
+pub mod cli;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod proxy;
+pub mod resolver;
+pub mod server;
+pub mod store;
+
+/// Sent upstream on hf-edge's own requests.
+pub const USER_AGENT: &str = concat!("hf-edge/", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,475 @@
+//! The Pingora `ProxyHttp` implementation. Each phase is thin: it calls into `hub`,
+//! `resolver` or `store`, records the result in [`Ctx`], and maps errors.
+//!
+//! - `/resolve` GET/HEAD: metadata from the resolver; HEAD is answered here; GET is served from
+//!   the blob store, filled from the CDN or Hub URL the metadata names.
+//! - Everything else: passed through to the Hub, uncached, with `Link`s made absolute to
+//!   hf-edge and `xetHash` dropped from tree listings.
+
+mod ctx;
+mod respond;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora_cache::eviction::EvictionManager;
+use pingora_cache::lock::CacheKeyLockImpl;
+use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+pub use ctx::{Ctx, Target};
+
+use crate::hub::grammar::{self, ApiKind, ResolveRequest, Route};
+use crate::hub::headers::{self, FileMeta};
+use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
+use crate::metrics::Metrics;
+use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
+use crate::store::{cache_key, BlobStore};
+
+/// Redirects followed on a body request (the metadata request follows its own).
+const MAX_BODY_HOPS: usize = 3;
+/// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
+const MAX_JSON_BODY: usize = 32 << 20;
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+pub struct EdgeProxy {
+    pub upstream: Arc<Upstream>,
+    pub resolver: Resolver,
+    pub store: &'static BlobStore,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub lock: &'static CacheKeyLockImpl,
+    /// `Bearer {upstream.token}`, for clients that bring no token.
+    pub site_auth: Option<HeaderValue>,
+    pub max_blob_size: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl EdgeProxy {
+    /// The credentials sent upstream: the client's own, else the site's token.
+    fn upstream_auth(&self, req: &RequestHeader) -> Option<HeaderValue> {
+        req.headers
+            .get(header::AUTHORIZATION)
+            .cloned()
+            .or_else(|| self.site_auth.clone())
+    }
+
+    /// Resolves a file for a GET or HEAD; on `Ok(None)` a response was already written.
+    async fn resolve(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        req: &ResolveRequest,
+    ) -> Result<Option<FileMeta>> {
+        let raw_path = session.req_header().uri.path().to_string();
+        let auth = ctx.auth.clone();
+        let mut meta = self.resolver.resolve(req, &raw_path, auth.as_ref()).await;
+        // A cached answer whose blob must be fetched needs a fresh signed URL.
+        if let Ok(m) = &meta {
+            let stored = m.blob.is_some_and(|b| self.store.contains(&b));
+            if !stored && m.resolved_at.elapsed() > DOWNLOAD_URL_TTL {
+                meta = self.resolver.refresh(req, &raw_path, auth.as_ref()).await;
+            }
+        }
+        match meta {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                self.metrics.upstream_error(&e);
+                respond::resolve_error(session, &e).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn target(&self, url: Url) -> Target {
+        Target {
+            class: self.upstream.classify(&url),
+            url,
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let route = match grammar::parse(req.uri.path()) {
+            Ok(r) => r,
+            Err(e) => return respond::error(session, 400, &e.to_string()).await,
+        };
+        ctx.auth = self.upstream_auth(req);
+        ctx.public_base = public_base(req);
+        ctx.route = Some(route.clone());
+        let method = req.method.clone();
+        match route {
+            Route::Resolve(r) if method == Method::GET || method == Method::HEAD => {
+                let Some(meta) = self.resolve(session, ctx, &r).await? else {
+                    return Ok(true);
+                };
+                if method == Method::HEAD {
+                    return respond::head(session, &meta, r.file_name()).await;
+                }
+                ctx.file_name = r.file_name().to_string();
+                ctx.target = Some(self.target(meta.download.clone()));
+                ctx.file = Some(meta);
+            }
+            _ => {
+                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+                ctx.target = Some(self.target(Url::on(&self.upstream.hub, pq)));
+            }
+        }
+        Ok(false)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let cacheable = ctx
+            .file
+            .as_ref()
+            .is_some_and(|m| m.blob.is_some() && m.size <= self.max_blob_size);
+        if cacheable {
+            session
+                .cache
+                .enable(self.store, Some(self.eviction), None, Some(self.lock), None);
+            session
+                .cache
+                .set_max_file_size_bytes(self.max_blob_size as usize);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
+        // Keyed by content address only: the signed URL (which changes hourly) and the repo
+        // path never enter the key.
+        ctx.file
+            .as_ref()
+            .and_then(|m| m.blob)
+            .map(|b| cache_key(&b))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no blob id for cache key"))
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream target"))?;
+        match self.upstream.peer(&target.url.origin).await {
+            Ok(peer) => Ok(Box::new(peer)),
+            Err(e) => Err(upstream_failure(e)),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream target"))?;
+        let uri = target
+            .url
+            .path_and_query
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream URI"))?;
+        upstream_request.set_uri(uri);
+        upstream_request.insert_header(header::HOST, target.url.origin.host_header())?;
+        // Credentials go to the Hub only: never to a CDN host (signed URLs need none).
+        upstream_request.remove_header(&header::AUTHORIZATION);
+        upstream_request.remove_header(&header::COOKIE);
+        if target.class == HostClass::Hub {
+            if let Some(auth) = &ctx.auth {
+                upstream_request.insert_header(header::AUTHORIZATION, auth.clone())?;
+            }
+        }
+        let rewrites_body = matches!(
+            ctx.route,
+            Some(Route::Api(ApiKind::Tree | ApiKind::PathsInfo))
+        );
+        if ctx.file.is_some() || rewrites_body {
+            // Blobs are stored as identity bytes; JSON is rewritten as plain text.
+            upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.metrics
+            .upstream_response(ctx.route.as_ref(), resp.status.as_u16());
+        if let Some(meta) = &ctx.file {
+            if resp.status.is_redirection() {
+                return self.follow_body_redirect(resp, ctx);
+            }
+            check_body_response(resp, meta)?;
+            keep_only_body_headers(resp);
+            return Ok(());
+        }
+        if let (Some(base), Some(link)) = (&ctx.public_base, resp.headers.get(header::LINK)) {
+            if let Ok(v) = link.to_str() {
+                let rewritten = headers::rewrite_links(v, &self.upstream.hub, base);
+                resp.insert_header(header::LINK, rewritten)?;
+            }
+        }
+        let json = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if json
+            && resp.status.is_success()
+            && matches!(
+                ctx.route,
+                Some(Route::Api(ApiKind::Tree | ApiKind::PathsInfo))
+            )
+        {
+            resp.remove_header(&header::CONTENT_LENGTH);
+            resp.remove_header(&header::ETAG);
+            ctx.json = Some(Vec::new());
+        }
+        Ok(())
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<RespCacheable> {
+        let Some(meta) = &ctx.file else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        if resp.status.as_u16() != 200 || content_length(resp) != Some(meta.size) {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
+        }
+        let now = SystemTime::now();
+        Ok(RespCacheable::Cacheable(CacheMeta::new(
+            now + FOREVER,
+            now,
+            0,
+            0,
+            resp.clone(),
+        )))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(meta) = &ctx.file {
+            headers::apply_resolve_headers(resp, meta, &ctx.file_name);
+            resp.insert_header("x-hf-edge-cache", session.cache.phase().as_str())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        let Some(buf) = ctx.json.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(chunk) = body.take() {
+            if buf.len() + chunk.len() > MAX_JSON_BODY {
+                return Error::e_explain(ErrorType::InternalError, "tree listing too large");
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if end_of_stream {
+            let raw = std::mem::take(buf);
+            *body = Some(match serde_json::from_slice::<serde_json::Value>(&raw) {
+                Ok(mut v) => {
+                    headers::strip_xet_hash(&mut v);
+                    Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
+                }
+                Err(_) => Bytes::from(raw),
+            });
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
+    where
+        Ctx: Send + Sync,
+    {
+        let (status, message) = failure_response(e);
+        if ctx.route.is_some() && e.esource() == &ErrorSource::Upstream {
+            self.metrics.upstream_failure(e);
+        }
+        // Once the header went out, the only honest signal left is closing the connection
+        // before Content-Length is reached.
+        if status > 0 && session.response_written().is_none() {
+            let _ = respond::error(session, status, &message).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let cache = session
+            .cache
+            .enabled()
+            .then(|| session.cache.phase().as_str());
+        self.metrics.request(
+            ctx.route.as_ref().map_or("invalid", Route::kind),
+            session.req_header().method.as_str(),
+            status,
+            cache,
+        );
+    }
+}
+
+impl EdgeProxy {
+    /// A body request that redirects again (the Hub moved the file since the metadata
+    /// request): retarget and let Pingora retry the request against the new peer.
+    fn follow_body_redirect(&self, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        let base = &ctx.target.as_ref().expect("target set with file").url;
+        let next = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| base.join(l).ok());
+        let next = match next {
+            Some(u) if ctx.hops < MAX_BODY_HOPS => u,
+            _ => return Error::e_explain(ErrorType::HTTPStatus(502), "upstream redirect loop"),
+        };
+        let target = self.target(next);
+        if target.class == HostClass::Foreign {
+            let e = UpstreamError::ForeignRedirect {
+                host: target.url.origin.host,
+            };
+            return Error::e_explain(ErrorType::HTTPStatus(502), e.to_string());
+        }
+        ctx.target = Some(target);
+        ctx.hops += 1;
+        let mut e = Error::explain(ErrorType::HTTPStatus(502), "following upstream redirect");
+        e.set_retry(true);
+        Err(e)
+    }
+}
+
+/// The body the metadata promised, or a 502: a short or different body must never be stored
+/// or passed off as the file.
+fn check_body_response(resp: &ResponseHeader, meta: &FileMeta) -> Result<()> {
+    let status = resp.status.as_u16();
+    let expected = match status {
+        200 => content_length(resp) == Some(meta.size),
+        // Only uncacheable files are requested with the client's Range.
+        206 => meta.blob.is_none(),
+        _ => false,
+    };
+    if expected {
+        Ok(())
+    } else {
+        Error::e_explain(
+            ErrorType::HTTPStatus(502),
+            format!(
+                "upstream answered {status} with {:?} bytes for a file of {} bytes",
+                content_length(resp),
+                meta.size
+            ),
+        )
+    }
+}
+
+/// Drops the CDN's own headers (cookies, storage ids, its ETag); hf-edge sets the Hub's.
+fn keep_only_body_headers(resp: &mut ResponseHeader) {
+    const KEEP: &[header::HeaderName] = &[
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+    ];
+    let drop: Vec<header::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| !KEEP.contains(k))
+        .cloned()
+        .collect();
+    for k in drop {
+        resp.remove_header(&k);
+    }
+}
+
+fn content_length(resp: &ResponseHeader) -> Option<u64> {
+    resp.headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `scheme://host` the client used, for `Link` rewriting.
+fn public_base(req: &RequestHeader) -> Option<String> {
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let proto = req
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|p| p.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    Some(format!("{proto}://{host}"))
+}
+
+fn upstream_failure(e: UpstreamError) -> Box<Error> {
+    let mut err = Error::explain(ErrorType::HTTPStatus(e.status()), e.to_string());
+    err.esource = ErrorSource::Upstream;
+    err
+}
+
+/// The status and message for a failed request; 0 when the client is already gone.
+fn failure_response(e: &Error) -> (u16, String) {
+    use ErrorType::*;
+    let status = match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    };
+    let message = match (status, e.context.as_ref()) {
+        (502, None) => "upstream failed".to_string(),
+        (504, _) => "upstream timed out".to_string(),
+        (_, Some(ctx)) => ctx.as_str().to_string(),
+        (_, None) => e.etype().as_str().to_string(),
+    };
+    (status, message)
+}

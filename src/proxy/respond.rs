@@ -1,0 +1,53 @@
+//! Answers hf-edge writes itself: JSON errors, `HEAD /resolve`, and the Hub's own errors.
+
+use bytes::Bytes;
+use http::Method;
+use pingora::http::ResponseHeader;
+use pingora::Result;
+use pingora_proxy::Session;
+
+use crate::hub::headers::{head_response, json_error, FileMeta};
+use crate::resolver::ResolveError;
+
+/// Writes a whole response; a HEAD gets the headers only.
+async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<bool> {
+    let header_only = session.req_header().method == Method::HEAD || body.is_empty();
+    session
+        .write_response_header(Box::new(resp), header_only)
+        .await?;
+    if !header_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
+
+/// `{"error": message}` with `status`.
+pub async fn error(session: &mut Session, status: u16, message: &str) -> Result<bool> {
+    let (resp, body) = json_error(status, message);
+    write(session, resp, body).await
+}
+
+/// The answer to `HEAD /resolve/...`, from metadata alone.
+pub async fn head(session: &mut Session, meta: &FileMeta, file_name: &str) -> Result<bool> {
+    write(session, head_response(meta, file_name), Bytes::new()).await
+}
+
+/// A failed resolution: the Hub's own error (status and the headers clients classify by),
+/// or 502/504 when the Hub could not be asked.
+pub async fn resolve_error(session: &mut Session, e: &ResolveError) -> Result<bool> {
+    match e {
+        ResolveError::Hub { status, headers } => {
+            let message = headers
+                .iter()
+                .find(|(k, _)| *k == "x-error-message")
+                .and_then(|(_, v)| v.to_str().ok())
+                .unwrap_or("the Hub refused the request");
+            let (mut resp, body) = json_error(*status, message);
+            for (k, v) in headers {
+                let _ = resp.insert_header(*k, v.clone());
+            }
+            write(session, resp, body).await
+        }
+        ResolveError::Upstream(u) => error(session, u.status(), &u.to_string()).await,
+    }
+}

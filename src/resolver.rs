@@ -1,0 +1,337 @@
+//! Resolves `(repo, revision, path)` for an identity to [`FileMeta`]: the commit, the blob id,
+//! the size and where to download from.
+//!
+//! Two caches save Hub round trips: branch/tag → commit for `cache.revision_ttl`, and
+//! (commit, path) → metadata forever (a commit never changes). Both are keyed by a hash of the
+//! credentials the answer was obtained with, so an answer the Hub gave one identity is never
+//! reused for another.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use http::HeaderValue;
+use parking_lot::Mutex;
+use pingora::http::ResponseHeader;
+use sha2::Digest;
+
+use crate::hub::grammar::{Repo, ResolveRequest};
+use crate::hub::headers::{FileMeta, ERROR_PASSTHROUGH};
+use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
+use crate::hub::{normalize_etag, BlobId};
+
+/// Redirect hops followed for one metadata request.
+const MAX_HOPS: usize = 5;
+/// Entries kept per cache before it is cleared (bounds memory; a refill costs one HEAD each).
+const MAX_ENTRIES: usize = 200_000;
+/// A signed download URL is reused this long; the Hub signs them for about an hour.
+pub const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// Why a file could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The Hub answered with an error: passed to the client as the Hub sent it.
+    #[error("upstream answered {status}")]
+    Hub {
+        status: u16,
+        headers: Vec<(&'static str, HeaderValue)>,
+    },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// A hash of the credentials a request is made with (never the credentials themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdentityKey([u8; 16]);
+
+impl IdentityKey {
+    pub fn of(auth: Option<&HeaderValue>) -> IdentityKey {
+        let mut h = sha2::Sha256::new();
+        match auth {
+            Some(v) => {
+                h.update(b"auth:");
+                h.update(v.as_bytes());
+            }
+            None => h.update(b"anonymous"),
+        }
+        IdentityKey(h.finalize()[..16].try_into().expect("16 bytes"))
+    }
+}
+
+type RevKey = (IdentityKey, Repo, String);
+type FileKey = (IdentityKey, Repo, String, String);
+
+pub struct Resolver {
+    upstream: std::sync::Arc<Upstream>,
+    revision_ttl: Duration,
+    revisions: Mutex<HashMap<RevKey, (String, Instant)>>,
+    files: Mutex<HashMap<FileKey, FileMeta>>,
+}
+
+impl Resolver {
+    pub fn new(upstream: std::sync::Arc<Upstream>, revision_ttl: Duration) -> Resolver {
+        Resolver {
+            upstream,
+            revision_ttl,
+            revisions: Mutex::new(HashMap::new()),
+            files: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Metadata from the caches when they can answer, else from the Hub.
+    pub async fn resolve(
+        &self,
+        req: &ResolveRequest,
+        raw_path: &str,
+        auth: Option<&HeaderValue>,
+    ) -> Result<FileMeta, ResolveError> {
+        let who = IdentityKey::of(auth);
+        if let Some(meta) = self.cached(who, req) {
+            return Ok(meta);
+        }
+        self.refresh(req, raw_path, auth).await
+    }
+
+    /// Asks the Hub (one metadata `HEAD`, following its redirects), then caches the answer.
+    pub async fn refresh(
+        &self,
+        req: &ResolveRequest,
+        raw_path: &str,
+        auth: Option<&HeaderValue>,
+    ) -> Result<FileMeta, ResolveError> {
+        let who = IdentityKey::of(auth);
+        let meta = self.fetch(raw_path, auth).await?;
+        let now = Instant::now();
+        if !req.is_commit_pinned() {
+            let mut revs = self.revisions.lock();
+            if revs.len() >= MAX_ENTRIES {
+                revs.clear();
+            }
+            revs.insert(
+                (who, req.repo.clone(), req.revision.clone()),
+                (meta.commit.clone(), now),
+            );
+        }
+        let mut files = self.files.lock();
+        if files.len() >= MAX_ENTRIES {
+            files.clear();
+        }
+        files.insert(
+            (who, req.repo.clone(), meta.commit.clone(), req.path.clone()),
+            meta.clone(),
+        );
+        Ok(meta)
+    }
+
+    fn cached(&self, who: IdentityKey, req: &ResolveRequest) -> Option<FileMeta> {
+        let commit = if req.is_commit_pinned() {
+            req.revision.to_ascii_lowercase()
+        } else {
+            let revs = self.revisions.lock();
+            let (commit, at) = revs.get(&(who, req.repo.clone(), req.revision.clone()))?;
+            if at.elapsed() >= self.revision_ttl {
+                return None;
+            }
+            commit.clone()
+        };
+        self.files
+            .lock()
+            .get(&(who, req.repo.clone(), commit, req.path.clone()))
+            .cloned()
+    }
+
+    /// The metadata `HEAD`: follows the Hub's relative 307 to `/api/resolve-cache/...` and
+    /// stops at an absolute redirect to a CDN (whose signed URL becomes the download URL).
+    async fn fetch(
+        &self,
+        raw_path: &str,
+        auth: Option<&HeaderValue>,
+    ) -> Result<FileMeta, ResolveError> {
+        let mut url = Url::on(&self.upstream.hub, raw_path);
+        let mut seen = Seen::default();
+        for _ in 0..MAX_HOPS {
+            let class = self.upstream.classify(&url);
+            let send_auth = if class == HostClass::Hub { auth } else { None };
+            let resp = self.upstream.head(&url, send_auth).await?;
+            seen.observe(&resp);
+            let status = resp.status.as_u16();
+            if (300..400).contains(&status) {
+                let next = location(&resp, &url)?;
+                if self.upstream.classify(&next) == HostClass::Foreign {
+                    return Err(UpstreamError::ForeignRedirect {
+                        host: next.origin.host,
+                    }
+                    .into());
+                }
+                if seen.linked.is_some() {
+                    // An LFS redirect carries everything; the CDN is only asked for bytes.
+                    return seen.into_meta(next);
+                }
+                url = next;
+            } else if (200..300).contains(&status) {
+                return seen.into_meta(url);
+            } else {
+                return Err(hub_error(&resp));
+            }
+        }
+        Err(UpstreamError::TooManyRedirects(MAX_HOPS).into())
+    }
+}
+
+/// Metadata headers collected along a redirect chain.
+#[derive(Default)]
+struct Seen {
+    commit: Option<String>,
+    linked: Option<(String, u64)>,
+    etag: Option<String>,
+    length: Option<u64>,
+    content_type: Option<String>,
+}
+
+impl Seen {
+    fn observe(&mut self, resp: &ResponseHeader) {
+        let get = |k: &str| resp.headers.get(k).and_then(|v| v.to_str().ok());
+        if self.commit.is_none() {
+            self.commit = get("x-repo-commit").map(str::to_string);
+        }
+        if self.linked.is_none() {
+            if let (Some(e), Some(s)) = (get("x-linked-etag"), get("x-linked-size")) {
+                if let Ok(size) = s.trim().parse() {
+                    self.linked = Some((normalize_etag(e).to_string(), size));
+                }
+            }
+        }
+        if resp.status.is_success() {
+            self.etag = get("etag").map(|e| normalize_etag(e).to_string());
+            self.length = get("content-length").and_then(|s| s.trim().parse().ok());
+            self.content_type = get("content-type").map(str::to_string);
+        }
+    }
+
+    fn into_meta(self, download: Url) -> Result<FileMeta, ResolveError> {
+        let invalid = |m: &str| ResolveError::Upstream(UpstreamError::Invalid(m.to_string()));
+        let commit = self
+            .commit
+            .filter(|c| crate::hub::grammar::is_commit(c))
+            .ok_or_else(|| invalid("the Hub's answer has no valid X-Repo-Commit"))?
+            .to_ascii_lowercase();
+        let lfs = self.linked.is_some();
+        let (etag, size) = match self.linked {
+            Some(linked) => linked,
+            None => (
+                self.etag
+                    .ok_or_else(|| invalid("the Hub's answer has no ETag"))?,
+                self.length
+                    .ok_or_else(|| invalid("the Hub's answer has no Content-Length"))?,
+            ),
+        };
+        Ok(FileMeta {
+            commit,
+            blob: BlobId::from_etag(&etag),
+            etag,
+            size,
+            lfs,
+            content_type: self.content_type,
+            download,
+            resolved_at: Instant::now(),
+        })
+    }
+}
+
+fn location(resp: &ResponseHeader, base: &Url) -> Result<Url, ResolveError> {
+    let loc = resp
+        .headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| UpstreamError::Invalid("redirect without a Location".into()))?;
+    Ok(base.join(loc).map_err(UpstreamError::Invalid)?)
+}
+
+fn hub_error(resp: &ResponseHeader) -> ResolveError {
+    let headers = ERROR_PASSTHROUGH
+        .iter()
+        .filter_map(|name| resp.headers.get(*name).map(|v| (*name, v.clone())))
+        .collect();
+    ResolveError::Hub {
+        status: resp.status.as_u16(),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, headers: &[(&'static str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn lfs_redirect_carries_the_metadata() {
+        let mut s = Seen::default();
+        let sha = "a".repeat(64);
+        s.observe(&resp(
+            302,
+            &[
+                ("x-repo-commit", COMMIT),
+                ("x-linked-etag", &format!("\"{sha}\"")),
+                ("x-linked-size", "1234"),
+                ("etag", "\"pointer\""),
+            ],
+        ));
+        let m = s
+            .into_meta(Url::parse("https://cdn.hf.co/x?sig").unwrap())
+            .unwrap();
+        assert!(m.lfs);
+        assert_eq!(m.size, 1234);
+        assert_eq!(m.etag, sha);
+        assert_eq!(m.blob.unwrap().algo(), "sha256");
+    }
+
+    #[test]
+    fn regular_file_takes_size_and_etag_from_the_final_answer() {
+        let oid = "b".repeat(40);
+        let mut s = Seen::default();
+        s.observe(&resp(
+            307,
+            &[("x-repo-commit", COMMIT), ("content-length", "0")],
+        ));
+        s.observe(&resp(
+            200,
+            &[("etag", &format!("W/\"{oid}\"")), ("content-length", "571")],
+        ));
+        let m = s
+            .into_meta(Url::parse("http://hub/api/resolve-cache/x").unwrap())
+            .unwrap();
+        assert!(!m.lfs);
+        assert_eq!((m.size, m.etag.as_str()), (571, oid.as_str()));
+        assert_eq!(m.blob.unwrap().algo(), "oid");
+    }
+
+    #[test]
+    fn missing_commit_is_an_upstream_error_not_a_404() {
+        let mut s = Seen::default();
+        s.observe(&resp(200, &[("etag", "\"x\""), ("content-length", "1")]));
+        let e = s
+            .into_meta(Url::parse("http://hub/x").unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(e, ResolveError::Upstream(ref u) if u.status() == 502),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identities_differ() {
+        let a = HeaderValue::from_static("Bearer hf_a");
+        let b = HeaderValue::from_static("Bearer hf_b");
+        assert_ne!(IdentityKey::of(Some(&a)), IdentityKey::of(Some(&b)));
+        assert_ne!(IdentityKey::of(Some(&a)), IdentityKey::of(None));
+        assert_eq!(IdentityKey::of(Some(&a)), IdentityKey::of(Some(&a)));
+    }
+}

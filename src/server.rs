@@ -1,0 +1,99 @@
+//! Builds the Pingora server from a [`Config`]: the store, eviction, cache lock, resolver,
+//! proxy service and the operator endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use http::HeaderValue;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use pingora_cache::eviction::{simple_lru, EvictionManager};
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+
+use crate::config::Config;
+use crate::hub::upstream::Upstream;
+use crate::metrics::{Metrics, OpsApp};
+use crate::proxy::EdgeProxy;
+use crate::resolver::Resolver;
+use crate::store::BlobStore;
+
+/// How long a fill may hold the cache lock before another request may take over.
+/// Readers stream from the fill, so this only matters for a writer that stalls.
+const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Starts hf-edge and serves until a signal stops it.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let (store, found) = BlobStore::open(&cfg.cache.dir)
+        .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
+    log::info!(
+        "cache {}: {} blob(s), {} bytes",
+        cfg.cache.dir.display(),
+        found.len(),
+        found.iter().map(|b| b.size).sum::<u64>()
+    );
+    // Pingora's cache API takes `&'static` storage, eviction and lock; they live as long as
+    // the process.
+    let store: &'static BlobStore = Box::leak(Box::new(store));
+    let eviction: &'static simple_lru::Manager = Box::leak(Box::new(simple_lru::Manager::new(
+        cfg.cache.max_size as usize,
+    )));
+    let eviction_dyn: &'static (dyn EvictionManager + Sync) = eviction;
+    let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
+
+    let metrics = Arc::new(Metrics::register(
+        prometheus::Registry::new(),
+        cfg.cache.max_size,
+    )?);
+    let upstream = Arc::new(Upstream::new(&cfg.upstream));
+    let site_auth = match &cfg.upstream.token {
+        Some(t) => Some(
+            HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .context("upstream.token: not a valid header value")?,
+        ),
+        None => None,
+    };
+    let proxy = EdgeProxy {
+        resolver: Resolver::new(upstream.clone(), cfg.cache.revision_ttl),
+        upstream,
+        store,
+        eviction: eviction_dyn,
+        lock,
+        site_auth,
+        max_blob_size: cfg.cache.max_size,
+        metrics: metrics.clone(),
+    };
+
+    let conf = ServerConf {
+        threads: cfg.threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    // Admit what is on disk, least recently used first, before serving.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(store.seed_eviction(&found, eviction_dyn));
+    drop(rt);
+
+    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+    svc.add_tcp(&cfg.listen.to_string());
+    let mut ops = Service::new(
+        "hf-edge ops".to_string(),
+        HttpServer::new_app(OpsApp { metrics, store }),
+    );
+    ops.add_tcp(&cfg.metrics.listen.to_string());
+    server.add_service(svc);
+    server.add_service(ops);
+    log::info!(
+        "hf-edge listening on {} (metrics on {}), upstream {}",
+        cfg.listen,
+        cfg.metrics.listen,
+        cfg.upstream.endpoint
+    );
+    server.run_forever()
+}

@@ -1,0 +1,159 @@
+//! Reading a blob, complete or still filling. Reads are positional (`pread`) in chunks on the
+//! blocking pool, so memory stays flat whatever the blob size. A reader of a fill waits for the
+//! bytes it needs; it is handed the last byte only once the writer has verified and committed
+//! the blob, so a fill that fails or hashes wrong is never seen as a complete body.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::{Error, ErrorType, Result};
+use pingora_cache::storage::{HandleHit, Storage};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheKey;
+use tokio::sync::watch;
+
+use super::Progress;
+use crate::hub::BlobId;
+
+/// Bytes per `read_body` chunk.
+const CHUNK: u64 = 256 * 1024;
+
+pub struct BlobReader {
+    id: BlobId,
+    file: Arc<File>,
+    size: u64,
+    pos: u64,
+    /// Exclusive end of what this reader serves (the blob's size unless a range seeked).
+    end: u64,
+    /// Progress of the fill; `None` once the blob is known complete.
+    fill: Option<watch::Receiver<Progress>>,
+}
+
+impl BlobReader {
+    pub(super) fn complete(id: BlobId, file: File, size: u64) -> BlobReader {
+        BlobReader {
+            id,
+            file: Arc::new(file),
+            size,
+            pos: 0,
+            end: size,
+            fill: None,
+        }
+    }
+
+    pub(super) fn filling(
+        id: BlobId,
+        file: File,
+        size: u64,
+        fill: watch::Receiver<Progress>,
+    ) -> BlobReader {
+        BlobReader {
+            fill: Some(fill),
+            ..BlobReader::complete(id, file, size)
+        }
+    }
+
+    fn error(&self, what: &str) -> Box<Error> {
+        Error::explain(ErrorType::ReadError, format!("blob {}: {what}", self.id))
+    }
+
+    /// Waits until bytes past `self.pos` may be read; returns how far.
+    async fn readable_until(&mut self) -> Result<u64> {
+        let Some(rx) = self.fill.as_mut() else {
+            return Ok(self.size);
+        };
+        loop {
+            let state = *rx.borrow_and_update();
+            match state {
+                Progress::Committed => {
+                    self.fill = None;
+                    return Ok(self.size);
+                }
+                Progress::Failed => return Err(self.error("the fill failed upstream")),
+                // Hold back the final byte until the blob is verified and committed.
+                Progress::Written(n) if n.min(self.size.saturating_sub(1)) > self.pos => {
+                    return Ok(n.min(self.size - 1))
+                }
+                Progress::Written(_) => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(self.error("the fill ended without committing"));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HandleHit for BlobReader {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            // Only an empty blob gets here mid-fill: its end is still its commit.
+            if self.end == self.size && self.fill.is_some() {
+                self.readable_until().await?;
+            }
+            return Ok(None);
+        }
+        let limit = self.readable_until().await?.min(self.end);
+        let len = (limit - self.pos).min(CHUNK) as usize;
+        let (file, pos) = (self.file.clone(), self.pos);
+        let buf = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut buf = vec![0u8; len];
+            let mut filled = 0;
+            while filled < len {
+                match file.read_at(&mut buf[filled..], pos + filled as u64)? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            buf.truncate(filled);
+            Ok(buf)
+        })
+        .await
+        .map_err(|e| self.error(&format!("read task failed: {e}")))?
+        .map_err(|e| self.error(&format!("read failed: {e}")))?;
+        if buf.is_empty() {
+            // The file is shorter than its size: never end such a body as if it were whole.
+            return Err(self.error("blob file is truncated"));
+        }
+        self.pos += buf.len() as u64;
+        Ok(Some(Bytes::from(buf)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let end = end.map_or(self.size, |e| (e as u64).min(self.size));
+        if start as u64 > end {
+            return Err(self.error("seek past the end"));
+        }
+        self.pos = start as u64;
+        self.end = end;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.size as usize
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
+    }
+}

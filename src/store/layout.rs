@@ -1,0 +1,120 @@
+//! Where things live under `cache.dir`:
+//!
+//! ```text
+//! blobs/sha256/ab/ab12…   complete, verified LFS blobs (named by sha256)
+//! blobs/oid/cd/cd34…      complete, verified regular files (named by git oid)
+//! tmp/{hex}.{pid}.{n}.part  fills in progress; never served once their writer is gone
+//! ```
+//! A blob appears under `blobs/` only by `rename` after its hash was checked and it was
+//! fsynced, so a reader never sees a half-written blob there.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::hub::BlobId;
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+/// A complete blob found on disk at boot.
+#[derive(Debug)]
+pub struct FoundBlob {
+    pub id: BlobId,
+    pub size: u64,
+    pub last_access: SystemTime,
+}
+
+impl Layout {
+    pub fn new(root: impl Into<PathBuf>) -> Layout {
+        Layout { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob(&self, id: &BlobId) -> PathBuf {
+        let hex = id.hex();
+        self.root
+            .join("blobs")
+            .join(id.algo())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    /// A temp name unique to this process and write, so two processes sharing the directory
+    /// (during a graceful upgrade) never write the same file.
+    pub fn temp(&self, id: &BlobId, seq: u64) -> PathBuf {
+        self.tmp_dir()
+            .join(format!("{}.{}.{seq}.part", id.hex(), std::process::id()))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Creates the directories and removes temp files left by dead processes.
+    pub fn prepare(&self) -> io::Result<usize> {
+        fs::create_dir_all(self.root.join("blobs/sha256"))?;
+        fs::create_dir_all(self.root.join("blobs/oid"))?;
+        fs::create_dir_all(self.tmp_dir())?;
+        let mut removed = 0;
+        for entry in fs::read_dir(self.tmp_dir())? {
+            let path = entry?.path();
+            if !writer_alive(&path) {
+                fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every complete blob, with its size and last access time (for the LRU order).
+    pub fn scan(&self) -> io::Result<Vec<FoundBlob>> {
+        let mut found = Vec::new();
+        for algo in ["sha256", "oid"] {
+            let dir = self.root.join("blobs").join(algo);
+            for shard in fs::read_dir(&dir)? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
+                    continue;
+                }
+                for entry in fs::read_dir(shard.path())? {
+                    let entry = entry?;
+                    let name = entry.file_name();
+                    let Some(id) = name
+                        .to_str()
+                        .and_then(|n| BlobId::parse_key(&format!("{algo}/{n}")))
+                    else {
+                        log::warn!("ignoring unexpected file {}", entry.path().display());
+                        continue;
+                    };
+                    let md = entry.metadata()?;
+                    found.push(FoundBlob {
+                        id,
+                        size: md.len(),
+                        last_access: md.accessed().or_else(|_| md.modified())?,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A temp file belongs to a live writer only if its pid is another running process.
+fn writer_alive(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('.').nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(p) if p != std::process::id() => Path::new(&format!("/proc/{p}")).exists(),
+        _ => false,
+    }
+}

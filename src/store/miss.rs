@@ -1,0 +1,189 @@
+//! Filling a blob: the body streams into a temp file while it is hashed; `finish` checks the
+//! size and the content address, fsyncs, and renames the file into place. Dropping the writer
+//! without `finish` (upstream died, client went away and Pingora gave up) discards the fill and
+//! tells every reader of it that the body failed.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::{Error, ErrorType, Result};
+use pingora_cache::storage::{HandleMiss, MissFinishType};
+use sha1::Digest as _;
+
+use super::{BlobStore, Fill, Progress};
+use crate::hub::BlobId;
+
+/// Computes a blob's content address while it streams.
+pub enum ContentHasher {
+    Sha256(sha2::Sha256),
+    /// Git's blob id: sha1 over `blob {size}\0` followed by the content.
+    GitOid(sha1::Sha1),
+}
+
+impl ContentHasher {
+    pub fn new(id: &BlobId, size: u64) -> ContentHasher {
+        match id {
+            BlobId::Sha256(_) => ContentHasher::Sha256(sha2::Sha256::new()),
+            BlobId::GitOid(_) => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {size}\0").as_bytes());
+                ContentHasher::GitOid(h)
+            }
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            ContentHasher::Sha256(h) => h.update(data),
+            ContentHasher::GitOid(h) => h.update(data),
+        }
+    }
+
+    /// The id this content really has, of the same kind as the one it was created for.
+    pub fn finish(self) -> BlobId {
+        match self {
+            ContentHasher::Sha256(h) => BlobId::Sha256(h.finalize().into()),
+            ContentHasher::GitOid(h) => BlobId::GitOid(h.finalize().into()),
+        }
+    }
+}
+
+/// The temp file and hash state, moved into blocking tasks and back.
+struct WriteState {
+    file: File,
+    hasher: ContentHasher,
+}
+
+pub struct BlobWriter {
+    store: &'static BlobStore,
+    fill: Arc<Fill>,
+    state: Option<WriteState>,
+    written: u64,
+    committed: bool,
+}
+
+impl BlobWriter {
+    pub(super) fn new(store: &'static BlobStore, fill: Arc<Fill>, file: File) -> BlobWriter {
+        let hasher = ContentHasher::new(&fill.id, fill.size);
+        BlobWriter {
+            store,
+            fill,
+            state: Some(WriteState { file, hasher }),
+            written: 0,
+            committed: false,
+        }
+    }
+
+    fn fail(&self, what: String) -> Box<Error> {
+        log::warn!("blob {}: {what}", self.fill.id);
+        Error::explain(
+            ErrorType::InternalError,
+            format!("blob {}: {what}", self.fill.id),
+        )
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut WriteState) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let mut st = self
+            .state
+            .take()
+            .ok_or_else(|| self.fail("write after a failed write".into()))?;
+        let (st, res) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut st);
+            (st, r)
+        })
+        .await
+        .map_err(|e| self.fail(format!("write task failed: {e}")))?;
+        self.state = Some(st);
+        res.map_err(|e| {
+            self.store.note_write_error(&e);
+            self.fail(format!("write to {} failed: {e}", self.fill.temp.display()))
+        })
+    }
+}
+
+#[async_trait]
+impl HandleMiss for BlobWriter {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let len = data.len() as u64;
+        if self.written + len > self.fill.size {
+            return Err(self.fail(format!(
+                "upstream sent more than the expected {} bytes",
+                self.fill.size
+            )));
+        }
+        self.blocking(move |st| {
+            st.file.write_all(&data)?;
+            st.hasher.update(&data);
+            Ok(())
+        })
+        .await?;
+        self.written += len;
+        self.fill
+            .progress
+            .send_replace(Progress::Written(self.written));
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        if self.written != self.fill.size {
+            return Err(self.fail(format!(
+                "body ended after {} of {} bytes",
+                self.written, self.fill.size
+            )));
+        }
+        let st = self
+            .state
+            .take()
+            .ok_or_else(|| self.fail("finish after a failed write".into()))?;
+        let expected = self.fill.id;
+        let (temp, dest) = (self.fill.temp.clone(), self.store.layout.blob(&expected));
+        let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<BlobId>> {
+            let actual = st.hasher.finish();
+            if actual != expected {
+                return Ok(Some(actual));
+            }
+            st.file.sync_all()?;
+            std::fs::create_dir_all(dest.parent().expect("blob path has a parent"))?;
+            std::fs::rename(&temp, &dest)?;
+            Ok(None)
+        })
+        .await
+        .map_err(|e| self.fail(format!("commit task failed: {e}")))?;
+        match res {
+            Ok(None) => {
+                self.committed = true;
+                self.store.commit(&self.fill);
+                Ok(MissFinishType::Created(self.fill.size as usize))
+            }
+            Ok(Some(actual)) => {
+                self.store.note_integrity_failure();
+                Err(self.fail(format!("content hashes to {actual}; discarded")))
+            }
+            Err(e) => {
+                self.store.note_write_error(&e);
+                Err(self.fail(format!("commit failed: {e}")))
+            }
+        }
+    }
+
+    fn streaming_write_tag(&self) -> Option<&[u8]> {
+        Some(self.fill.tag.as_bytes())
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.store.abandon(&self.fill);
+        }
+    }
+}

@@ -146,7 +146,8 @@ pub fn parse(raw_path: &str) -> Result<Route, PathError> {
     // reach a different resource than the one the path grammar saw.
     for s in &segs {
         let d = decode(s)?;
-        if d == "." || d == ".." || d.contains('\\') || d.contains('\0') {
+        let dots = d.split('/').any(|p| p == "." || p == "..");
+        if dots || d.contains('\\') || d.contains('\0') {
             return Err(PathError::Traversal);
         }
     }
@@ -384,9 +385,12 @@ mod tests {
             ),
             ("/gpt2/resolve/main", PathError::MissingFile),
             ("/gpt2/resolve/main/", PathError::MissingFile),
+            ("/gpt2/resolve/%2e%2e%2Fx/y", PathError::Traversal),
+            ("/gpt2/resolve/main/..%2F..%2Fetc", PathError::Traversal),
+            ("/gpt2/resolve/refs%2F..%2Fx/y", PathError::Traversal),
             (
-                "/gpt2/resolve/%2e%2e%2Fx/y",
-                PathError::BadRevision("../x".into()),
+                "/gpt2/resolve/a%2F%2Fb/y",
+                PathError::BadRevision("a//b".into()),
             ),
             (
                 "/bad%20name/resolve/main/x",

@@ -21,7 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_cache::eviction::EvictionManager;
 use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 
 pub use ctx::{Ctx, Target};
 
@@ -36,6 +36,8 @@ use crate::store::{cache_key, BlobStore};
 const MAX_BODY_HOPS: usize = 3;
 /// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
 const MAX_JSON_BODY: usize = 32 << 20;
+/// Multipart ranges served at most (as Pingora's default).
+const MAX_RANGES: usize = 200;
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct EdgeProxy {
@@ -265,6 +267,23 @@ impl ProxyHttp for EdgeProxy {
             0,
             resp.clone(),
         )))
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> RangeType {
+        let req = session.req_header();
+        let range = req.headers.get(header::RANGE).map(|v| v.as_bytes());
+        if range.is_some_and(|r| !headers::is_satisfiable_syntax(r)) {
+            // RFC 9110 §14.2: a syntactically invalid Range is ignored (full 200), not a 416;
+            // 416 is only for a start at or past the end.
+            let _ = resp.insert_header(header::ACCEPT_RANGES, "bytes");
+            return RangeType::None;
+        }
+        range_header_filter(req, resp, Some(MAX_RANGES))
     }
 
     async fn response_filter(

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build and test hf-edge:
+#  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
+#  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
+# Idempotent: a second run does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root to run: $*" >&2; exit 1; fi
+}
+
+if ! command -v cmake >/dev/null; then
+  echo "setup: installing cmake (needed by Pingora's zlib-ng build)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq cmake >/dev/null
+fi
+
+if [ "${1:-}" = "--venv" ]; then
+  req=tests/e2e/requirements.txt
+  stamp=.venv/.requirements.sha256
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: creating .venv with $req" >&2
+    python3 -m venv .venv
+    .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+    echo "$want" > "$stamp"
+  fi
+fi

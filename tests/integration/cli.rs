@@ -1,0 +1,51 @@
+//! The command line: config validation and exit codes.
+
+use std::process::Command;
+
+fn check(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/hf-edge.yaml")).unwrap();
+    let (code, out) = check(&shipped);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn bad_configs_exit_2_with_a_one_line_error_naming_the_key() {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/hf-edge.yaml")).unwrap();
+    let cases = [
+        (
+            shipped.replace("max_size: \"100GiB\"", "max_size: \"lots\""),
+            "cache.max_size",
+        ),
+        (
+            shipped.replace("listen: \"127.0.0.1:9090\"", "listen: \"nine\""),
+            "metrics.listen",
+        ),
+        (
+            shipped.replace("  revision_ttl:", "  revison_ttl:"),
+            "unknown field `revison_ttl`",
+        ),
+    ];
+    for (yaml, key) in cases {
+        let (code, out) = check(&yaml);
+        assert_eq!(code, 2, "{out}");
+        assert!(out.contains(key), "{out:?} should name {key}");
+        assert_eq!(out.trim_end().lines().count(), 1, "{out:?}");
+    }
+}

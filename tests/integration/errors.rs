@@ -1,0 +1,128 @@
+//! Bad input and upstream failures: clear statuses, JSON bodies, nothing partial kept.
+
+use serde_json::json;
+
+use crate::harness::{free_port, request, Edge, FakeHub};
+
+const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
+
+#[test]
+fn hub_errors_pass_through_with_their_headers() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    let cases = [
+        ("/gpt2/resolve/main/missing.json", 404, "EntryNotFound"),
+        (
+            "/gpt2/resolve/no-such-branch/config.json",
+            404,
+            "RevisionNotFound",
+        ),
+        (
+            "/fake-org/nope/resolve/main/config.json",
+            401,
+            "RepoNotFound",
+        ),
+        (
+            "/fake-org/gated-model/resolve/main/config.json",
+            401,
+            "GatedRepo",
+        ),
+    ];
+    for (path, status, code) in cases {
+        for r in [edge.get(path, &[]), edge.head(path, &[])] {
+            assert_eq!(r.status, status, "{path}");
+            assert_eq!(r.header("x-error-code"), Some(code), "{path}");
+        }
+        let body = edge.get(path, &[]).json();
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
+    let missing = edge.head("/gpt2/resolve/main/missing.json", &[]);
+    assert_eq!(missing.header("x-repo-commit").map(str::len), Some(40));
+}
+
+#[test]
+fn malformed_and_traversal_paths_get_400_json() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    let paths = [
+        "/gpt2/resolve/main/../../../etc/passwd",
+        "/gpt2/resolve/main/%2e%2e/%2e%2e/etc/passwd",
+        "/gpt2/resolve/main/..%2F..%2Fetc%2Fpasswd",
+        "/gpt2/resolve/main/a%5C..%5Cb",
+        "/gpt2/resolve/main/a%00b",
+        "/gpt2/resolve/main/bad%zzescape",
+        "/api/models/../../admin",
+        "/gpt2/resolve/main",
+    ];
+    for p in paths {
+        let r = edge.get(p, &[]);
+        assert_eq!(r.status, 400, "{p}: {}", r.text());
+        assert!(r.json()["error"].is_string(), "{p}");
+    }
+    assert!(hub.log().is_empty(), "refused paths never reach upstream");
+}
+
+#[test]
+fn unreachable_upstream_is_502_and_never_404() {
+    // Nothing listens on a port that was just free.
+    let edge = Edge::start_at(&format!("http://127.0.0.1:{}", free_port()), "");
+    for method in ["GET", "HEAD"] {
+        let r = request(edge.addr, method, "/gpt2/resolve/main/config.json", &[]);
+        assert_eq!(r.status, 502, "{method}");
+    }
+    let r = edge.get("/api/models/gpt2", &[]);
+    assert_eq!(r.status, 502);
+    assert!(r.json()["error"].is_string());
+}
+
+#[test]
+fn slow_upstream_is_504() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(json!({"mode": "slow", "server": "hub", "delay": 5, "times": 2}));
+    let r = edge.head("/gpt2/resolve/main/config.json", &[]);
+    assert_eq!(r.status, 504, "{}", r.text());
+}
+
+#[test]
+fn upstream_errors_keep_retry_after() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(
+        json!({"mode": "status", "status": 429, "server": "hub", "times": 1,
+        "headers": {"Retry-After": "7", "RateLimit": "\"api\";r=0;t=7"}}),
+    );
+    let r = edge.head("/gpt2/resolve/main/config.json", &[]);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.header("ratelimit"), Some("\"api\";r=0;t=7"));
+}
+
+#[test]
+fn a_body_cut_mid_stream_is_never_stored_or_served_whole() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(json!({"mode": "drop_after", "server": "cdn", "bytes": 100_000, "times": 1}));
+    let cut = edge.get(LFS, &[]);
+    assert!(
+        cut.status != 200 || cut.truncated,
+        "a cut body must not look complete"
+    );
+    let tmp = edge.dir.path().join("cache/tmp");
+    let leftovers = std::fs::read_dir(&tmp).unwrap().count();
+    assert_eq!(leftovers, 0, "the partial blob is removed");
+    let whole = edge.get(LFS, &[]);
+    assert_eq!(whole.status, 200);
+    assert!(!whole.truncated);
+    assert_eq!(
+        whole.header("x-hf-edge-cache"),
+        Some("miss"),
+        "fetched again"
+    );
+    let etag = whole
+        .header("x-linked-etag")
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(crate::harness::sha256_hex(&whole.body), etag);
+}

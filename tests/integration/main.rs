@@ -1,0 +1,9 @@
+//! Integration tests: the real `hf-edge` binary in front of the fake Hub, over loopback.
+//! Each test starts its own servers (ephemeral ports, one temp dir each).
+
+mod harness;
+
+mod cli;
+mod errors;
+mod passthrough;
+mod resolve;

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use pingora_cache::storage::{HandleHit, HandleMiss, MissFinishType};
+use pingora_cache::storage::MissFinishType;
 use pingora_cache::trace::Span;
 use sha2::Digest;
 

@@ -5,5 +5,6 @@ mod harness;
 
 mod cli;
 mod errors;
+mod fills;
 mod passthrough;
 mod resolve;

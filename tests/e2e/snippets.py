@@ -1,0 +1,27 @@
+"""Client code shared by several tests; each runs in a fresh interpreter (see client_runner.py)."""
+
+# Downloads args["filenames"] one by one; result maps each name to the sha256 of the file the client cached
+# and the commit of the snapshot folder it was cached under (what the client took from X-Repo-Commit).
+DOWNLOAD = """
+import hashlib, re
+from huggingface_hub import hf_hub_download
+result = {}
+for name in args["filenames"]:
+    path = hf_hub_download(args["repo_id"], name, revision=args.get("revision"), repo_type=args.get("repo_type"))
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    result[name] = {"sha256": digest, "commit": re.search(r"snapshots/([0-9a-f]{40})/", path)[1]}
+"""
+
+# snapshot_download of args["repo_id"]; result maps every file of the snapshot to its sha256.
+SNAPSHOT = """
+import hashlib, os
+from huggingface_hub import snapshot_download
+folder = snapshot_download(args["repo_id"], repo_type=args.get("repo_type"), revision=args.get("revision"))
+result = {}
+for root, _, names in os.walk(folder):
+    for name in names:
+        path = os.path.join(root, name)
+        with open(path, "rb") as f:
+            result[os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(f.read()).hexdigest()
+"""

@@ -1,0 +1,156 @@
+"""Helpers for the end-to-end tests: plain HTTP, the fake Hub's control API, and client processes."""
+
+import hashlib
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+CLIENT_RUNNER = Path(__file__).with_name("client_runner.py")
+CLIENT_TIMEOUT = 180.0
+
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # tests look at redirects themselves
+
+
+# No proxy from the environment may stand between the tests and the loopback servers.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30):
+    """(status, headers, body) of one request, without following redirects or raising on HTTP errors."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _HTTP.open(request, timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class FakeHub:
+    hub: str
+    cdn: str
+
+    def _call(self, method: str, path: str, payload=None):
+        body = json.dumps(payload).encode() if payload is not None else None
+        status, _, data = http(method, self.hub + path, body, {"Content-Type": "application/json"})
+        assert status == 200, f"{method} {path}: {status} {data[:500]!r}"
+        return json.loads(data)
+
+    def log(self) -> list[dict]:
+        return self._call("GET", "/_fake/log")
+
+    def clear_log(self) -> None:
+        self._call("POST", "/_fake/log/clear")
+
+    def push(self, repo: str, files: dict[str, str], repo_type: str = "model") -> str:
+        return self._call("POST", "/_fake/push", {"repo": repo, "type": repo_type, "files": files})["commit"]
+
+    def expected(self, repo: str, revision: str = "main", repo_type: str = "model") -> dict:
+        """{"commit": sha, "files": {path: {"sha256", "size", "lfs", "oid"}}} as the fake Hub holds them."""
+        query = urllib.parse.urlencode({"repo": repo, "rev": revision, "type": repo_type})
+        return self._call("GET", f"/_fake/files?{query}")
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The first stdout line of a process, or '' if none came in time or it exited."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if selector.select(timeout):
+            return process.stdout.readline().decode()
+    return ""
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+class ClientError(AssertionError):
+    pass
+
+
+class Client:
+    """A huggingface_hub user with an empty cache of their own, talking to `endpoint`."""
+
+    def __init__(self, endpoint: str, home: Path):
+        self.endpoint = endpoint
+        self.home = home
+        self.cache = home / "hub"
+
+    def env(self, token: str | None = None) -> dict[str, str]:
+        # Nothing from the outer environment: no token, no cache, no proxy between the client and loopback.
+        env = {k: v for k, v in os.environ.items()
+               if not k.upper().startswith(("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))}
+        env.update(
+            HF_ENDPOINT=self.endpoint,
+            HF_HOME=str(self.home),
+            HF_HUB_CACHE=str(self.cache),
+            HF_HUB_DISABLE_TELEMETRY="1",
+            HF_HUB_DISABLE_PROGRESS_BARS="1",
+            HF_HUB_DISABLE_UPDATE_CHECK="1",
+            HF_XET_TELEMETRY_ENABLED="false",
+            # A client that strays onto Xet fails fast against the fake CAS instead of retrying for minutes.
+            HF_XET_CLIENT_RETRY_MAX_ATTEMPTS="1",
+        )
+        if token:
+            env["HF_TOKEN"] = token
+        return env
+
+    def outcome(self, code: str, token: str | None = None, timeout: float = CLIENT_TIMEOUT, **args) -> dict:
+        process = subprocess.run(
+            [sys.executable, str(CLIENT_RUNNER)],
+            input=json.dumps({"code": code, "args": args}).encode(),
+            env=self.env(token), capture_output=True, timeout=timeout,
+        )
+        lines = [l for l in process.stdout.decode().splitlines() if l.startswith("E2E-RESULT ")]
+        if not lines:
+            raise ClientError(f"client crashed ({process.returncode}):\n{process.stderr.decode()[-4000:]}")
+        return json.loads(lines[-1].removeprefix("E2E-RESULT "))
+
+    def run(self, code: str, token: str | None = None, **args):
+        """The snippet's `result`; fails the test with the client's traceback if it raised."""
+        outcome = self.outcome(code, token, **args)
+        if "error" in outcome:
+            raise ClientError(f"client raised {outcome['error']}:\n{outcome['traceback']}")
+        return outcome["result"]
+
+    def error(self, code: str, token: str | None = None, **args) -> dict:
+        """The error the snippet raised; fails the test if it succeeded."""
+        outcome = self.outcome(code, token, **args)
+        if "error" not in outcome:
+            raise ClientError(f"expected an error, client returned {outcome['result']!r}")
+        return outcome
+
+    def cli(self, *argv: str, token: str | None = None, timeout: float = CLIENT_TIMEOUT):
+        hf = Path(sys.executable).with_name("hf")
+        return subprocess.run([str(hf), *argv], env=self.env(token), capture_output=True, timeout=timeout)

@@ -30,7 +30,7 @@ use crate::hub::headers::{self, FileMeta};
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
 use crate::metrics::Metrics;
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
-use crate::store::{cache_key, BlobStore};
+use crate::store::{cache_key, BlobStore, RefEntry};
 
 /// Redirects followed on a body request (the metadata request follows its own).
 const MAX_BODY_HOPS: usize = 3;
@@ -349,6 +349,11 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(Route::Resolve(r)), Some(meta)) = (&ctx.route, &ctx.file) {
+            if status == 200 || status == 206 {
+                self.record_ref(r, meta);
+            }
+        }
         let cache = session
             .cache
             .enabled()
@@ -363,6 +368,22 @@ impl ProxyHttp for EdgeProxy {
 }
 
 impl EdgeProxy {
+    fn record_ref(&self, r: &ResolveRequest, meta: &FileMeta) {
+        let Some(blob) = meta.blob else { return };
+        let time = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.store.record_ref(&RefEntry {
+            repo: r.repo.to_string(),
+            revision: r.revision.clone(),
+            commit: meta.commit.clone(),
+            path: r.path.clone(),
+            blob: blob.to_string(),
+            size: meta.size,
+            time,
+        });
+    }
+
     /// A body request that redirects again (the Hub moved the file since the metadata
     /// request): retarget and let Pingora retry the request against the new peer.
     fn follow_body_redirect(&self, resp: &ResponseHeader, ctx: &mut Ctx) -> Result<()> {

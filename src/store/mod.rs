@@ -11,6 +11,7 @@
 mod hit;
 mod layout;
 mod miss;
+mod refs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
 pub use miss::{BlobWriter, ContentHasher};
+pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
 
 use crate::hub::BlobId;
 
@@ -72,6 +74,7 @@ pub struct BlobStore {
     index: Mutex<HashMap<HashBinary, (BlobId, u64)>>,
     fills: Mutex<HashMap<BlobId, Arc<Fill>>>,
     next_write: AtomicU64,
+    refs: RefsLog,
     pub stats: StoreStats,
 }
 
@@ -94,7 +97,9 @@ impl BlobStore {
         }
         let mut found = layout.scan()?;
         found.sort_by_key(|b| b.last_access);
+        let present = found.iter().map(|b| b.id).collect();
         let store = BlobStore {
+            refs: RefsLog::open(layout.root(), &present)?,
             layout,
             index: Mutex::new(HashMap::new()),
             fills: Mutex::new(HashMap::new()),
@@ -109,6 +114,11 @@ impl BlobStore {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Records that a repo path names a blob (for operators' `cache ls/stats/purge`).
+    pub fn record_ref(&self, entry: &RefEntry) {
+        self.refs.record(entry);
     }
 
     /// Whether a complete copy of the blob is on disk (per the index).
@@ -200,6 +210,11 @@ impl BlobStore {
         let opened = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
             let len = f.metadata()?.len();
+            // The access time is the LRU order rebuilt at boot; relatime would not keep it.
+            let now = std::fs::FileTimes::new().set_accessed(SystemTime::now());
+            if let Err(e) = f.set_times(now) {
+                log::debug!("cannot set access time of {}: {e}", path.display());
+            }
             Ok::<_, std::io::Error>((f, len))
         })
         .await

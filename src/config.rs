@@ -58,6 +58,8 @@ pub struct Config {
     pub upstream: Upstream,
     pub cache: Cache,
     pub metrics: Metrics,
+    /// Access log: `stderr`, `off`, or a file path.
+    pub access_log: String,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +97,27 @@ struct RawConfig {
     upstream: RawUpstream,
     cache: RawCache,
     metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default = "default_access_log")]
+    access: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            access: default_access_log(),
+        }
+    }
+}
+
+fn default_access_log() -> String {
+    "stderr".into()
 }
 
 #[derive(Deserialize)]
@@ -279,12 +302,16 @@ impl RawConfig {
         if metrics.listen == listen && listen.port() != 0 {
             return Err(bad("metrics.listen", "must differ from listen"));
         }
+        if self.log.access.trim().is_empty() {
+            return Err(bad("log.access", "must be stderr, off, or a file path"));
+        }
         Ok(Config {
             listen,
             threads,
             upstream,
             cache,
             metrics,
+            access_log: self.log.access,
         })
     }
 }

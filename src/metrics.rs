@@ -1,35 +1,79 @@
 //! Prometheus metrics (`hf_edge_*`) and the operator endpoints on `metrics.listen`:
-//! `/metrics`, `/healthz` (alive) and `/readyz` (store writable).
+//! `/metrics`, `/healthz` (alive) and `/readyz` (store writable, upstream reachable).
 //!
-//! Label values are bounded sets (route kinds, methods, status classes, cache phases): no
-//! token, client address or file path ever becomes a label.
+//! Label values are bounded sets (route kinds, methods, status classes, cache results): no
+//! token, client address or file path ever becomes a label. Every known label combination of
+//! the small families is created at zero, so dashboards and alerts see a series from the
+//! first scrape rather than "no data".
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
-use crate::hub::grammar::Route;
+use crate::hub::upstream::Origin;
 use crate::resolver::ResolveError;
 use crate::store::BlobStore;
+
+/// Where an upstream request went, for `hf_edge_upstream_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    Metadata,
+    Blob,
+    Api,
+}
+
+impl UpstreamKind {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamKind::Metadata => "metadata",
+            UpstreamKind::Blob => "blob",
+            UpstreamKind::Api => "api",
+        }
+    }
+}
+
+/// How a branch/tag → commit question was answered.
+#[derive(Debug, Clone, Copy)]
+pub enum RevisionLookup {
+    /// From the revision cache, within `revision_ttl`.
+    Fresh,
+    /// Asked the Hub.
+    Refreshed,
+}
+
+const CACHE_RESULTS: [&str; 5] = ["hit", "miss", "coalesced", "stale", "bypass"];
+const UPSTREAM_CAUSES: [&str; 5] = ["connect", "timeout", "reset", "5xx", "429"];
+const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    upstream_responses: IntCounterVec,
+    request_duration: HistogramVec,
+    cache_lookups: IntCounterVec,
+    sent_bytes: IntCounterVec,
+    upstream_received_bytes: IntCounter,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
+    revision_lookups: IntCounterVec,
     store_bytes: IntGauge,
     store_objects: IntGauge,
-    store_max_bytes: IntGauge,
-    store_write_errors: IntGauge,
-    store_integrity_failures: IntGauge,
+    store_evictions: IntCounter,
+    store_evicted_bytes: IntCounter,
+    store_integrity_failures: IntCounter,
+    store_write_errors: IntCounter,
 }
 
-fn status_class(status: u16) -> &'static str {
+pub fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -51,85 +95,199 @@ fn method_label(m: &str) -> &'static str {
     }
 }
 
+/// Latency buckets from 1 ms to 5 min: metadata answers and multi-GB downloads alike.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
 impl Metrics {
     /// Creates the metrics in `registry`.
     pub fn register(registry: Registry, max_size: u64) -> prometheus::Result<Metrics> {
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
+        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            reg(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
         };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help)?;
+            reg(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help)?;
+            reg(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels)?;
+            reg(Box::new(h.clone()))?;
+            Ok::<_, prometheus::Error>(h)
+        };
+
         let build = IntGaugeVec::new(
             Opts::new("hf_edge_build_info", "Build information; always 1."),
-            &["version"],
+            &["version", "commit"],
         )?;
-        registry.register(Box::new(build.clone()))?;
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        reg(Box::new(build.clone()))?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("HF_EDGE_GIT_COMMIT")])
+            .set(1);
+        let max = gauge(
+            "hf_edge_store_max_bytes",
+            "The configured cache.max_size in bytes.",
+        )?;
+        max.set(max_size as i64);
+
         let m = Metrics {
-            requests: counter(
+            requests: counter_vec(
                 "hf_edge_requests_total",
-                "Client requests by route kind, method, status class and cache result.",
-                &["route", "method", "status", "cache"],
+                "Client requests by route kind, method and status class.",
+                &["route", "method", "status"],
             )?,
-            upstream_responses: counter(
-                "hf_edge_upstream_responses_total",
-                "Responses received from upstream by route kind and status class.",
-                &["route", "status"],
+            request_duration: histogram(
+                "hf_edge_request_duration_seconds",
+                "Client request duration, from request to the last byte sent.",
+                &["route", "cache"],
             )?,
-            upstream_errors: counter(
+            cache_lookups: counter_vec(
+                "hf_edge_cache_lookups_total",
+                "Blob cache lookups of file downloads, by result.",
+                &["result"],
+            )?,
+            sent_bytes: counter_vec(
+                "hf_edge_sent_bytes_total",
+                "File body bytes sent to clients, by where they came from.",
+                &["source"],
+            )?,
+            upstream_received_bytes: counter(
+                "hf_edge_upstream_received_bytes_total",
+                "File body bytes received from upstream.",
+            )?,
+            upstream_requests: counter_vec(
+                "hf_edge_upstream_requests_total",
+                "Upstream responses by request kind and status class.",
+                &["kind", "status"],
+            )?,
+            upstream_duration: histogram(
+                "hf_edge_upstream_request_duration_seconds",
+                "Time from sending an upstream request to its response header.",
+                &["kind"],
+            )?,
+            upstream_errors: counter_vec(
                 "hf_edge_upstream_errors_total",
-                "Upstream failures before a usable response, by cause.",
+                "Upstream failures, by cause.",
                 &["cause"],
+            )?,
+            revision_lookups: counter_vec(
+                "hf_edge_revision_lookups_total",
+                "Branch and tag resolutions, by how they were answered.",
+                &["result"],
             )?,
             store_bytes: gauge("hf_edge_store_bytes", "Bytes of complete blobs on disk.")?,
             store_objects: gauge("hf_edge_store_objects", "Complete blobs on disk.")?,
-            store_max_bytes: gauge("hf_edge_store_max_bytes", "The configured cache.max_size.")?,
-            store_write_errors: gauge(
-                "hf_edge_store_write_errors",
-                "Cache writes that failed since start (disk full, I/O errors).",
+            store_evictions: counter(
+                "hf_edge_store_evictions_total",
+                "Blobs evicted to stay under cache.max_size.",
             )?,
-            store_integrity_failures: gauge(
-                "hf_edge_store_integrity_failures",
-                "Fills discarded because the content did not match its hash, since start.",
+            store_evicted_bytes: counter(
+                "hf_edge_store_evicted_bytes_total",
+                "Bytes evicted to stay under cache.max_size.",
+            )?,
+            store_integrity_failures: counter(
+                "hf_edge_store_integrity_failures_total",
+                "Fills discarded because their content did not match its hash.",
+            )?,
+            store_write_errors: counter(
+                "hf_edge_store_write_errors_total",
+                "Cache writes that failed (disk full, I/O errors).",
             )?,
             registry,
         };
-        m.store_max_bytes.set(max_size as i64);
+        for r in CACHE_RESULTS {
+            m.cache_lookups.with_label_values(&[r]);
+        }
+        for s in ["cache", "upstream"] {
+            m.sent_bytes.with_label_values(&[s]);
+        }
+        for c in UPSTREAM_CAUSES {
+            m.upstream_errors.with_label_values(&[c]);
+        }
+        for r in ["fresh", "refreshed", "stale_served"] {
+            m.revision_lookups.with_label_values(&[r]);
+        }
+        for k in [
+            UpstreamKind::Metadata,
+            UpstreamKind::Blob,
+            UpstreamKind::Api,
+        ] {
+            m.upstream_duration.with_label_values(&[k.label()]);
+            for s in STATUS_CLASSES {
+                m.upstream_requests.with_label_values(&[k.label(), s]);
+            }
+        }
         Ok(m)
     }
 
-    pub fn request(&self, route: &str, method: &str, status: u16, cache: Option<&str>) {
+    /// A finished client request. `cache` is the lookup result of a file download.
+    pub fn request(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        cache: Option<&str>,
+        duration: Duration,
+    ) {
         self.requests
-            .with_label_values(&[
-                route,
-                method_label(method),
-                status_class(status),
-                cache.unwrap_or("none"),
-            ])
+            .with_label_values(&[route, method_label(method), status_class(status)])
             .inc();
+        self.request_duration
+            .with_label_values(&[route, cache.unwrap_or("none")])
+            .observe(duration.as_secs_f64());
+        if let Some(c) = cache {
+            self.cache_lookups.with_label_values(&[c]).inc();
+        }
     }
 
-    pub fn upstream_response(&self, route: Option<&Route>, status: u16) {
-        self.upstream_responses
-            .with_label_values(&[route.map_or("other", Route::kind), status_class(status)])
-            .inc();
+    /// File body bytes sent to a client; `from_cache` for hits.
+    pub fn sent(&self, from_cache: bool, bytes: usize) {
+        let source = if from_cache { "cache" } else { "upstream" };
+        self.sent_bytes
+            .with_label_values(&[source])
+            .inc_by(bytes as u64);
     }
 
+    pub fn upstream_received(&self, bytes: usize) {
+        self.upstream_received_bytes.inc_by(bytes as u64);
+    }
+
+    pub fn upstream_response(&self, kind: UpstreamKind, status: u16, elapsed: Duration) {
+        self.upstream_requests
+            .with_label_values(&[kind.label(), status_class(status)])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[kind.label()])
+            .observe(elapsed.as_secs_f64());
+        match status {
+            429 => self.upstream_errors.with_label_values(&["429"]).inc(),
+            500..=599 => self.upstream_errors.with_label_values(&["5xx"]).inc(),
+            _ => {}
+        }
+    }
+
+    /// A metadata request that got no usable answer (a Hub error status is counted by
+    /// [`Metrics::upstream_response`]).
     pub fn upstream_error(&self, e: &ResolveError) {
-        let cause = match e {
-            ResolveError::Hub { status: 429, .. } => "429",
-            ResolveError::Hub { status, .. } if *status >= 500 => "5xx",
-            ResolveError::Hub { .. } => return,
-            ResolveError::Upstream(u) if u.status() == 504 => "timeout",
-            ResolveError::Upstream(_) => "connect",
-        };
-        self.upstream_errors.with_label_values(&[cause]).inc();
+        if let ResolveError::Upstream(u) = e {
+            let cause = if u.status() == 504 {
+                "timeout"
+            } else {
+                "connect"
+            };
+            self.upstream_errors.with_label_values(&[cause]).inc();
+        }
     }
 
     pub fn upstream_failure(&self, e: &pingora::Error) {
@@ -142,15 +300,27 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[cause]).inc();
     }
 
+    pub fn revision_lookup(&self, r: RevisionLookup) {
+        let label = match r {
+            RevisionLookup::Fresh => "fresh",
+            RevisionLookup::Refreshed => "refreshed",
+        };
+        self.revision_lookups.with_label_values(&[label]).inc();
+    }
+
     fn gather(&self, store: &BlobStore) -> Vec<u8> {
         let s = &store.stats;
         self.store_bytes.set(s.bytes.load(Ordering::Relaxed) as i64);
         self.store_objects
             .set(s.objects.load(Ordering::Relaxed) as i64);
-        self.store_write_errors
-            .set(s.write_errors.load(Ordering::Relaxed) as i64);
-        self.store_integrity_failures
-            .set(s.integrity_failures.load(Ordering::Relaxed) as i64);
+        // The store counts with atomics; bring the counters up to them.
+        let catch_up = |c: &IntCounter, v: &std::sync::atomic::AtomicU64| {
+            c.inc_by(v.load(Ordering::Relaxed).saturating_sub(c.get()));
+        };
+        catch_up(&self.store_evictions, &s.evictions);
+        catch_up(&self.store_evicted_bytes, &s.evicted_bytes);
+        catch_up(&self.store_integrity_failures, &s.integrity_failures);
+        catch_up(&self.store_write_errors, &s.write_errors);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -163,6 +333,7 @@ impl Metrics {
 pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
+    pub upstream: Origin,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -178,6 +349,36 @@ fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
     reply(status, "application/json", v.to_string().into_bytes())
 }
 
+impl OpsApp {
+    async fn readiness(&self) -> Response<Vec<u8>> {
+        let probe = self.store.layout().root().join("tmp/.ready-probe");
+        let store = tokio::task::spawn_blocking(move || {
+            std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let addr = (self.upstream.host.clone(), self.upstream.port);
+        let upstream =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await;
+        let upstream = match upstream {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".to_string()),
+        };
+        let ready = store.is_ok() && upstream.is_ok();
+        json(
+            if ready { 200 } else { 503 },
+            serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
+                "upstream": upstream.map_or_else(|e| format!("unreachable: {e}"), |_| "reachable".into()),
+            }),
+        )
+    }
+}
+
 #[async_trait]
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -188,16 +389,7 @@ impl ServeHttp for OpsApp {
                 self.metrics.gather(self.store),
             ),
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
-            "/readyz" => {
-                let probe = self.store.layout().root().join("tmp/.ready-probe");
-                match std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe)) {
-                    Ok(()) => json(200, serde_json::json!({"status": "ready"})),
-                    Err(e) => json(
-                        503,
-                        serde_json::json!({"status": "not ready", "error": format!("cache dir not writable: {e}")}),
-                    ),
-                }
-            }
+            "/readyz" => self.readiness().await,
             _ => json(
                 404,
                 serde_json::json!({"error": "not found; try /metrics, /healthz or /readyz"}),

@@ -18,6 +18,7 @@ use crate::hub::grammar::{Repo, ResolveRequest};
 use crate::hub::headers::{FileMeta, ERROR_PASSTHROUGH};
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
 use crate::hub::{normalize_etag, BlobId};
+use crate::metrics::{Metrics, RevisionLookup, UpstreamKind};
 
 /// Redirect hops followed for one metadata request.
 const MAX_HOPS: usize = 5;
@@ -62,15 +63,21 @@ type FileKey = (IdentityKey, Repo, String, String);
 
 pub struct Resolver {
     upstream: std::sync::Arc<Upstream>,
+    metrics: std::sync::Arc<Metrics>,
     revision_ttl: Duration,
     revisions: Mutex<HashMap<RevKey, (String, Instant)>>,
     files: Mutex<HashMap<FileKey, FileMeta>>,
 }
 
 impl Resolver {
-    pub fn new(upstream: std::sync::Arc<Upstream>, revision_ttl: Duration) -> Resolver {
+    pub fn new(
+        upstream: std::sync::Arc<Upstream>,
+        metrics: std::sync::Arc<Metrics>,
+        revision_ttl: Duration,
+    ) -> Resolver {
         Resolver {
             upstream,
+            metrics,
             revision_ttl,
             revisions: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
@@ -127,10 +134,14 @@ impl Resolver {
             req.revision.to_ascii_lowercase()
         } else {
             let revs = self.revisions.lock();
-            let (commit, at) = revs.get(&(who, req.repo.clone(), req.revision.clone()))?;
-            if at.elapsed() >= self.revision_ttl {
+            let fresh = revs
+                .get(&(who, req.repo.clone(), req.revision.clone()))
+                .filter(|(_, at)| at.elapsed() < self.revision_ttl);
+            let Some((commit, _)) = fresh else {
+                self.metrics.revision_lookup(RevisionLookup::Refreshed);
                 return None;
-            }
+            };
+            self.metrics.revision_lookup(RevisionLookup::Fresh);
             commit.clone()
         };
         self.files
@@ -151,7 +162,13 @@ impl Resolver {
         for _ in 0..MAX_HOPS {
             let class = self.upstream.classify(&url);
             let send_auth = if class == HostClass::Hub { auth } else { None };
+            let started = Instant::now();
             let resp = self.upstream.head(&url, send_auth).await?;
+            self.metrics.upstream_response(
+                UpstreamKind::Metadata,
+                resp.status.as_u16(),
+                started.elapsed(),
+            );
             seen.observe(&resp);
             let status = resp.status.as_u16();
             if (300..400).contains(&status) {

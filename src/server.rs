@@ -13,10 +13,11 @@ use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, OpsApp};
-use crate::proxy::EdgeProxy;
+use crate::proxy::{EdgeProxy, RequestIds};
 use crate::resolver::Resolver;
 use crate::store::BlobStore;
 
@@ -55,8 +56,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let access_log = AccessLog::open(&cfg.access_log)
+        .with_context(|| format!("log.access: cannot open {}", cfg.access_log))?;
     let proxy = EdgeProxy {
-        resolver: Resolver::new(upstream.clone(), cfg.cache.revision_ttl),
+        resolver: Resolver::new(upstream.clone(), metrics.clone(), cfg.cache.revision_ttl),
         upstream,
         store,
         eviction: eviction_dyn,
@@ -64,6 +67,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         site_auth,
         max_blob_size: cfg.cache.max_size,
         metrics: metrics.clone(),
+        access_log,
+        request_ids: RequestIds::default(),
     };
 
     let conf = ServerConf {
@@ -84,7 +89,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     svc.add_tcp(&cfg.listen.to_string());
     let mut ops = Service::new(
         "hf-edge ops".to_string(),
-        HttpServer::new_app(OpsApp { metrics, store }),
+        HttpServer::new_app(OpsApp {
+            metrics,
+            store,
+            upstream: cfg.upstream.endpoint.clone(),
+        }),
     );
     ops.add_tcp(&cfg.metrics.listen.to_string());
     server.add_service(svc);

@@ -1,5 +1,7 @@
 //! Per-request state the proxy phases share.
 
+use std::time::{Duration, Instant};
+
 use http::HeaderValue;
 
 use crate::hub::grammar::Route;
@@ -13,8 +15,9 @@ pub struct Target {
     pub class: HostClass,
 }
 
-#[derive(Default)]
 pub struct Ctx {
+    pub request_id: String,
+    pub started: Instant,
     pub route: Option<Route>,
     /// The credentials used upstream: the client's own, else the site token.
     pub auth: Option<HeaderValue>,
@@ -28,4 +31,29 @@ pub struct Ctx {
     pub json: Option<Vec<u8>>,
     /// `scheme://host` as the client reached hf-edge, for rewritten `Link`s.
     pub public_base: Option<String>,
+    /// The hit streams from a fill another request started.
+    pub coalesced: bool,
+    pub upstream_sent: Option<Instant>,
+    /// Time to the upstream response header (body request or metadata).
+    pub upstream_time: Option<Duration>,
+}
+
+impl Ctx {
+    pub fn new(request_id: String) -> Ctx {
+        Ctx {
+            request_id,
+            started: Instant::now(),
+            route: None,
+            auth: None,
+            file: None,
+            file_name: String::new(),
+            target: None,
+            hops: 0,
+            json: None,
+            public_base: None,
+            coalesced: false,
+            upstream_sent: None,
+            upstream_time: None,
+        }
+    }
 }

@@ -9,6 +9,7 @@
 mod ctx;
 mod respond;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,17 +21,18 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_cache::eviction::EvictionManager;
 use pingora_cache::lock::CacheKeyLockImpl;
-use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 
 pub use ctx::{Ctx, Target};
 
+use crate::access_log::{AccessEntry, AccessLog};
 use crate::hub::grammar::{self, ApiKind, ResolveRequest, Route};
 use crate::hub::headers::{self, FileMeta};
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamKind};
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
-use crate::store::{cache_key, BlobStore, RefEntry};
+use crate::store::{cache_key, BlobReader, BlobStore, RefEntry};
 
 /// Redirects followed on a body request (the metadata request follows its own).
 const MAX_BODY_HOPS: usize = 3;
@@ -50,6 +52,33 @@ pub struct EdgeProxy {
     pub site_auth: Option<HeaderValue>,
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+    pub request_ids: RequestIds,
+}
+
+/// Request ids unique across restarts: a per-process prefix and a counter.
+pub struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        RequestIds {
+            prefix: (now.as_millis() as u64) << 16 ^ u64::from(std::process::id()),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+impl RequestIds {
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:012x}-{n:08x}", self.prefix & 0xffff_ffff_ffff)
+    }
 }
 
 impl EdgeProxy {
@@ -82,7 +111,7 @@ impl EdgeProxy {
             Ok(m) => Ok(Some(m)),
             Err(e) => {
                 self.metrics.upstream_error(&e);
-                respond::resolve_error(session, &e).await?;
+                respond::resolve_error(session, &e, &ctx.request_id).await?;
                 Ok(None)
             }
         }
@@ -101,14 +130,14 @@ impl ProxyHttp for EdgeProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx::new(self.request_ids.next())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         let route = match grammar::parse(req.uri.path()) {
             Ok(r) => r,
-            Err(e) => return respond::error(session, 400, &e.to_string()).await,
+            Err(e) => return respond::error(session, 400, &e.to_string(), &ctx.request_id).await,
         };
         ctx.auth = self.upstream_auth(req);
         ctx.public_base = public_base(req);
@@ -120,7 +149,7 @@ impl ProxyHttp for EdgeProxy {
                     return Ok(true);
                 };
                 if method == Method::HEAD {
-                    return respond::head(session, &meta, r.file_name()).await;
+                    return respond::head(session, &meta, r.file_name(), &ctx.request_id).await;
                 }
                 ctx.file_name = r.file_name().to_string();
                 ctx.target = Some(self.target(meta.download.clone()));
@@ -187,6 +216,7 @@ impl ProxyHttp for EdgeProxy {
             .parse()
             .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream URI"))?;
         upstream_request.set_uri(uri);
+        ctx.upstream_sent = Some(std::time::Instant::now());
         upstream_request.insert_header(header::HOST, target.url.origin.host_header())?;
         // Credentials go to the Hub only: never to a CDN host (signed URLs need none).
         upstream_request.remove_header(&header::AUTHORIZATION);
@@ -213,8 +243,14 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let elapsed = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
+        ctx.upstream_time = Some(elapsed);
+        let kind = match ctx.file {
+            Some(_) => UpstreamKind::Blob,
+            None => UpstreamKind::Api,
+        };
         self.metrics
-            .upstream_response(ctx.route.as_ref(), resp.status.as_u16());
+            .upstream_response(kind, resp.status.as_u16(), elapsed);
         if let Some(meta) = &ctx.file {
             if resp.status.is_redirection() {
                 return self.follow_body_redirect(resp, ctx);
@@ -294,9 +330,31 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         if let Some(meta) = &ctx.file {
             headers::apply_resolve_headers(resp, meta, &ctx.file_name);
-            resp.insert_header("x-hf-edge-cache", session.cache.phase().as_str())?;
+            resp.insert_header(
+                "x-hf-edge-cache",
+                cache_result(session, ctx).unwrap_or("none"),
+            )?;
+        }
+        // The Hub's own request id, when it sent one, passes through unchanged.
+        if resp.headers.get("x-request-id").is_none() {
+            resp.insert_header("x-request-id", &ctx.request_id)?;
         }
         Ok(())
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        hit_handler: &mut pingora_cache::HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<pingora_cache::ForcedFreshness>> {
+        ctx.coalesced = hit_handler
+            .as_any()
+            .downcast_ref::<BlobReader>()
+            .is_some_and(BlobReader::is_filling);
+        Ok(None)
     }
 
     fn response_body_filter(
@@ -339,7 +397,7 @@ impl ProxyHttp for EdgeProxy {
         // Once the header went out, the only honest signal left is closing the connection
         // before Content-Length is reached.
         if status > 0 && session.response_written().is_none() {
-            let _ = respond::error(session, status, &message).await;
+            let _ = respond::error(session, status, &message, &ctx.request_id).await;
         }
         FailToProxy {
             error_code: status,
@@ -347,23 +405,44 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let cache = cache_result(session, ctx);
+        let sent = session.as_downstream().body_bytes_sent();
         if let (Some(Route::Resolve(r)), Some(meta)) = (&ctx.route, &ctx.file) {
             if status == 200 || status == 206 {
                 self.record_ref(r, meta);
             }
+            self.metrics
+                .sent(session.cache.phase() == CachePhase::Hit, sent);
+            self.metrics
+                .upstream_received(session.upstream_body_bytes_received());
         }
-        let cache = session
-            .cache
-            .enabled()
-            .then(|| session.cache.phase().as_str());
-        self.metrics.request(
-            ctx.route.as_ref().map_or("invalid", Route::kind),
-            session.req_header().method.as_str(),
+        let route = ctx.route.as_ref().map_or("invalid", Route::kind);
+        let req = session.req_header();
+        let total = ctx.started.elapsed();
+        self.metrics
+            .request(route, req.method.as_str(), status, cache, total);
+        self.access_log.write(&AccessEntry {
+            time: rfc3339(SystemTime::now()),
+            request_id: &ctx.request_id,
+            client: session
+                .client_addr()
+                .map_or_else(String::new, |a| a.to_string()),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route,
+            repo: match &ctx.route {
+                Some(Route::Resolve(r)) => Some(r.repo.to_string()),
+                _ => None,
+            },
             status,
+            bytes: sent,
             cache,
-        );
+            upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
+            total_ms: total.as_secs_f64() * 1e3,
+            error: e.map(|e| e.to_string()),
+        });
     }
 }
 
@@ -410,6 +489,45 @@ impl EdgeProxy {
         e.set_retry(true);
         Err(e)
     }
+}
+
+/// The cache result label of a file download; `None` when the cache was not involved.
+fn cache_result(session: &Session, ctx: &Ctx) -> Option<&'static str> {
+    ctx.file.as_ref()?;
+    Some(match session.cache.phase() {
+        CachePhase::Hit if ctx.coalesced => "coalesced",
+        CachePhase::Hit => "hit",
+        CachePhase::Miss => "miss",
+        CachePhase::Stale | CachePhase::StaleUpdating => "stale",
+        _ => "bypass",
+    })
+}
+
+/// RFC 3339 UTC time with milliseconds, for log lines.
+fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// The body the metadata promised, or a 502: a short or different body must never be stored

@@ -10,7 +10,15 @@ use crate::hub::headers::{head_response, json_error, FileMeta};
 use crate::resolver::ResolveError;
 
 /// Writes a whole response; a HEAD gets the headers only.
-async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<bool> {
+async fn write(
+    session: &mut Session,
+    mut resp: ResponseHeader,
+    body: Bytes,
+    request_id: &str,
+) -> Result<bool> {
+    if resp.headers.get("x-request-id").is_none() {
+        resp.insert_header("x-request-id", request_id)?;
+    }
     let header_only = session.req_header().method == Method::HEAD || body.is_empty();
     session
         .write_response_header(Box::new(resp), header_only)
@@ -22,19 +30,39 @@ async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Resu
 }
 
 /// `{"error": message}` with `status`.
-pub async fn error(session: &mut Session, status: u16, message: &str) -> Result<bool> {
+pub async fn error(
+    session: &mut Session,
+    status: u16,
+    message: &str,
+    request_id: &str,
+) -> Result<bool> {
     let (resp, body) = json_error(status, message);
-    write(session, resp, body).await
+    write(session, resp, body, request_id).await
 }
 
 /// The answer to `HEAD /resolve/...`, from metadata alone.
-pub async fn head(session: &mut Session, meta: &FileMeta, file_name: &str) -> Result<bool> {
-    write(session, head_response(meta, file_name), Bytes::new()).await
+pub async fn head(
+    session: &mut Session,
+    meta: &FileMeta,
+    file_name: &str,
+    request_id: &str,
+) -> Result<bool> {
+    write(
+        session,
+        head_response(meta, file_name),
+        Bytes::new(),
+        request_id,
+    )
+    .await
 }
 
 /// A failed resolution: the Hub's own error (status and the headers clients classify by),
 /// or 502/504 when the Hub could not be asked.
-pub async fn resolve_error(session: &mut Session, e: &ResolveError) -> Result<bool> {
+pub async fn resolve_error(
+    session: &mut Session,
+    e: &ResolveError,
+    request_id: &str,
+) -> Result<bool> {
     match e {
         ResolveError::Hub { status, headers } => {
             let message = headers
@@ -46,8 +74,8 @@ pub async fn resolve_error(session: &mut Session, e: &ResolveError) -> Result<bo
             for (k, v) in headers {
                 let _ = resp.insert_header(*k, v.clone());
             }
-            write(session, resp, body).await
+            write(session, resp, body, request_id).await
         }
-        ResolveError::Upstream(u) => error(session, u.status(), &u.to_string()).await,
+        ResolveError::Upstream(u) => error(session, u.status(), &u.to_string(), request_id).await,
     }
 }

@@ -56,6 +56,11 @@ impl BlobReader {
         }
     }
 
+    /// Whether this reader streams a fill still in progress.
+    pub fn is_filling(&self) -> bool {
+        self.fill.is_some()
+    }
+
     fn error(&self, what: &str) -> Box<Error> {
         Error::explain(ErrorType::ReadError, format!("blob {}: {what}", self.id))
     }

@@ -66,6 +66,8 @@ pub struct StoreStats {
     pub objects: AtomicU64,
     pub write_errors: AtomicU64,
     pub integrity_failures: AtomicU64,
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
 }
 
 pub struct BlobStore {
@@ -348,12 +350,16 @@ impl Storage for BlobStore {
     async fn purge(
         &'static self,
         target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
+        purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let Some((id, _)) = self.remove_index(target.key()) else {
+        let Some((id, size)) = self.remove_index(target.key()) else {
             return Ok(PurgeOutcome::NotFound);
         };
+        if matches!(purge_type, PurgeType::Eviction) {
+            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.stats.evicted_bytes.fetch_add(size, Ordering::Relaxed);
+        }
         let path = self.layout.blob(&id);
         match tokio::fs::remove_file(&path).await {
             // Open readers keep their handle: a blob is never cut off under a reader.

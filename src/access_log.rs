@@ -1,0 +1,71 @@
+//! One JSON line per request: what was asked, what happened, how long it took. Never
+//! credentials: neither tokens nor signed upstream URLs appear (only the client's path).
+
+use std::fs::{File, OpenOptions};
+use std::io::{LineWriter, Write};
+use std::path::Path;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+/// Where access lines go (`log.access`).
+pub enum AccessLog {
+    Off,
+    /// Through the `log` crate, target `hf_edge::access` (stderr with the default logger).
+    Log,
+    File(Mutex<LineWriter<File>>),
+}
+
+#[derive(Serialize)]
+pub struct AccessEntry<'a> {
+    pub time: String,
+    pub request_id: &'a str,
+    pub client: String,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    pub status: u16,
+    pub bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<f64>,
+    pub total_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AccessLog {
+    /// `off`, `stderr`, or a file path (appended to).
+    pub fn open(spec: &str) -> std::io::Result<AccessLog> {
+        Ok(match spec {
+            "off" => AccessLog::Off,
+            "stderr" => AccessLog::Log,
+            path => AccessLog::File(Mutex::new(LineWriter::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(Path::new(path))?,
+            ))),
+        })
+    }
+
+    pub fn write(&self, entry: &AccessEntry<'_>) {
+        let line = match self {
+            AccessLog::Off => return,
+            _ => match serde_json::to_string(entry) {
+                Ok(l) => l,
+                Err(_) => return,
+            },
+        };
+        match self {
+            AccessLog::Off => {}
+            AccessLog::Log => log::info!(target: "hf_edge::access", "{line}"),
+            AccessLog::File(f) => {
+                let _ = writeln!(f.lock(), "{line}");
+            }
+        }
+    }
+}

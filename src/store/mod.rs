@@ -249,6 +249,29 @@ impl BlobStore {
     }
 }
 
+/// Creates a temp file with `size` bytes reserved on disk. A disk too full for the blob fails
+/// here, before any byte is served, so Pingora serves the request straight through uncached
+/// instead of cutting readers off mid-body when a later write would hit ENOSPC.
+fn create_reserved(path: &std::path::Path, size: u64) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(path)?;
+    if size == 0 {
+        return Ok(file);
+    }
+    let len = libc::off_t::try_from(size).map_err(std::io::Error::other)?;
+    // SAFETY: a valid open fd and a non-negative length.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // Filesystems without fallocate are written as usual; anything else is a failure.
+        if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+    }
+    Ok(file)
+}
+
 /// The response header stored for a blob: identity body of a known length. Everything
 /// repo-specific is added per request.
 fn blob_meta(id: &BlobId, size: u64) -> CacheMeta {
@@ -324,7 +347,7 @@ impl Storage for BlobStore {
         let seq = self.next_write.fetch_add(1, Ordering::Relaxed);
         let temp = self.layout.temp(&id, seq);
         let path = temp.clone();
-        let file = tokio::task::spawn_blocking(move || std::fs::File::create(path))
+        let file = tokio::task::spawn_blocking(move || create_reserved(&path, size))
             .await
             .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?
             .map_err(|e| {

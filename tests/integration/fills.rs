@@ -87,3 +87,64 @@ fn a_kill_during_a_fill_leaves_nothing_half_written() {
         .to_string();
     assert_eq!(crate::harness::sha256_hex(&r.body), etag);
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a small tmpfs needs root (CI runs as root)");
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_serves_through_and_keeps_serving_hits() {
+    let hub = FakeHub::start();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("cache"), "1m");
+    let mut edge = Edge::start_in(dir, &hub.hub, "");
+
+    // 3 MiB cannot fit in 1 MiB: the client still gets every byte, nothing is kept.
+    let big = edge.get(LFS, &[]);
+    assert_eq!(big.status, 200);
+    assert!(!big.truncated);
+    let etag = big
+        .header("x-linked-etag")
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(crate::harness::sha256_hex(&big.body), etag);
+    let cache = edge.dir.path().join("cache");
+    assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
+    assert!(!cache
+        .join("blobs/sha256")
+        .join(&etag[..2])
+        .join(&etag)
+        .exists());
+    let metrics = crate::harness::request(edge.metrics, "GET", "/metrics", &[]).text();
+    assert!(
+        metrics.contains("hf_edge_store_write_errors_total 1"),
+        "the failed write is counted"
+    );
+
+    // Small files still fit, and hits keep working.
+    let small = "/gpt2/resolve/main/config.json";
+    assert_eq!(edge.get(small, &[]).header("x-hf-edge-cache"), Some("miss"));
+    assert_eq!(edge.get(small, &[]).header("x-hf-edge-cache"), Some("hit"));
+    // Unmount before the temp dir is removed, and after the process let go of it.
+    edge.stop();
+    drop(disk);
+}

@@ -126,7 +126,15 @@ impl Edge {
 
     /// Starts hf-edge with `endpoint` as its upstream.
     pub fn start_at(endpoint: &str, upstream_extra: &str) -> Edge {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Edge::start_in(
+            tempfile::tempdir().expect("temp dir"),
+            endpoint,
+            upstream_extra,
+        )
+    }
+
+    /// Starts hf-edge in `dir` (its cache is `dir/cache`, which may be prepared beforehand).
+    pub fn start_in(dir: tempfile::TempDir, endpoint: &str, upstream_extra: &str) -> Edge {
         let (port, mport) = (free_port(), free_port());
         let config = dir.path().join("hf-edge.yaml");
         let yaml = format!(
@@ -168,10 +176,15 @@ impl Edge {
         self.dir.path().join("hf-edge.log")
     }
 
-    /// Stops the process (SIGKILL) and starts it again on the same config and cache.
-    pub fn restart(&mut self) {
+    /// Stops the process (SIGKILL).
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Stops the process (SIGKILL) and starts it again on the same config and cache.
+    pub fn restart(&mut self) {
+        self.stop();
         self.child = spawn_edge(&self.config, self.dir.path());
         self.wait_ready();
     }
@@ -203,8 +216,7 @@ fn spawn_edge(config: &Path, dir: &Path) -> Child {
 
 impl Drop for Edge {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

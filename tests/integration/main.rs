@@ -5,6 +5,7 @@ mod harness;
 
 mod cli;
 mod errors;
+mod eviction;
 mod fills;
 mod passthrough;
 mod resolve;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::access::{OfflineRestricted, Policy, RepoGlob, SiteKey};
 use crate::hub::upstream::{HostPattern, Origin};
 
 /// The embedded default, also what `hf-edge serve` runs with no `--config`.
@@ -60,6 +61,7 @@ pub struct Config {
     pub metrics: Metrics,
     /// Access log: `stderr`, `off`, or a file path.
     pub access_log: String,
+    pub access: Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +101,43 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    access: RawAccess,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    require_key: bool,
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    auth_ttl: Option<RawValue>,
+    #[serde(default)]
+    offline_restricted: Option<String>,
+    #[serde(default)]
+    repos: RawRepos,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: String,
+    sha256: String,
+    #[serde(default)]
+    upstream_token: Option<String>,
+    #[serde(default)]
+    upstream_token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRepos {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +341,7 @@ impl RawConfig {
         if metrics.listen == listen && listen.port() != 0 {
             return Err(bad("metrics.listen", "must differ from listen"));
         }
+        let access = self.access.validate()?;
         if self.log.access.trim().is_empty() {
             return Err(bad("log.access", "must be stderr, off, or a file path"));
         }
@@ -312,6 +352,93 @@ impl RawConfig {
             cache,
             metrics,
             access_log: self.log.access,
+            access,
+        })
+    }
+}
+
+impl RawAccess {
+    fn validate(self) -> Result<Policy, Invalid> {
+        let mut keys = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.into_iter().enumerate() {
+            let at = |f: &str| format!("access.keys[{i}].{f}");
+            if k.name.trim().is_empty() {
+                return Err(bad(&at("name"), "must not be empty"));
+            }
+            let hex_hash = k.sha256.trim().trim_start_matches("sha256:");
+            let sha256: [u8; 32] = hex::decode(hex_hash)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| {
+                    bad(
+                        &at("sha256"),
+                        "must be 64 hex digits (see `hf-edge hash-key`)",
+                    )
+                })?;
+            let token = match (k.upstream_token, k.upstream_token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        &at("upstream_token_file"),
+                        "set upstream_token or upstream_token_file, not both",
+                    ))
+                }
+                (Some(t), None) => Some(t),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| {
+                            bad(
+                                &at("upstream_token_file"),
+                                format!("{}: {e}", path.display()),
+                            )
+                        })?
+                        .trim()
+                        .to_string(),
+                ),
+                (None, None) => None,
+            };
+            let upstream = token
+                .filter(|t| !t.is_empty())
+                .map(|t| http::HeaderValue::from_str(&format!("Bearer {t}")))
+                .transpose()
+                .map_err(|_| bad(&at("upstream_token"), "not a valid token"))?;
+            keys.push(SiteKey {
+                name: k.name,
+                sha256,
+                upstream,
+            });
+        }
+        if self.require_key && keys.is_empty() {
+            return Err(bad(
+                "access.require_key",
+                "is true but access.keys is empty",
+            ));
+        }
+        let globs = |key: &str, list: Vec<String>| {
+            list.iter()
+                .enumerate()
+                .map(|(i, g)| RepoGlob::parse(g).map_err(|m| bad(&format!("{key}[{i}]"), m)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let offline_restricted = match self.offline_restricted.as_deref() {
+            None | Some("deny") => OfflineRestricted::Deny,
+            Some("allow") => OfflineRestricted::Allow,
+            Some(other) => {
+                return Err(bad(
+                    "access.offline_restricted",
+                    format!("{other:?} is not deny or allow"),
+                ))
+            }
+        };
+        Ok(Policy {
+            require_key: self.require_key,
+            keys,
+            allow: globs("access.repos.allow", self.repos.allow)?,
+            deny: globs("access.repos.deny", self.repos.deny)?,
+            auth_ttl: match &self.auth_ttl {
+                Some(v) => duration("access.auth_ttl", v)?,
+                None => Policy::default().auth_ttl,
+            },
+            offline_restricted,
         })
     }
 }
@@ -467,6 +594,22 @@ metrics:
                 "upstream.endpoint: must be an origin without a path",
             ),
             (format!("{MINIMAL}\nbogus: 1\n"), "unknown field `bogus`"),
+            (
+                format!("{MINIMAL}access:\n  keys:\n    - name: ci\n      sha256: xyz\n"),
+                "access.keys[0].sha256: must be 64 hex digits",
+            ),
+            (
+                format!("{MINIMAL}access:\n  require_key: true\n"),
+                "access.require_key: is true but access.keys is empty",
+            ),
+            (
+                format!("{MINIMAL}access:\n  repos:\n    deny: [\"ok/*\", \"bad pattern\"]\n"),
+                "access.repos.deny[1]:",
+            ),
+            (
+                format!("{MINIMAL}access:\n  offline_restricted: maybe\n"),
+                "access.offline_restricted:",
+            ),
             (
                 MINIMAL.replace("max_size: \"100GiB\"", "max_size: 0"),
                 "cache.max_size: must be greater than 0",

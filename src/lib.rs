@@ -9,6 +9,7 @@
 //! - [`proxy`] is the `ProxyHttp` implementation tying them together, phase by phase;
 //! - [`config`] and [`server`] build it all from one YAML file; [`metrics`] reports on it.
 
+pub mod access;
 pub mod access_log;
 pub mod cli;
 pub mod config;

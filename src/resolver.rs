@@ -59,32 +59,53 @@ impl IdentityKey {
 }
 
 type RevKey = (IdentityKey, Repo, String);
+type RepoKey = (IdentityKey, Repo);
 type FileKey = (IdentityKey, Repo, String, String);
 
 pub struct Resolver {
     upstream: std::sync::Arc<Upstream>,
     metrics: std::sync::Arc<Metrics>,
     revision_ttl: Duration,
+    /// How long the Hub's yes to a credentialed identity for a repo is trusted.
+    auth_ttl: Duration,
+    /// Serve what an identity was allowed before when the Hub cannot be asked.
+    offline_allow: bool,
     revisions: Mutex<HashMap<RevKey, (String, Instant)>>,
     files: Mutex<HashMap<FileKey, FileMeta>>,
+    approvals: Mutex<HashMap<RepoKey, Instant>>,
+}
+
+/// The resolver's knobs, from `cache.*` and `access.*`.
+pub struct ResolverConfig {
+    pub revision_ttl: Duration,
+    pub auth_ttl: Duration,
+    pub offline_restricted: crate::access::OfflineRestricted,
 }
 
 impl Resolver {
     pub fn new(
         upstream: std::sync::Arc<Upstream>,
         metrics: std::sync::Arc<Metrics>,
-        revision_ttl: Duration,
+        cfg: ResolverConfig,
     ) -> Resolver {
         Resolver {
             upstream,
             metrics,
-            revision_ttl,
+            revision_ttl: cfg.revision_ttl,
+            auth_ttl: cfg.auth_ttl,
+            offline_allow: cfg.offline_restricted == crate::access::OfflineRestricted::Allow,
             revisions: Mutex::new(HashMap::new()),
             files: Mutex::new(HashMap::new()),
+            approvals: Mutex::new(HashMap::new()),
         }
     }
 
     /// Metadata from the caches when they can answer, else from the Hub.
+    ///
+    /// Anonymous answers are public content and follow the caches' own lifetimes. An answer
+    /// given to credentials may be for gated or private content, so it is reused only while
+    /// the Hub's yes to that identity for that repo is younger than `access.auth_ttl`; past
+    /// that the Hub is asked again, and if it cannot be asked the request fails closed.
     pub async fn resolve(
         &self,
         req: &ResolveRequest,
@@ -92,10 +113,25 @@ impl Resolver {
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
         let who = IdentityKey::of(auth);
-        if let Some(meta) = self.cached(who, req) {
-            return Ok(meta);
+        if auth.is_none() || self.approved(who, &req.repo) {
+            if let Some(meta) = self.cached(who, req) {
+                return Ok(meta);
+            }
         }
-        self.refresh(req, raw_path, auth).await
+        match self.refresh(req, raw_path, auth).await {
+            Err(ResolveError::Upstream(e)) if auth.is_some() && self.offline_allow => {
+                log::warn!("serving {} from an earlier approval: {e}", req.repo);
+                self.cached(who, req).ok_or(ResolveError::Upstream(e))
+            }
+            other => other,
+        }
+    }
+
+    fn approved(&self, who: IdentityKey, repo: &Repo) -> bool {
+        self.approvals
+            .lock()
+            .get(&(who, repo.clone()))
+            .is_some_and(|at| at.elapsed() < self.auth_ttl)
     }
 
     /// Asks the Hub (one metadata `HEAD`, following its redirects), then caches the answer.
@@ -106,8 +142,24 @@ impl Resolver {
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
         let who = IdentityKey::of(auth);
-        let meta = self.fetch(raw_path, auth).await?;
+        let meta = match self.fetch(raw_path, auth).await {
+            Ok(m) => m,
+            Err(e) => {
+                if let ResolveError::Hub { .. } = e {
+                    // The Hub said no: whatever it allowed this identity before is void.
+                    self.approvals.lock().remove(&(who, req.repo.clone()));
+                }
+                return Err(e);
+            }
+        };
         let now = Instant::now();
+        {
+            let mut approvals = self.approvals.lock();
+            if approvals.len() >= MAX_ENTRIES {
+                approvals.clear();
+            }
+            approvals.insert((who, req.repo.clone()), now);
+        }
         if !req.is_commit_pinned() {
             let mut revs = self.revisions.lock();
             if revs.len() >= MAX_ENTRIES {

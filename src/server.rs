@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, OpsApp};
 use crate::proxy::{EdgeProxy, RequestIds};
-use crate::resolver::Resolver;
+use crate::resolver::{Resolver, ResolverConfig};
 use crate::store::BlobStore;
 
 /// How long a fill may hold the cache lock before another request may take over.
@@ -59,7 +59,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let access_log = AccessLog::open(&cfg.access_log)
         .with_context(|| format!("log.access: cannot open {}", cfg.access_log))?;
     let proxy = EdgeProxy {
-        resolver: Resolver::new(upstream.clone(), metrics.clone(), cfg.cache.revision_ttl),
+        resolver: Resolver::new(
+            upstream.clone(),
+            metrics.clone(),
+            ResolverConfig {
+                revision_ttl: cfg.cache.revision_ttl,
+                auth_ttl: cfg.access.auth_ttl,
+                offline_restricted: cfg.access.offline_restricted,
+            },
+        ),
+        access: cfg.access.clone(),
         upstream,
         store,
         eviction: eviction_dyn,

@@ -290,6 +290,86 @@ fn valid_repo_part(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Sub-resources of `/api/{type}s/{repo}/...`: a segment after the first that names one of
+/// these ends a one-segment repo id.
+const API_SUBRESOURCES: &[&str] = &[
+    "revision",
+    "tree",
+    "paths-info",
+    "refs",
+    "commits",
+    "commit",
+    "preupload",
+    "xet-read-token",
+    "treesize",
+    "discussions",
+    "settings",
+    "branch",
+    "tag",
+    "super-squash",
+    "resolve",
+];
+
+/// Every repo a path could be naming, for access rules on routes hf-edge passes through.
+/// Where the grammar is ambiguous (one- or two-segment ids), all readings are returned so a
+/// rule cannot be sidestepped by the reading the Hub picks.
+pub fn candidate_repos(raw_path: &str) -> Vec<Repo> {
+    let segs: Vec<String> = raw_path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| decode(s).unwrap_or_else(|_| s.to_string()))
+        .collect();
+    let kind_of = |plural: &str| match plural {
+        "models" => Some(RepoType::Model),
+        "datasets" => Some(RepoType::Dataset),
+        "spaces" => Some(RepoType::Space),
+        "kernels" => Some(RepoType::Kernel),
+        _ => None,
+    };
+    let repo = |kind, parts: &[String]| Repo {
+        kind,
+        id: parts.join("/"),
+    };
+    let mut out = Vec::new();
+    if segs.first().map(String::as_str) == Some("api") {
+        let rest = &segs[1..];
+        if rest.first().map(String::as_str) == Some("resolve-cache") {
+            // /api/resolve-cache/{type}s/{id...}/{commit}/{path}
+            if let Some(kind) = rest.get(1).and_then(|p| kind_of(p)) {
+                if let Some(at) = rest.iter().skip(2).position(|s| is_commit(s)) {
+                    out.push(repo(kind, &rest[2..2 + at]));
+                }
+            }
+        } else if let Some(kind) = rest.first().and_then(|p| kind_of(p)) {
+            let ids = &rest[1..];
+            if let Some(a) = ids.first() {
+                out.push(repo(kind, std::slice::from_ref(a)));
+                if ids.len() >= 2 && !API_SUBRESOURCES.contains(&ids[1].as_str()) {
+                    out.push(repo(kind, &ids[..2]));
+                }
+            }
+        }
+        return out;
+    }
+    let (kind, rest) = match segs.first().and_then(|p| kind_of(p)) {
+        Some(k) if k != RepoType::Model => (k, &segs[1..]),
+        _ => (RepoType::Model, &segs[..]),
+    };
+    for n in [1, 2] {
+        if rest.len() >= n {
+            let mut parts = rest[..n].to_vec();
+            let last = parts.last_mut().expect("n >= 1");
+            if let Some(stripped) = last.strip_suffix(".git") {
+                *last = stripped.to_string();
+            }
+            if parts.iter().all(|p| !p.is_empty()) {
+                out.push(repo(kind, &parts));
+            }
+        }
+    }
+    out
+}
+
 /// True for a full 40-hex git commit id.
 pub fn is_commit(rev: &str) -> bool {
     rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
@@ -399,6 +479,31 @@ mod tests {
         ];
         for (url, want) in table {
             assert_eq!(parse(url).as_ref(), Err(want), "{url}");
+        }
+    }
+
+    #[test]
+    fn repos_named_by_passthrough_paths() {
+        use RepoType::*;
+        let r = |kind, id: &str| Repo {
+            kind,
+            id: id.into(),
+        };
+        let table: Vec<(&str, Vec<Repo>)> =
+            vec![
+            ("/api/models/gpt2/revision/main", vec![r(Model, "gpt2")]),
+            ("/api/models/org/m/tree/main", vec![r(Model, "org"), r(Model, "org/m")]),
+            ("/api/datasets/org/d", vec![r(Dataset, "org"), r(Dataset, "org/d")]),
+            (
+                "/api/resolve-cache/models/org/m/1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b/x.json",
+                vec![r(Model, "org/m")],
+            ),
+            ("/org/m.git/info/lfs/objects/batch", vec![r(Model, "org"), r(Model, "org/m")]),
+            ("/datasets/org/d/raw/main/x", vec![r(Dataset, "org"), r(Dataset, "org/d")]),
+            ("/api/whoami-v2", vec![]),
+        ];
+        for (path, want) in table {
+            assert_eq!(candidate_repos(path), want, "{path}");
         }
     }
 

@@ -26,6 +26,7 @@ use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Sess
 
 pub use ctx::{Ctx, Target};
 
+use crate::access::{Denied, Policy};
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::hub::grammar::{self, ApiKind, ResolveRequest, Route};
 use crate::hub::headers::{self, FileMeta};
@@ -52,6 +53,7 @@ pub struct EdgeProxy {
     pub site_auth: Option<HeaderValue>,
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
+    pub access: Policy,
     pub access_log: AccessLog,
     pub request_ids: RequestIds,
 }
@@ -82,12 +84,18 @@ impl RequestIds {
 }
 
 impl EdgeProxy {
-    /// The credentials sent upstream: the client's own, else the site's token.
-    fn upstream_auth(&self, req: &RequestHeader) -> Option<HeaderValue> {
-        req.headers
-            .get(header::AUTHORIZATION)
-            .cloned()
-            .or_else(|| self.site_auth.clone())
+    /// The credentials sent upstream, and the repo rules, before anything goes upstream.
+    fn admit(&self, req: &RequestHeader, route: &Route) -> Result<Option<HeaderValue>, Denied> {
+        let auth = self.access.identify(
+            req.headers.get(header::AUTHORIZATION),
+            self.site_auth.as_ref(),
+        )?;
+        let repos = match route {
+            Route::Resolve(r) => vec![r.repo.clone()],
+            _ => grammar::candidate_repos(req.uri.path()),
+        };
+        self.access.check_repos(&repos)?;
+        Ok(auth)
     }
 
     /// Resolves a file for a GET or HEAD; on `Ok(None)` a response was already written.
@@ -139,7 +147,10 @@ impl ProxyHttp for EdgeProxy {
             Ok(r) => r,
             Err(e) => return respond::error(session, 400, &e.to_string(), &ctx.request_id).await,
         };
-        ctx.auth = self.upstream_auth(req);
+        ctx.auth = match self.admit(req, &route) {
+            Ok(auth) => auth,
+            Err(denied) => return respond::denied(session, &denied, &ctx.request_id).await,
+        };
         ctx.public_base = public_base(req);
         ctx.route = Some(route.clone());
         let method = req.method.clone();

@@ -133,8 +133,23 @@ impl Edge {
         )
     }
 
+    /// Starts hf-edge in front of `hub` with `top_extra` appended at the config's top level.
+    pub fn start_with(hub: &FakeHub, upstream_extra: &str, top_extra: &str) -> Edge {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Edge::start_full(dir, &hub.hub, upstream_extra, top_extra)
+    }
+
     /// Starts hf-edge in `dir` (its cache is `dir/cache`, which may be prepared beforehand).
     pub fn start_in(dir: tempfile::TempDir, endpoint: &str, upstream_extra: &str) -> Edge {
+        Edge::start_full(dir, endpoint, upstream_extra, "")
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        endpoint: &str,
+        upstream_extra: &str,
+        top_extra: &str,
+    ) -> Edge {
         let (port, mport) = (free_port(), free_port());
         let config = dir.path().join("hf-edge.yaml");
         let yaml = format!(
@@ -142,7 +157,7 @@ impl Edge {
             endpoint,
             dir.path().join("cache").display()
         );
-        std::fs::write(&config, yaml).expect("write config");
+        std::fs::write(&config, yaml + top_extra).expect("write config");
         let child = spawn_edge(&config, dir.path());
         let edge = Edge {
             child,

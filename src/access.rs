@@ -1,0 +1,268 @@
+//! Who may use hf-edge, as whom it talks to the Hub, and which repos it serves at all.
+//!
+//! - Site keys: a client presents a key where it would put an HF token; hf-edge swaps it for
+//!   the key's upstream token (or none). Keys are configured as sha256 hashes only.
+//! - Repo rules: allow/deny globs over repo ids, checked before anything goes upstream.
+//!
+//! Whether the *Hub* lets an identity read a repo is not decided here: the resolver asks the
+//! Hub with that identity and remembers its answer for `access.auth_ttl`.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+use sha2::Digest;
+
+use crate::hub::grammar::Repo;
+
+/// What to do with restricted content when the Hub cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineRestricted {
+    /// Refuse (fail closed).
+    Deny,
+    /// Serve what this identity was allowed before.
+    Allow,
+}
+
+/// A configured site key.
+#[derive(Debug, Clone)]
+pub struct SiteKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    /// `Authorization` sent upstream for this key; `None` is anonymous.
+    pub upstream: Option<HeaderValue>,
+}
+
+/// A repo glob: `*` matches within one path segment, `**` across segments. A pattern that
+/// starts with `models/`, `datasets/`, `spaces/` or `kernels/` matches that type only;
+/// otherwise it matches the repo id of any type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoGlob(String);
+
+impl RepoGlob {
+    pub fn parse(s: &str) -> Result<RepoGlob, String> {
+        let s = s.trim();
+        let ok = !s.is_empty()
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'*')
+            });
+        if ok {
+            Ok(RepoGlob(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} is not a repo pattern like org/* or datasets/org/name"
+            ))
+        }
+    }
+
+    pub fn matches(&self, repo: &Repo) -> bool {
+        let typed = format!("{}/{}", repo.kind.api_plural(), repo.id);
+        let has_type = ["models/", "datasets/", "spaces/", "kernels/"]
+            .iter()
+            .any(|p| self.0.starts_with(p));
+        let subject = if has_type { &typed } else { &repo.id };
+        glob(self.0.as_bytes(), subject.as_bytes())
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p {
+        [] => s.is_empty(),
+        [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        [b'*', rest @ ..] => {
+            let seg = s.iter().position(|&c| c == b'/').unwrap_or(s.len());
+            (0..=seg).any(|i| glob(rest, &s[i..]))
+        }
+        [c, rest @ ..] => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// Why a request was refused before reaching the Hub.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("a valid hf-edge site key is required (put it where an HF token goes, e.g. HF_TOKEN)")]
+    KeyRequired,
+    #[error("access to {0} is not allowed by this hf-edge site's policy")]
+    RepoRule(String),
+}
+
+impl Denied {
+    pub fn status(&self) -> u16 {
+        match self {
+            Denied::KeyRequired => 401,
+            Denied::RepoRule(_) => 403,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub require_key: bool,
+    pub keys: Vec<SiteKey>,
+    pub allow: Vec<RepoGlob>,
+    pub deny: Vec<RepoGlob>,
+    pub auth_ttl: Duration,
+    pub offline_restricted: OfflineRestricted,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            require_key: false,
+            keys: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            auth_ttl: Duration::from_secs(60),
+            offline_restricted: OfflineRestricted::Deny,
+        }
+    }
+}
+
+/// sha256 of a key, as stored in the config.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    sha2::Sha256::digest(key.trim().as_bytes()).into()
+}
+
+impl Policy {
+    /// The credentials to use upstream for a client: a site key's upstream token, else the
+    /// client's own token, else the site token (`upstream.token`), else none.
+    pub fn identify(
+        &self,
+        client: Option<&HeaderValue>,
+        site_token: Option<&HeaderValue>,
+    ) -> Result<Option<HeaderValue>, Denied> {
+        let bearer = client
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        if let Some(token) = bearer.filter(|_| !self.keys.is_empty()) {
+            let h = hash_key(token);
+            if let Some(key) = self.keys.iter().find(|k| k.sha256 == h) {
+                return Ok(key.upstream.clone());
+            }
+        }
+        if self.require_key {
+            return Err(Denied::KeyRequired);
+        }
+        Ok(client.cloned().or_else(|| site_token.cloned()))
+    }
+
+    /// Checks every repo a request could name against the rules.
+    pub fn check_repos(&self, candidates: &[Repo]) -> Result<(), Denied> {
+        for r in candidates {
+            if self.deny.iter().any(|g| g.matches(r)) {
+                return Err(Denied::RepoRule(r.to_string()));
+            }
+        }
+        if self.allow.is_empty() {
+            return Ok(());
+        }
+        match candidates.first() {
+            None => Ok(()),
+            Some(_)
+                if candidates
+                    .iter()
+                    .any(|r| self.allow.iter().any(|g| g.matches(r))) =>
+            {
+                Ok(())
+            }
+            Some(r) => Err(Denied::RepoRule(r.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::grammar::RepoType;
+
+    fn repo(kind: RepoType, id: &str) -> Repo {
+        Repo {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        let g = |p: &str| RepoGlob::parse(p).unwrap();
+        assert!(g("org/*").matches(&repo(RepoType::Model, "org/m")));
+        assert!(g("org/*").matches(&repo(RepoType::Dataset, "org/d")));
+        assert!(!g("org/*").matches(&repo(RepoType::Model, "other/m")));
+        assert!(g("*/private-*").matches(&repo(RepoType::Model, "acme/private-x")));
+        assert!(!g("*/private-*").matches(&repo(RepoType::Model, "acme/public-x")));
+        assert!(g("datasets/org/*").matches(&repo(RepoType::Dataset, "org/d")));
+        assert!(!g("datasets/org/*").matches(&repo(RepoType::Model, "org/d")));
+        assert!(g("**").matches(&repo(RepoType::Model, "a/b")));
+        assert!(!g("*").matches(&repo(RepoType::Model, "a/b")));
+        assert!(g("gpt2").matches(&repo(RepoType::Model, "gpt2")));
+        assert!(RepoGlob::parse("a b").is_err());
+    }
+
+    #[test]
+    fn deny_wins_and_allow_lists_are_exclusive() {
+        let p = Policy {
+            allow: vec![RepoGlob::parse("org/*").unwrap()],
+            deny: vec![RepoGlob::parse("*/private-*").unwrap()],
+            ..Policy::default()
+        };
+        assert!(p.check_repos(&[repo(RepoType::Model, "org/m")]).is_ok());
+        assert!(p
+            .check_repos(&[repo(RepoType::Model, "org/private-m")])
+            .is_err());
+        assert!(p.check_repos(&[repo(RepoType::Model, "other/m")]).is_err());
+        assert!(
+            p.check_repos(&[]).is_ok(),
+            "no repo named: nothing to check"
+        );
+        // An ambiguous path is denied if any reading is denied.
+        let both = [
+            repo(RepoType::Model, "org"),
+            repo(RepoType::Model, "org/private-m"),
+        ];
+        assert!(p.check_repos(&both).is_err());
+    }
+
+    #[test]
+    fn site_keys_map_to_upstream_identities() {
+        let site = HeaderValue::from_static("Bearer hf_site");
+        let p = Policy {
+            require_key: true,
+            keys: vec![
+                SiteKey {
+                    name: "ci".into(),
+                    sha256: hash_key("hfe_ci_key"),
+                    upstream: Some(HeaderValue::from_static("Bearer hf_ci")),
+                },
+                SiteKey {
+                    name: "guest".into(),
+                    sha256: hash_key("hfe_guest"),
+                    upstream: None,
+                },
+            ],
+            ..Policy::default()
+        };
+        let ci = HeaderValue::from_static("Bearer hfe_ci_key");
+        assert_eq!(
+            p.identify(Some(&ci), Some(&site)).unwrap(),
+            Some(HeaderValue::from_static("Bearer hf_ci"))
+        );
+        let guest = HeaderValue::from_static("Bearer hfe_guest");
+        assert_eq!(p.identify(Some(&guest), Some(&site)).unwrap(), None);
+        let other = HeaderValue::from_static("Bearer hf_someone");
+        assert_eq!(p.identify(Some(&other), None), Err(Denied::KeyRequired));
+        assert_eq!(p.identify(None, Some(&site)), Err(Denied::KeyRequired));
+
+        let open = Policy {
+            require_key: false,
+            ..p
+        };
+        assert_eq!(
+            open.identify(Some(&other), Some(&site)).unwrap(),
+            Some(other)
+        );
+        assert_eq!(open.identify(None, Some(&site)).unwrap(), Some(site));
+    }
+}

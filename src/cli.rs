@@ -1,11 +1,19 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config`, `default-config`, and `cache` (operator commands
+//! on the blob store, see [`crate::store::admin`]).
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{parse_size, Config};
+use crate::store::admin::{
+    self, EvictReport, Listing, PurgeReport, Stats, VerifyProgress, VerifyReport, UNKNOWN_REPO,
+};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +37,72 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default config (a documented starting point).
     DefaultConfig,
+    /// Inspect and manage the blob store (cache.dir); safe while `serve` runs on it.
+    Cache {
+        #[command(flatten)]
+        args: CacheArgs,
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Args)]
+struct CacheArgs {
+    /// Config naming the store (cache.dir); without it, the embedded default.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Objects, bytes and fill of the store, and bytes by repo.
+    Stats,
+    /// What is cached: repo, revision, path, size, last access.
+    Ls {
+        /// Only this repo (`org/name`, `datasets/org/name`, ...).
+        repo: Option<String>,
+    },
+    /// Rehash every blob; report and remove the bad ones (exit 1 if there were any).
+    Verify,
+    /// Remove a repo's blobs, or one revision's, except blobs other repos or revisions name.
+    Purge {
+        /// The repo, and optionally a revision (as requested, or a commit).
+        #[arg(value_name = "REPO[@REV]", value_parser = repo_rev)]
+        target: RepoRev,
+    },
+    /// Remove the least recently accessed blobs until the store holds at most SIZE.
+    Evict {
+        /// Like 10GiB, 500MB or 1048576.
+        #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+        to: u64,
+    },
+}
+
+#[derive(Clone)]
+struct RepoRev {
+    repo: String,
+    revision: Option<String>,
+}
+
+fn repo_rev(s: &str) -> Result<RepoRev, String> {
+    let (repo, revision) = match s.split_once('@') {
+        Some((repo, rev)) => (repo, Some(rev)),
+        None => (s, None),
+    };
+    if repo.is_empty() || revision == Some("") {
+        return Err(format!("{s:?} is not REPO or REPO@REV"));
+    }
+    Ok(RepoRev {
+        repo: repo.to_string(),
+        revision: revision.map(str::to_string),
+    })
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("{s:?} is not a size like 10GiB, 500MB or 1048576"))
 }
 
 /// Exit code for a bad config or usage, as documented in the README.
@@ -38,12 +112,9 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
-            let cfg = match config {
-                Some(path) => match Config::load(&path) {
-                    Ok(c) => c,
-                    Err(e) => return config_error(&e),
-                },
-                None => Config::embedded_default(),
+            let cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
             match crate::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -64,10 +135,378 @@ pub fn run() -> ExitCode {
             print!("{}", crate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
+        Command::Cache { args, command } => cache(&args, command),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    match path {
+        Some(path) => Config::load(path).map_err(|e| config_error(&e)),
+        None => Ok(Config::embedded_default()),
     }
 }
 
 fn config_error(e: &crate::config::ConfigError) -> ExitCode {
     eprintln!("hf-edge: config error: {e}");
     ExitCode::from(EXIT_CONFIG)
+}
+
+fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
+    let cfg = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let dir = cfg.cache.dir.as_path();
+    let done = match command {
+        CacheCommand::Stats => {
+            admin::stats(dir, cfg.cache.max_size).map(|r| emit(args.json, &r, render_stats))
+        }
+        CacheCommand::Ls { repo } => {
+            admin::list(dir, repo.as_deref()).map(|r| emit(args.json, &r, render_listing))
+        }
+        CacheCommand::Verify => {
+            let mut bar = std::io::stderr().is_terminal().then(ProgressBar::new);
+            let report = admin::verify(dir, |p| {
+                if let Some(bar) = &mut bar {
+                    bar.draw(p);
+                }
+            });
+            if let Some(bar) = bar {
+                bar.clear();
+            }
+            report.map(|r| {
+                let clean = r.bad.is_empty() && r.unreadable.is_empty();
+                emit(args.json, &r, render_verify) && clean
+            })
+        }
+        CacheCommand::Purge { target } => {
+            admin::purge(dir, &target.repo, target.revision.as_deref())
+                .map(|r| emit(args.json, &r, render_purge))
+        }
+        CacheCommand::Evict { to } => {
+            admin::evict(dir, to).map(|r| emit(args.json, &r, render_evict))
+        }
+    };
+    match done {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("hf-edge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes the report to stdout, as JSON or text; `false` if stdout is gone (a closed pipe
+/// ends the command quietly rather than with a panic).
+fn emit<T: Serialize>(json: bool, report: &T, render: fn(&T) -> String) -> bool {
+    let text = if json {
+        serde_json::to_string_pretty(report).expect("reports serialize") + "\n"
+    } else {
+        render(report)
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+fn render_stats(s: &Stats) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "store    {}", s.dir.display());
+    let _ = writeln!(out, "objects  {}", s.objects);
+    let _ = writeln!(
+        out,
+        "bytes    {} of {} ({:.1}%)",
+        size(s.bytes),
+        size(s.max_size),
+        s.fill_percent
+    );
+    if s.repos.is_empty() {
+        return out;
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = s
+        .repos
+        .iter()
+        .map(|r| {
+            vec![
+                r.repo.clone(),
+                r.files.to_string(),
+                r.blobs.to_string(),
+                size(r.bytes),
+                utc(r.last_access),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &["REPO", "FILES", "BLOBS", "SIZE", "LAST ACCESS"],
+        &rows,
+        &[1, 2, 3],
+    );
+    if s.repos.iter().map(|r| r.bytes).sum::<u64>() > s.bytes {
+        out.push_str("(a blob shared by several repos counts in each)\n");
+    }
+    out
+}
+
+fn render_listing(l: &Listing) -> String {
+    let mut out = String::new();
+    let rows: Vec<Vec<String>> = l
+        .files
+        .iter()
+        .map(|f| {
+            let unnamed = f.repo == UNKNOWN_REPO;
+            vec![
+                f.repo.clone(),
+                if unnamed {
+                    "-".into()
+                } else {
+                    f.revision.clone()
+                },
+                if unnamed {
+                    f.blob.clone()
+                } else {
+                    f.path.clone()
+                },
+                size(f.size),
+                utc(f.last_access),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        table(
+            &mut out,
+            &["REPO", "REVISION", "PATH", "SIZE", "LAST ACCESS"],
+            &rows,
+            &[3],
+        );
+    }
+    let n = l.files.len();
+    let _ = writeln!(out, "{n} file{}", if n == 1 { "" } else { "s" });
+    out
+}
+
+fn render_verify(r: &VerifyReport) -> String {
+    let mut out = String::new();
+    for b in &r.bad {
+        let _ = writeln!(
+            out,
+            "bad: {}: expected {}, content is {} (removed)",
+            b.path.display(),
+            b.expected,
+            b.actual
+        );
+    }
+    for u in &r.unreadable {
+        let _ = writeln!(out, "unreadable: {}: {}", u.path.display(), u.error);
+    }
+    let _ = write!(
+        out,
+        "checked {} blobs, {}, {} bad",
+        r.checked,
+        size(r.bytes),
+        r.bad.len()
+    );
+    if !r.unreadable.is_empty() {
+        let _ = write!(out, ", {} unreadable", r.unreadable.len());
+    }
+    let _ = writeln!(out, ", in {:.1} s", r.seconds);
+    out
+}
+
+fn render_purge(r: &PurgeReport) -> String {
+    let what = match &r.revision {
+        Some(rev) => format!("{}@{rev}", r.repo),
+        None => r.repo.clone(),
+    };
+    if r.files == 0 {
+        return format!("nothing cached for {what}\n");
+    }
+    format!(
+        "purged {what}: {} file{}, removed {} blob{} ({}), kept {} shared with other repos or revisions\n",
+        r.files,
+        if r.files == 1 { "" } else { "s" },
+        r.removed.len(),
+        if r.removed.len() == 1 { "" } else { "s" },
+        size(r.bytes),
+        r.kept_shared
+    )
+}
+
+fn render_evict(r: &EvictReport) -> String {
+    if r.removed.is_empty() && r.bytes_after == r.bytes_before {
+        return format!(
+            "nothing to evict: {} <= {}\n",
+            size(r.bytes_before),
+            size(r.target)
+        );
+    }
+    format!(
+        "evicted {} blob{}, least recently accessed first: {} -> {} (target {})\n",
+        r.removed.len(),
+        if r.removed.len() == 1 { "" } else { "s" },
+        size(r.bytes_before),
+        size(r.bytes_after),
+        size(r.target)
+    )
+}
+
+/// Appends `head` and `rows` as columns padded to their widest cell; the columns numbered in
+/// `right` are right-aligned (numbers).
+fn table(out: &mut String, head: &[&str], rows: &[Vec<String>], right: &[usize]) {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let head: Vec<String> = head.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&head).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right.contains(&i) {
+                let _ = write!(line, "{cell:>w$}");
+            } else {
+                let _ = write!(line, "{cell:<w$}");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}
+
+/// `87.0 MiB`; under 1 KiB, exact bytes.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Unix seconds as `2026-11-22 04:10:00Z`.
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `verify`'s progress on stderr (a terminal): one line, redrawn at most every 100 ms.
+struct ProgressBar {
+    drawn: Option<Instant>,
+}
+
+impl ProgressBar {
+    const WIDTH: usize = 30;
+
+    fn new() -> ProgressBar {
+        ProgressBar { drawn: None }
+    }
+
+    fn draw(&mut self, p: &VerifyProgress) {
+        let finished = p.blobs == p.blobs_total;
+        if !finished
+            && self
+                .drawn
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+        {
+            return;
+        }
+        self.drawn = Some(Instant::now());
+        let frac = if p.bytes_total == 0 {
+            1.0
+        } else {
+            (p.bytes as f64 / p.bytes_total as f64).min(1.0)
+        };
+        let filled = (frac * Self::WIDTH as f64) as usize;
+        eprint!(
+            "\rverifying [{}{}] {:>3.0}%  {} / {}  {}/{} blobs\x1b[K",
+            "#".repeat(filled),
+            " ".repeat(Self::WIDTH - filled),
+            frac * 100.0,
+            size(p.bytes.min(p.bytes_total)),
+            size(p.bytes_total),
+            p.blobs,
+            p.blobs_total
+        );
+    }
+
+    fn clear(self) {
+        if self.drawn.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_like_87_mib() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(87 << 20), "87.0 MiB");
+        assert_eq!(size(100 << 30), "100.0 GiB");
+    }
+
+    #[test]
+    fn times_are_utc_iso() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_795_328_999), "2026-11-22 06:29:59Z");
+    }
+
+    #[test]
+    fn purge_targets_and_sizes_parse() {
+        let t = repo_rev("datasets/org/x@refs/pr/1").unwrap();
+        assert_eq!(
+            (t.repo.as_str(), t.revision.as_deref()),
+            ("datasets/org/x", Some("refs/pr/1"))
+        );
+        assert!(repo_rev("org/x").unwrap().revision.is_none());
+        assert!(repo_rev("org/x@").is_err() && repo_rev("@main").is_err());
+        assert_eq!(size_arg("10GiB"), Ok(10 << 30));
+        assert!(size_arg("lots").is_err());
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut out = String::new();
+        let rows = vec![
+            vec!["org/a".to_string(), "1.0 KiB".to_string()],
+            vec!["datasets/org/b".to_string(), "87.0 MiB".to_string()],
+        ];
+        table(&mut out, &["REPO", "SIZE"], &rows, &[1]);
+        assert_eq!(
+            out,
+            "REPO                SIZE\norg/a            1.0 KiB\ndatasets/org/b  87.0 MiB\n"
+        );
+    }
 }

@@ -515,3 +515,66 @@ mod tests {
         assert!(!is_commit(&format!("{}g", &C[..39])));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Properties of the grammar over generated input (bounded; runs with `cargo test`).
+
+    use super::*;
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    use proptest::prelude::*;
+
+    /// What `urllib.parse.quote(s)` leaves alone (`safe="/"`), as huggingface_hub encodes
+    /// file paths; revisions use `safe=""`.
+    const QUOTE: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    const QUOTE_ALL: &AsciiSet = &QUOTE.add(b'/');
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9][a-zA-Z0-9._-]{0,20}".prop_filter("not dots", |s| s != "." && s != "..")
+    }
+
+    fn file_segment() -> impl Strategy<Value = String> {
+        // Any printable text, unicode included, that is not a dot segment.
+        "[^/\\\\\\p{Cc}]{1,16}".prop_filter("not dots", |s| s != "." && s != "..")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn never_panics_and_never_yields_a_traversal(raw in "(/|%2[eEfF]|%5[cC]|\\.|\\.\\.|[a-z]|resolve|%00|%|\\\\){0,24}") {
+            if let Ok(Route::Resolve(r)) = parse(&raw) {
+                for part in r.path.split('/').chain(r.revision.split('/')) {
+                    prop_assert!(!part.is_empty() && part != "." && part != "..");
+                    prop_assert!(!part.contains('\\') && !part.contains('\0'));
+                }
+            }
+        }
+
+        #[test]
+        fn client_encoded_urls_round_trip(
+            org in name(), repo in name(), rev in "[a-zA-Z0-9._/-]{1,30}",
+            files in prop::collection::vec(file_segment(), 1..4),
+        ) {
+            prop_assume!(rev.split('/').all(|p| !p.is_empty() && p != "." && p != ".."));
+            prop_assume!(org != "resolve" && repo != "resolve" && org != "api");
+            let path = files.join("/");
+            let url = format!(
+                "/{org}/{repo}/resolve/{}/{}",
+                utf8_percent_encode(&rev, QUOTE_ALL),
+                utf8_percent_encode(&path, QUOTE)
+            );
+            let want = ResolveRequest {
+                repo: Repo { kind: RepoType::Model, id: format!("{org}/{repo}") },
+                revision: rev.clone(),
+                path: path.clone(),
+            };
+            prop_assert_eq!(parse(&url), Ok(Route::Resolve(want)));
+        }
+    }
+}

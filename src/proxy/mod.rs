@@ -6,7 +6,9 @@
 //! - Everything else: passed through to the Hub, uncached, with `Link`s made absolute to
 //!   hf-edge and `xetHash` dropped from tree listings.
 
+mod coalesce;
 mod ctx;
+mod limits;
 mod respond;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +42,7 @@ const MAX_BODY_HOPS: usize = 3;
 /// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
 const MAX_JSON_BODY: usize = 32 << 20;
 /// Multipart ranges served at most (as Pingora's default).
-const MAX_RANGES: usize = 200;
+pub(crate) const MAX_RANGES: usize = 200;
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct EdgeProxy {
@@ -142,6 +144,9 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Err((status, message)) = limits::check(session.req_header()) {
+            return respond::error(session, status, message, &ctx.request_id).await;
+        }
         let req = session.req_header();
         let route = match grammar::parse(req.uri.path()) {
             Ok(r) => r,
@@ -198,6 +203,18 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|m| m.blob)
             .map(|b| cache_key(&b))
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no blob id for cache key"))
+    }
+
+    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(meta) = ctx.file.clone() else {
+            return Ok(true);
+        };
+        if !session.cache.enabled() {
+            return Ok(true);
+        }
+        // `false` makes Pingora drop this request's cache lock; the response is written here.
+        let served = coalesce::serve_from_store(session, ctx, self.store, &meta).await?;
+        Ok(!served)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -424,8 +441,8 @@ impl ProxyHttp for EdgeProxy {
             if status == 200 || status == 206 {
                 self.record_ref(r, meta);
             }
-            self.metrics
-                .sent(session.cache.phase() == CachePhase::Hit, sent);
+            let from_cache = ctx.coalesced || session.cache.phase() == CachePhase::Hit;
+            self.metrics.sent(from_cache, sent);
             self.metrics
                 .upstream_received(session.upstream_body_bytes_received());
         }
@@ -505,8 +522,10 @@ impl EdgeProxy {
 /// The cache result label of a file download; `None` when the cache was not involved.
 fn cache_result(session: &Session, ctx: &Ctx) -> Option<&'static str> {
     ctx.file.as_ref()?;
+    if ctx.coalesced {
+        return Some("coalesced");
+    }
     Some(match session.cache.phase() {
-        CachePhase::Hit if ctx.coalesced => "coalesced",
         CachePhase::Hit => "hit",
         CachePhase::Miss => "miss",
         CachePhase::Stale | CachePhase::StaleUpdating => "stale",

@@ -93,7 +93,12 @@ impl Layout {
                         log::warn!("ignoring unexpected file {}", entry.path().display());
                         continue;
                     };
-                    let md = entry.metadata()?;
+                    let md = match entry.metadata() {
+                        Ok(md) => md,
+                        // Removed since listed (`hf-edge cache` beside a server): not there.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(e),
+                    };
                     found.push(FoundBlob {
                         id,
                         size: md.len(),

@@ -8,6 +8,7 @@
 //! Streaming partial writes are supported: while a blob fills, other requests for it read the
 //! same temp file as bytes arrive, instead of waiting for the whole download.
 
+pub mod admin;
 mod hit;
 mod layout;
 mod miss;

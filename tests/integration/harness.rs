@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -102,12 +103,28 @@ impl Drop for FakeHub {
     }
 }
 
-/// A free loopback port (bound then released; the window for a clash is tiny).
+/// A free loopback port for a server that binds it itself. Taken from below the kernel's
+/// ephemeral range (32768 and up by default), from a per-process counter: a port released by
+/// a port-0 bind could be handed straight to another socket, these cannot.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 400) as u16 * 25,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..2_000 {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
 
 pub struct Edge {
@@ -159,7 +176,7 @@ impl Edge {
         );
         std::fs::write(&config, yaml + top_extra).expect("write config");
         let child = spawn_edge(&config, dir.path());
-        let edge = Edge {
+        let mut edge = Edge {
             child,
             addr: ([127, 0, 0, 1], port).into(),
             metrics: ([127, 0, 0, 1], mport).into(),
@@ -170,9 +187,13 @@ impl Edge {
         edge
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                panic!("hf-edge exited at startup ({status}):\n{log}");
+            }
             if TcpStream::connect(self.addr).is_ok()
                 && try_request(self.metrics, "GET", "/healthz", &[], b"")
                     .is_ok_and(|r| r.status == 200)

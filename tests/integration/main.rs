@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod cache_cmd;
 mod cli;
 mod errors;
 mod eviction;

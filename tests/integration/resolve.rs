@@ -102,7 +102,7 @@ fn concurrent_cold_requests_make_one_upstream_fetch() {
     // Slow the CDN so every client arrives while the fill is in flight.
     hub.fault(json!({"mode": "slow", "server": "cdn", "body_delay": 0.05, "times": 1}));
     let bodies: Vec<Vec<u8>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8).map(|_| s.spawn(|| edge.get(LFS, &[]))).collect();
+        let handles: Vec<_> = (0..16).map(|_| s.spawn(|| edge.get(LFS, &[]))).collect();
         handles
             .into_iter()
             .map(|h| {

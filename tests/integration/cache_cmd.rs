@@ -1,0 +1,312 @@
+//! `hf-edge cache ...`: the real binary on a store written by hand in a temp dir.
+
+use std::fs::{File, FileTimes, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use sha1::Digest as _;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A store (`{dir}/cache`) and a config naming it (`{dir}/hf-edge.yaml`, max_size 1 MiB).
+struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn new() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        for sub in ["blobs/sha256", "blobs/oid", "tmp"] {
+            std::fs::create_dir_all(cache.join(sub)).unwrap();
+        }
+        let yaml = format!(
+            "listen: \"127.0.0.1:8080\"\nupstream:\n  endpoint: \"https://huggingface.co\"\ncache:\n  dir: \"{}\"\n  max_size: 1MiB\nmetrics:\n  listen: \"127.0.0.1:9090\"\n",
+            cache.display()
+        );
+        std::fs::write(dir.path().join("hf-edge.yaml"), yaml).unwrap();
+        Store { dir }
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// Writes an LFS blob (sha256) or a regular file (git oid), last accessed `age` seconds
+    /// ago; returns its key (`sha256/<hex>`, `oid/<hex>`).
+    fn blob(&self, data: &[u8], lfs: bool, age: u64) -> String {
+        let key = if lfs {
+            format!("sha256/{}", hex::encode(sha2::Sha256::digest(data)))
+        } else {
+            let mut h = sha1::Sha1::new();
+            h.update(format!("blob {}\0", data.len()));
+            h.update(data);
+            format!("oid/{}", hex::encode(h.finalize()))
+        };
+        let path = self.path(&key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, data).unwrap();
+        let accessed = SystemTime::now() - Duration::from_secs(age);
+        File::open(&path)
+            .unwrap()
+            .set_times(FileTimes::new().set_accessed(accessed))
+            .unwrap();
+        key
+    }
+
+    fn name(&self, repo: &str, revision: &str, path: &str, key: &str) {
+        let line = serde_json::json!({
+            "repo": repo, "revision": revision, "commit": format!("{revision:0>40}"),
+            "path": path, "blob": key, "size": 0, "time": 0,
+        });
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cache().join("refs.jsonl"))
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        let (algo, hex) = key.split_once('/').unwrap();
+        self.cache()
+            .join("blobs")
+            .join(algo)
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("hf-edge.yaml")
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        run_with(&self.config(), args)
+    }
+}
+
+fn run_with(config: &Path, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
+        .arg("cache")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn stats_and_ls_print_aligned_tables_and_json() {
+    let s = Store::new();
+    let weights = s.blob(&[7; 300 << 10], true, 60);
+    let config = s.blob(b"{\"a\": 1}", false, 30);
+    let orphan = s.blob(&[9; 2048], true, 10);
+    s.name("org/a", "main", "model.bin", &weights);
+    s.name("org/a", "main", "config.json", &config);
+    s.name("datasets/org/b", "v1", "data/model.bin", &weights);
+
+    let out = s.run(&["stats"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("objects  3"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("302.0 KiB of 1.0 MiB (29.5%)"),
+        "{}",
+        out.stdout
+    );
+    let table: Vec<&str> = out
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("REPO"))
+        .collect();
+    assert_eq!(table.len(), 5, "{}", out.stdout); // header, 3 repos, the shared note
+    let column = table[0].find("LAST ACCESS").unwrap();
+    for row in &table[1..4] {
+        assert!(row[column..].starts_with("20"), "misaligned: {row:?}");
+    }
+    assert!(table[1].starts_with("org/a ") && table[1].contains("300.0 KiB"));
+    assert!(table[3].starts_with("(unknown)") && table[3].contains("2.0 KiB"));
+
+    let st = s.run(&["stats", "--json"]).json();
+    assert_eq!(st["objects"], 3);
+    assert_eq!(st["bytes"], (300 << 10) + 8 + 2048);
+    assert_eq!(st["max_size"], 1 << 20);
+    assert_eq!(st["repos"][1]["repo"], "datasets/org/b");
+    assert_eq!(st["repos"][1]["bytes"], 300 << 10);
+
+    let out = s.run(&["ls", "org/a"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("REPO   REVISION  PATH"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[1].contains("config.json") && lines[1].contains("8 B"));
+    assert!(lines[2].contains("model.bin") && lines[2].contains("300.0 KiB"));
+    assert_eq!(lines[3], "2 files");
+
+    let ls = s.run(&["ls", "--json"]).json();
+    let files = ls["files"].as_array().unwrap();
+    assert_eq!(files.len(), 4);
+    assert_eq!(files[0]["repo"], "datasets/org/b");
+    assert_eq!(files[0]["blob"], weights.as_str());
+    assert_eq!(files[3]["repo"], "(unknown)");
+    assert_eq!(files[3]["blob"], orphan.as_str());
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(files[3]["last_access"].as_u64().unwrap() >= now - 11);
+}
+
+#[test]
+fn verify_removes_a_corrupted_blob_and_exits_1() {
+    let s = Store::new();
+    let good = s.blob(&[1; 4096], true, 10);
+    let bad = s.blob(b"print('hello')\n", false, 10);
+    s.name("org/a", "main", "weights.bin", &good);
+    s.name("org/a", "main", "run.py", &bad);
+    let mut content = std::fs::read(s.path(&bad)).unwrap();
+    content[0] ^= 1;
+    std::fs::write(s.path(&bad), content).unwrap();
+
+    let out = s.run(&["verify"]);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let path = s.path(&bad).display().to_string();
+    assert!(
+        out.stdout
+            .contains(&format!("bad: {path}: expected {bad}, content is oid/")),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("checked 2 blobs, 4.0 KiB, 1 bad, in "));
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bar off a terminal: {:?}",
+        out.stderr
+    );
+    assert!(!s.path(&bad).exists() && s.path(&good).exists());
+    let refs = std::fs::read_to_string(s.cache().join("refs.jsonl")).unwrap();
+    assert!(!refs.contains(&bad) && refs.contains(&good), "{refs}");
+
+    let out = s.run(&["verify", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let r = out.json();
+    assert_eq!(
+        (r["checked"].as_u64(), r["bad"].as_array().map(Vec::len)),
+        (Some(1), Some(0))
+    );
+}
+
+#[test]
+fn purge_a_revision_then_a_repo_keeps_blobs_named_elsewhere() {
+    let s = Store::new();
+    let shared = s.blob(b"shared by two repos", true, 10);
+    let both_revs = s.blob(b"in main and v1", true, 10);
+    let v1_only = s.blob(b"only in v1", false, 10);
+    s.name("org/a", "main", "shared.bin", &shared);
+    s.name("org/b", "main", "shared.bin", &shared);
+    s.name("org/a", "main", "f.bin", &both_revs);
+    s.name("org/a", "v1", "f.bin", &both_revs);
+    s.name("org/a", "v1", "g.txt", &v1_only);
+
+    let out = s.run(&["purge", "org/a@v1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "purged org/a@v1: 2 files, removed 1 blob (10 B), kept 1 shared with other repos or revisions\n"
+    );
+    assert!(!s.path(&v1_only).exists() && s.path(&both_revs).exists());
+
+    let r = s.run(&["purge", "org/a", "--json"]).json();
+    assert_eq!(r["files"], 2);
+    assert_eq!(r["removed"][0]["blob"], both_revs.as_str());
+    assert_eq!(r["kept_shared"], 1);
+    assert!(!s.path(&both_revs).exists() && s.path(&shared).exists());
+
+    let ls = s.run(&["ls", "--json"]).json();
+    let repos: Vec<&str> = ls["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["repo"].as_str().unwrap())
+        .collect();
+    assert_eq!(repos, ["org/b"]);
+    assert_eq!(
+        s.run(&["purge", "org/a"]).stdout,
+        "nothing cached for org/a\n"
+    );
+}
+
+#[test]
+fn evict_removes_the_least_recently_accessed_first() {
+    let s = Store::new();
+    let oldest = s.blob(&[1; 1000], true, 3000);
+    let middle = s.blob(&[2; 1000], false, 2000);
+    let newest = s.blob(&[3; 1000], true, 1000);
+    s.name("org/a", "main", "newest.bin", &newest);
+
+    let out = s.run(&["evict", "--to", "1.5KiB"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "evicted 2 blobs, least recently accessed first: 2.9 KiB -> 1000 B (target 1.5 KiB)\n"
+    );
+    assert!(!s.path(&oldest).exists() && !s.path(&middle).exists() && s.path(&newest).exists());
+
+    let r = s.run(&["evict", "--to", "0", "--json"]).json();
+    assert_eq!(
+        (r["bytes_before"].as_u64(), r["bytes_after"].as_u64()),
+        (Some(1000), Some(0))
+    );
+    assert_eq!(r["removed"][0]["blob"], newest.as_str());
+}
+
+#[test]
+fn bad_usage_or_config_exits_2_and_a_missing_store_1() {
+    let s = Store::new();
+    for args in [
+        &["evict", "--to", "lots"][..],
+        &["purge", "@main"],
+        &["purge", "org/a@"],
+    ] {
+        let out = s.run(args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+    let out = run_with(&s.dir.path().join("missing.yaml"), &["stats"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("missing.yaml"), "{}", out.stderr);
+
+    std::fs::remove_dir_all(s.cache()).unwrap();
+    let out = s.run(&["ls"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&s.cache().display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !s.cache().exists(),
+        "a read-only command must not create the store"
+    );
+}

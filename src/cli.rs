@@ -37,6 +37,13 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default config (a documented starting point).
     DefaultConfig,
+    /// Print the sha256 to put in `access.keys[].sha256` for a site key. Reads the key from
+    /// standard input (so it stays out of shell history), or makes a new one with --generate.
+    HashKey {
+        /// Generate a new random key and print it with its hash.
+        #[arg(long)]
+        generate: bool,
+    },
     /// Inspect and manage the blob store (cache.dir); safe while `serve` runs on it.
     Cache {
         #[command(flatten)]
@@ -136,6 +143,7 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Cache { args, command } => cache(&args, command),
+        Command::HashKey { generate } => hash_key(generate),
     }
 }
 
@@ -461,6 +469,37 @@ impl ProgressBar {
             eprint!("\r\x1b[K");
         }
     }
+}
+
+fn hash_key(generate: bool) -> ExitCode {
+    let key = if generate {
+        let mut bytes = [0u8; 24];
+        if let Err(e) = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        {
+            eprintln!("hf-edge: cannot read /dev/urandom: {e}");
+            return ExitCode::FAILURE;
+        }
+        format!("hfe_{}", hex::encode(bytes))
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("hf-edge: cannot read the key from stdin: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        line.trim().to_string()
+    };
+    if key.is_empty() {
+        eprintln!("hf-edge: no key on stdin (or use --generate)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let hash = hex::encode(crate::access::hash_key(&key));
+    if generate {
+        println!("key:    {key}\nsha256: {hash}");
+    } else {
+        println!("{hash}");
+    }
+    ExitCode::SUCCESS
 }
 
 #[cfg(test)]

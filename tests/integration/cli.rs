@@ -49,3 +49,45 @@ fn bad_configs_exit_2_with_a_one_line_error_naming_the_key() {
         assert_eq!(out.trim_end().lines().count(), 1, "{out:?}");
     }
 }
+
+#[test]
+fn hash_key_prints_the_sha256_a_config_stores() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hfe_team\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(b"hfe_team"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+
+    let gen = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
+        .args(["hash-key", "--generate"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&gen.stdout).into_owned();
+    let key = text
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("key:")
+        .trim();
+    let hash = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .trim();
+    assert!(key.starts_with("hfe_") && key.len() > 40, "{text}");
+    assert_eq!(hex::encode(sha2::Sha256::digest(key.as_bytes())), hash);
+}

@@ -73,6 +73,8 @@ pub struct Upstream {
     pub cdn_hosts: Vec<HostPattern>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Never contact the Hub; serve what is cached (toggled at runtime on the ops listener).
+    pub offline: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +175,8 @@ struct RawUpstream {
     connect_timeout: RawValue,
     #[serde(default = "default_read_timeout")]
     read_timeout: RawValue,
+    #[serde(default)]
+    offline: bool,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +324,7 @@ impl RawConfig {
             cdn_hosts,
             connect_timeout: duration("upstream.connect_timeout", &u.connect_timeout)?,
             read_timeout: duration("upstream.read_timeout", &u.read_timeout)?,
+            offline: u.offline,
         };
 
         let c = self.cache;

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod resolver;
 pub mod server;
+pub mod snapshots;
 pub mod store;
 
 /// Sent upstream on hf-edge's own requests.

@@ -19,7 +19,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::hub::upstream::Origin;
+use crate::hub::upstream::Upstream;
 use crate::resolver::ResolveError;
 use crate::store::BlobStore;
 
@@ -48,6 +48,8 @@ pub enum RevisionLookup {
     Fresh,
     /// Asked the Hub.
     Refreshed,
+    /// The Hub could not be asked; answered from what was known before.
+    StaleServed,
 }
 
 const CACHE_RESULTS: [&str; 5] = ["hit", "miss", "coalesced", "stale", "bypass"];
@@ -304,6 +306,7 @@ impl Metrics {
         let label = match r {
             RevisionLookup::Fresh => "fresh",
             RevisionLookup::Refreshed => "refreshed",
+            RevisionLookup::StaleServed => "stale_served",
         };
         self.revision_lookups.with_label_values(&[label]).inc();
     }
@@ -333,7 +336,7 @@ impl Metrics {
 pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
-    pub upstream: Origin,
+    pub upstream: Arc<Upstream>,
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -358,14 +361,17 @@ impl OpsApp {
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        let addr = (self.upstream.host.clone(), self.upstream.port);
-        let upstream =
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
-                .await;
-        let upstream = match upstream {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("connect timed out".to_string()),
+        let hub = &self.upstream.hub;
+        let upstream = if self.upstream.is_offline() {
+            Ok(())
+        } else {
+            let addr = (hub.host.clone(), hub.port);
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connect timed out".to_string()),
+            }
         };
         let ready = store.is_ok() && upstream.is_ok();
         json(
@@ -373,8 +379,45 @@ impl OpsApp {
             serde_json::json!({
                 "status": if ready { "ready" } else { "not ready" },
                 "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
-                "upstream": upstream.map_or_else(|e| format!("unreachable: {e}"), |_| "reachable".into()),
+                "upstream": match (&upstream, self.upstream.is_offline()) {
+                    (_, true) => "offline mode".to_string(),
+                    (Ok(()), false) => "reachable".to_string(),
+                    (Err(e), false) => format!("unreachable: {e}"),
+                },
             }),
+        )
+    }
+}
+
+impl OpsApp {
+    /// `GET` shows offline mode; `POST ?enabled=true|false` switches it.
+    async fn offline(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method == http::Method::POST {
+            let wanted = req
+                .uri
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("enabled=")));
+            match wanted {
+                Some("true") => self.upstream.set_offline(true),
+                Some("false") => self.upstream.set_offline(false),
+                _ => {
+                    return json(
+                        400,
+                        serde_json::json!({"error": "use POST /admin/offline?enabled=true or ?enabled=false"}),
+                    )
+                }
+            }
+            log::warn!(
+                "offline mode set to {} via the ops listener",
+                self.upstream.is_offline()
+            );
+        } else if req.method != http::Method::GET {
+            return json(405, serde_json::json!({"error": "GET or POST"}));
+        }
+        json(
+            200,
+            serde_json::json!({"offline": self.upstream.is_offline()}),
         )
     }
 }
@@ -390,6 +433,7 @@ impl ServeHttp for OpsApp {
             ),
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
+            "/admin/offline" => self.offline(session).await,
             _ => json(
                 404,
                 serde_json::json!({"error": "not found; try /metrics, /healthz or /readyz"}),

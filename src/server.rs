@@ -19,6 +19,7 @@ use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, OpsApp};
 use crate::proxy::{EdgeProxy, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
+use crate::snapshots::ApiSnapshots;
 use crate::store::BlobStore;
 
 /// How long a fill may hold the cache lock before another request may take over.
@@ -49,6 +50,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.cache.max_size,
     )?);
     let upstream = Arc::new(Upstream::new(&cfg.upstream));
+    let ops_upstream = upstream.clone();
     let site_auth = match &cfg.upstream.token {
         Some(t) => Some(
             HeaderValue::from_str(&format!("Bearer {}", t.expose()))
@@ -67,8 +69,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 auth_ttl: cfg.access.auth_ttl,
                 offline_restricted: cfg.access.offline_restricted,
             },
-        ),
+            Some(&cfg.cache.dir),
+        )
+        .with_context(|| {
+            format!(
+                "cache.dir: cannot open {}/meta.jsonl",
+                cfg.cache.dir.display()
+            )
+        })?,
         access: cfg.access.clone(),
+        snapshots: ApiSnapshots::open(&cfg.cache.dir)
+            .with_context(|| format!("cache.dir: cannot create {}/api", cfg.cache.dir.display()))?,
         upstream,
         store,
         eviction: eviction_dyn,
@@ -101,7 +112,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         HttpServer::new_app(OpsApp {
             metrics,
             store,
-            upstream: cfg.upstream.endpoint.clone(),
+            upstream: ops_upstream,
         }),
     );
     ops.add_tcp(&cfg.metrics.listen.to_string());

@@ -46,6 +46,26 @@ pub struct Repo {
     pub id: String,
 }
 
+impl Repo {
+    /// Parses the `Display` form (`org/name`, `datasets/org/name`, ...).
+    pub fn parse_display(s: &str) -> Option<Repo> {
+        let (kind, id) = [
+            ("datasets/", RepoType::Dataset),
+            ("spaces/", RepoType::Space),
+            ("kernels/", RepoType::Kernel),
+        ]
+        .iter()
+        .find_map(|(p, k)| s.strip_prefix(p).map(|id| (*k, id)))
+        .unwrap_or((RepoType::Model, s));
+        let valid =
+            !id.is_empty() && id.split('/').count() <= 2 && id.split('/').all(valid_repo_part);
+        valid.then(|| Repo {
+            kind,
+            id: id.to_string(),
+        })
+    }
+}
+
 impl fmt::Display for Repo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}", self.kind.url_prefix(), self.id)
@@ -81,6 +101,8 @@ pub enum ApiKind {
     Tree,
     /// `/api/{type}s/{repo}/paths-info/...`
     PathsInfo,
+    /// `/api/{type}s/{repo}/revision/{rev}`
+    Revision,
     Other,
 }
 
@@ -243,6 +265,7 @@ fn api_kind(segs: &[&str]) -> ApiKind {
         match rest.get(n) {
             Some(&"tree") => return ApiKind::Tree,
             Some(&"paths-info") => return ApiKind::PathsInfo,
+            Some(&"revision") => return ApiKind::Revision,
             _ => {}
         }
     }
@@ -428,7 +451,7 @@ mod tests {
             ("/api/models/org/m/tree/main", Route::Api(ApiKind::Tree)),
             ("/api/datasets/squad/tree/main/data%2Ftrain", Route::Api(ApiKind::Tree)),
             ("/api/models/org/m/paths-info/main", Route::Api(ApiKind::PathsInfo)),
-            ("/api/models/org/m/revision/main", Route::Api(ApiKind::Other)),
+            ("/api/models/org/m/revision/main", Route::Api(ApiKind::Revision)),
             ("/api/whoami-v2", Route::Api(ApiKind::Other)),
             ("/org/m.git/info/lfs/objects/batch", Route::Lfs),
             ("/datasets/org/d.git/info/lfs/objects/batch", Route::Lfs),

@@ -24,10 +24,17 @@ pub struct FileMeta {
     /// An LFS file: `X-Linked-Etag` / `X-Linked-Size` are sent.
     pub lfs: bool,
     pub content_type: Option<String>,
-    /// Where the bytes are: a signed CDN URL or a Hub URL. Signed URLs expire.
-    pub download: Url,
+    /// Where the bytes are: a signed CDN URL or a Hub URL, obtained at `resolved_at`.
+    /// Signed URLs expire; metadata reloaded from disk has none.
+    pub download: Option<Url>,
     pub resolved_at: Instant,
+    /// Answered from what hf-edge knew before, because the Hub could not be asked.
+    pub stale: bool,
 }
+
+/// Marks an answer given from earlier knowledge while the Hub was unreachable (RFC 7234's
+/// code 110), so operators and clients can tell.
+pub const STALE_WARNING: &str = "110 hf-edge \"stale: the Hub could not be reached\"";
 
 /// Headers from an upstream error that clients read; passed through unchanged.
 pub const ERROR_PASSTHROUGH: &[&str] = &[
@@ -53,6 +60,9 @@ pub fn apply_resolve_headers(resp: &mut ResponseHeader, meta: &FileMeta, file_na
         let _ = resp.insert_header(name, value);
     };
     set("x-repo-commit", meta.commit.clone());
+    if meta.stale {
+        set("warning", STALE_WARNING.to_string());
+    }
     set("etag", quoted.clone());
     if meta.lfs {
         set("x-linked-etag", quoted);
@@ -214,8 +224,9 @@ mod tests {
             size: 87,
             lfs,
             content_type: None,
-            download: Url::parse("https://cdn.hf.co/x?sig=1").unwrap(),
+            download: Some(Url::parse("https://cdn.hf.co/x?sig=1").unwrap()),
             resolved_at: Instant::now(),
+            stale: false,
         }
     }
 

@@ -266,6 +266,8 @@ impl UpstreamError {
 /// The upstream side of hf-edge: the Hub origin, the CDN allowlist and the connector.
 pub struct Upstream {
     pub hub: Origin,
+    /// Offline mode: never contact the Hub (set by config, toggled at runtime).
+    offline: std::sync::atomic::AtomicBool,
     cdn_hosts: Vec<HostPattern>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -276,11 +278,21 @@ impl Upstream {
     pub fn new(cfg: &crate::config::Upstream) -> Upstream {
         Upstream {
             hub: cfg.endpoint.clone(),
+            offline: std::sync::atomic::AtomicBool::new(cfg.offline),
             cdn_hosts: cfg.cdn_hosts.clone(),
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             connector: Connector::new(None),
         }
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_offline(&self, offline: bool) {
+        self.offline
+            .store(offline, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn classify(&self, url: &Url) -> HostClass {

@@ -33,6 +33,13 @@ pub struct Ctx {
     pub public_base: Option<String>,
     /// The hit streams from a fill another request started.
     pub coalesced: bool,
+    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
+    /// under (path and query).
+    pub snapshot_key: Option<String>,
+    /// The rewritten `Link` of the answer being kept.
+    pub snapshot_link: Option<String>,
+    /// The expired download URL was already re-resolved once.
+    pub reresolved: bool,
     pub upstream_sent: Option<Instant>,
     /// Time to the upstream response header (body request or metadata).
     pub upstream_time: Option<Duration>,
@@ -52,6 +59,9 @@ impl Ctx {
             json: None,
             public_base: None,
             coalesced: false,
+            snapshot_key: None,
+            snapshot_link: None,
+            reresolved: false,
             upstream_sent: None,
             upstream_time: None,
         }

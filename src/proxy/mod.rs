@@ -34,7 +34,9 @@ use crate::hub::grammar::{self, ApiKind, ResolveRequest, Route};
 use crate::hub::headers::{self, FileMeta};
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
 use crate::metrics::{Metrics, UpstreamKind};
+use crate::resolver::IdentityKey;
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
+use crate::snapshots::{ApiSnapshots, Snapshot};
 use crate::store::{cache_key, BlobReader, BlobStore, RefEntry};
 
 /// Redirects followed on a body request (the metadata request follows its own).
@@ -56,6 +58,7 @@ pub struct EdgeProxy {
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
     pub access: Policy,
+    pub snapshots: ApiSnapshots,
     pub access_log: AccessLog,
     pub request_ids: RequestIds,
 }
@@ -113,7 +116,8 @@ impl EdgeProxy {
         // A cached answer whose blob must be fetched needs a fresh signed URL.
         if let Ok(m) = &meta {
             let stored = m.blob.is_some_and(|b| self.store.contains(&b));
-            if !stored && m.resolved_at.elapsed() > DOWNLOAD_URL_TTL {
+            let url_fresh = m.download.is_some() && m.resolved_at.elapsed() < DOWNLOAD_URL_TTL;
+            if !stored && !url_fresh && !m.stale {
                 meta = self.resolver.refresh(req, &raw_path, auth.as_ref()).await;
             }
         }
@@ -167,13 +171,34 @@ impl ProxyHttp for EdgeProxy {
                 if method == Method::HEAD {
                     return respond::head(session, &meta, r.file_name(), &ctx.request_id).await;
                 }
+                let stored = meta.blob.is_some_and(|b| self.store.contains(&b));
+                if (meta.download.is_none() || self.upstream.is_offline()) && !stored {
+                    let msg = format!("the Hub cannot be reached and {} is not cached", r.path);
+                    return respond::error(session, 504, &msg, &ctx.request_id).await;
+                }
                 ctx.file_name = r.file_name().to_string();
-                ctx.target = Some(self.target(meta.download.clone()));
+                ctx.target = meta.download.clone().map(|u| self.target(u));
                 ctx.file = Some(meta);
             }
             _ => {
-                let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-                ctx.target = Some(self.target(Url::on(&self.upstream.hub, pq)));
+                let pq = req
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_string();
+                let keeps_snapshot = method == Method::GET
+                    && matches!(route, Route::Api(ApiKind::Tree | ApiKind::Revision));
+                if keeps_snapshot {
+                    ctx.snapshot_key = Some(pq.clone());
+                }
+                if self.upstream.is_offline() {
+                    if self.serve_snapshot(session, ctx).await? {
+                        return Ok(true);
+                    }
+                    let msg = "hf-edge is offline: the Hub is not contacted and no earlier answer is kept";
+                    return respond::error(session, 504, msg, &ctx.request_id).await;
+                }
+                ctx.target = Some(self.target(Url::on(&self.upstream.hub, &pq)));
             }
         }
         Ok(false)
@@ -218,10 +243,13 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let target = ctx
-            .target
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream target"))?;
+        let target = ctx.target.as_ref().ok_or_else(|| {
+            // A stale answer whose blob went missing: there is nowhere to fetch it from.
+            Error::explain(
+                ErrorType::HTTPStatus(504),
+                "the Hub cannot be reached and this file is not cached",
+            )
+        })?;
         match self.upstream.peer(&target.url.origin).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(e) => Err(upstream_failure(e)),
@@ -256,7 +284,9 @@ impl ProxyHttp for EdgeProxy {
         }
         let rewrites_body = matches!(
             ctx.route,
-            Some(Route::Api(ApiKind::Tree | ApiKind::PathsInfo))
+            Some(Route::Api(
+                ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision
+            ))
         );
         if ctx.file.is_some() || rewrites_body {
             // Blobs are stored as identity bytes; JSON is rewritten as plain text.
@@ -267,7 +297,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -283,14 +313,28 @@ impl ProxyHttp for EdgeProxy {
             if resp.status.is_redirection() {
                 return self.follow_body_redirect(resp, ctx);
             }
+            let to_cdn = ctx
+                .target
+                .as_ref()
+                .is_some_and(|t| t.class == HostClass::Cdn);
+            if to_cdn && matches!(resp.status.as_u16(), 401 | 403 | 410) && !ctx.reresolved {
+                // A signed URL that expired (cached metadata outlives it): sign a new one.
+                return self.reresolve(session, ctx).await;
+            }
             check_body_response(resp, meta)?;
             keep_only_body_headers(resp);
             return Ok(());
         }
+        let status = resp.status.as_u16();
+        if (status >= 500 || status == 429) && self.snapshot_for(ctx).is_some() {
+            // fail_to_proxy answers with the last good answer instead.
+            return Error::e_explain(ErrorType::HTTPStatus(status), "upstream failed");
+        }
         if let (Some(base), Some(link)) = (&ctx.public_base, resp.headers.get(header::LINK)) {
             if let Ok(v) = link.to_str() {
                 let rewritten = headers::rewrite_links(v, &self.upstream.hub, base);
-                resp.insert_header(header::LINK, rewritten)?;
+                resp.insert_header(header::LINK, &rewritten)?;
+                ctx.snapshot_link = Some(rewritten);
             }
         }
         let json = resp
@@ -301,7 +345,9 @@ impl ProxyHttp for EdgeProxy {
             && resp.status.is_success()
             && matches!(
                 ctx.route,
-                Some(Route::Api(ApiKind::Tree | ApiKind::PathsInfo))
+                Some(Route::Api(
+                    ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision
+                ))
             )
         {
             resp.remove_header(&header::CONTENT_LENGTH);
@@ -403,13 +449,23 @@ impl ProxyHttp for EdgeProxy {
         }
         if end_of_stream {
             let raw = std::mem::take(buf);
-            *body = Some(match serde_json::from_slice::<serde_json::Value>(&raw) {
+            let out = match serde_json::from_slice::<serde_json::Value>(&raw) {
                 Ok(mut v) => {
                     headers::strip_xet_hash(&mut v);
                     Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
                 }
                 Err(_) => Bytes::from(raw),
-            });
+            };
+            if let Some(key) = &ctx.snapshot_key {
+                let snap = Snapshot {
+                    content_type: "application/json".into(),
+                    link: ctx.snapshot_link.clone(),
+                    body: String::from_utf8_lossy(&out).into_owned(),
+                };
+                self.snapshots
+                    .save(IdentityKey::of(ctx.auth.as_ref()), key, &snap);
+            }
+            *body = Some(out);
         }
         Ok(None)
     }
@@ -421,6 +477,15 @@ impl ProxyHttp for EdgeProxy {
         let (status, message) = failure_response(e);
         if ctx.route.is_some() && e.esource() == &ErrorSource::Upstream {
             self.metrics.upstream_failure(e);
+        }
+        let hub_failed = status == 502 || status == 503 || status == 504 || status == 429;
+        if hub_failed && session.response_written().is_none() {
+            if let Ok(true) = self.serve_snapshot(session, ctx).await {
+                return FailToProxy {
+                    error_code: 200,
+                    can_reuse_downstream: false,
+                };
+            }
         }
         // Once the header went out, the only honest signal left is closing the connection
         // before Content-Length is reached.
@@ -475,6 +540,63 @@ impl ProxyHttp for EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// The last good answer to this API request that this client may be given.
+    fn snapshot_for(&self, ctx: &Ctx) -> Option<Snapshot> {
+        let key = ctx.snapshot_key.as_deref()?;
+        let own = self
+            .resolver
+            .may_serve_stale(ctx.auth.as_ref())
+            .then(|| self.snapshots.load(IdentityKey::of(ctx.auth.as_ref()), key))
+            .flatten();
+        own.or_else(|| self.snapshots.load(IdentityKey::anonymous(), key))
+    }
+
+    /// Answers with the last good answer, marked stale; `false` if there is none.
+    async fn serve_snapshot(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some(snap) = self.snapshot_for(ctx) else {
+            return Ok(false);
+        };
+        self.metrics
+            .revision_lookup(crate::metrics::RevisionLookup::StaleServed);
+        let mut resp = ResponseHeader::build(200, Some(6))?;
+        resp.insert_header(header::CONTENT_TYPE, snap.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, snap.body.len().to_string())?;
+        resp.insert_header("warning", headers::STALE_WARNING)?;
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(link) = snap.link {
+            resp.insert_header(header::LINK, link)?;
+        }
+        let head = session.req_header().method == Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(snap.body)), true)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Re-resolves the file for a fresh download URL and retries the body request.
+    async fn reresolve(&self, session: &Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.reresolved = true;
+        let Some(Route::Resolve(r)) = ctx.route.clone() else {
+            return Error::e_explain(ErrorType::HTTPStatus(502), "download URL refused");
+        };
+        let raw = session.req_header().uri.path().to_string();
+        let fresh = self.resolver.refresh(&r, &raw, ctx.auth.as_ref()).await;
+        let same_blob = |m: &FileMeta| ctx.file.as_ref().is_some_and(|f| f.blob == m.blob);
+        match fresh {
+            Ok(m) if same_blob(&m) && m.download.is_some() => {
+                ctx.target = m.download.clone().map(|u| self.target(u));
+                let mut e = Error::explain(ErrorType::HTTPStatus(502), "download URL expired");
+                e.set_retry(true);
+                Err(e)
+            }
+            Ok(_) => Error::e_explain(ErrorType::HTTPStatus(502), "the file changed upstream"),
+            Err(e) => Error::e_explain(ErrorType::HTTPStatus(502), e.to_string()),
+        }
+    }
+
     fn record_ref(&self, r: &ResolveRequest, meta: &FileMeta) {
         let Some(blob) = meta.blob else { return };
         let time = SystemTime::now()

@@ -95,5 +95,6 @@ pub async fn resolve_error(
             write(session, resp, body, request_id).await
         }
         ResolveError::Upstream(u) => error(session, u.status(), &u.to_string(), request_id).await,
+        ResolveError::Offline => error(session, 504, &e.to_string(), request_id).await,
     }
 }

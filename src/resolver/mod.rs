@@ -14,6 +14,8 @@ use parking_lot::Mutex;
 use pingora::http::ResponseHeader;
 use sha2::Digest;
 
+mod journal;
+
 use crate::hub::grammar::{Repo, ResolveRequest};
 use crate::hub::headers::{FileMeta, ERROR_PASSTHROUGH};
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
@@ -38,11 +40,45 @@ pub enum ResolveError {
     },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("hf-edge is offline and has no earlier answer for this file")]
+    Offline,
+}
+
+impl ResolveError {
+    /// The Hub could not give an answer (as opposed to answering no): the case for serving
+    /// what was known before.
+    fn hub_unavailable(&self) -> bool {
+        match self {
+            ResolveError::Upstream(_) | ResolveError::Offline => true,
+            ResolveError::Hub { status, .. } => *status == 429 || *status >= 500,
+        }
+    }
+
+    /// Worth retrying at once: connection failures and 5xx other than timeouts.
+    fn retryable(&self) -> bool {
+        match self {
+            ResolveError::Upstream(UpstreamError::Unreachable { .. }) => true,
+            ResolveError::Hub { status, .. } => matches!(status, 500 | 502 | 503),
+            _ => false,
+        }
+    }
 }
 
 /// A hash of the credentials a request is made with (never the credentials themselves).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdentityKey([u8; 16]);
+
+const ANONYMOUS: Option<&HeaderValue> = None;
+
+impl IdentityKey {
+    pub fn anonymous() -> IdentityKey {
+        IdentityKey::of(ANONYMOUS)
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
 
 impl IdentityKey {
     pub fn of(auth: Option<&HeaderValue>) -> IdentityKey {
@@ -70,9 +106,11 @@ pub struct Resolver {
     auth_ttl: Duration,
     /// Serve what an identity was allowed before when the Hub cannot be asked.
     offline_allow: bool,
-    revisions: Mutex<HashMap<RevKey, (String, Instant)>>,
+    /// Branch/tag → commit, with when the Hub said so (`None`: known from before a restart).
+    revisions: Mutex<HashMap<RevKey, (String, Option<Instant>)>>,
     files: Mutex<HashMap<FileKey, FileMeta>>,
     approvals: Mutex<HashMap<RepoKey, Instant>>,
+    journal: Option<journal::Journal>,
 }
 
 /// The resolver's knobs, from `cache.*` and `access.*`.
@@ -83,21 +121,58 @@ pub struct ResolverConfig {
 }
 
 impl Resolver {
+    /// A resolver; with `dir`, its answers persist in `dir/meta.jsonl` and are reloaded.
+    /// Whether an identity's own earlier answers may be served while the Hub cannot be asked
+    /// (always for anonymous, which is public content).
+    pub fn may_serve_stale(&self, auth: Option<&HeaderValue>) -> bool {
+        auth.is_none() || self.offline_allow
+    }
+
     pub fn new(
         upstream: std::sync::Arc<Upstream>,
         metrics: std::sync::Arc<Metrics>,
         cfg: ResolverConfig,
-    ) -> Resolver {
-        Resolver {
+        dir: Option<&std::path::Path>,
+    ) -> std::io::Result<Resolver> {
+        let (journal, entries) = match dir {
+            Some(d) => {
+                let (j, e) = journal::Journal::open(d)?;
+                (Some(j), e)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut revisions = HashMap::new();
+        let mut files = HashMap::new();
+        for e in &entries {
+            let Some((who, repo, meta)) = e.decode() else {
+                continue;
+            };
+            if !crate::hub::grammar::is_commit(&e.revision) {
+                revisions.insert(
+                    (who, repo.clone(), e.revision.clone()),
+                    (meta.commit.clone(), None),
+                );
+            }
+            files.insert((who, repo, meta.commit.clone(), e.path.clone()), meta);
+        }
+        if let Some(j) = &journal {
+            log::info!(
+                "{}: {} file answers reloaded",
+                j.path().display(),
+                files.len()
+            );
+        }
+        Ok(Resolver {
             upstream,
             metrics,
             revision_ttl: cfg.revision_ttl,
             auth_ttl: cfg.auth_ttl,
             offline_allow: cfg.offline_restricted == crate::access::OfflineRestricted::Allow,
-            revisions: Mutex::new(HashMap::new()),
-            files: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(revisions),
+            files: Mutex::new(files),
             approvals: Mutex::new(HashMap::new()),
-        }
+            journal,
+        })
     }
 
     /// Metadata from the caches when they can answer, else from the Hub.
@@ -118,13 +193,61 @@ impl Resolver {
                 return Ok(meta);
             }
         }
-        match self.refresh(req, raw_path, auth).await {
-            Err(ResolveError::Upstream(e)) if auth.is_some() && self.offline_allow => {
-                log::warn!("serving {} from an earlier approval: {e}", req.repo);
-                self.cached(who, req).ok_or(ResolveError::Upstream(e))
-            }
+        let answer = if self.upstream.is_offline() {
+            Err(ResolveError::Offline)
+        } else {
+            self.refresh(req, raw_path, auth).await
+        };
+        match answer {
+            Err(e) if e.hub_unavailable() => match self.stale(who, req, auth.is_some()) {
+                Some(meta) => {
+                    log::warn!(
+                        "{} {}: serving what was known before: {e}",
+                        req.repo,
+                        req.path
+                    );
+                    self.metrics.revision_lookup(RevisionLookup::StaleServed);
+                    Ok(meta)
+                }
+                None => Err(e),
+            },
             other => other,
         }
+    }
+
+    /// The last answer known for this request, whatever its age, marked stale. Credentialed
+    /// identities get it only if it is public (anonymous saw it too) or
+    /// `access.offline_restricted` allows it: restricted content fails closed.
+    fn stale(
+        &self,
+        who: IdentityKey,
+        req: &ResolveRequest,
+        credentialed: bool,
+    ) -> Option<FileMeta> {
+        let last_known = |who: IdentityKey| -> Option<FileMeta> {
+            let commit = if req.is_commit_pinned() {
+                req.revision.to_ascii_lowercase()
+            } else {
+                let revs = self.revisions.lock();
+                revs.get(&(who, req.repo.clone(), req.revision.clone()))?
+                    .0
+                    .clone()
+            };
+            self.files
+                .lock()
+                .get(&(who, req.repo.clone(), commit, req.path.clone()))
+                .cloned()
+        };
+        let found = match credentialed {
+            true if self.offline_allow => last_known(who),
+            true => None,
+            false => None,
+        }
+        .or_else(|| last_known(IdentityKey::of(ANONYMOUS)))?;
+        Some(FileMeta {
+            stale: true,
+            ..found
+        })
     }
 
     fn approved(&self, who: IdentityKey, repo: &Repo) -> bool {
@@ -167,7 +290,7 @@ impl Resolver {
             }
             revs.insert(
                 (who, req.repo.clone(), req.revision.clone()),
-                (meta.commit.clone(), now),
+                (meta.commit.clone(), Some(now)),
             );
         }
         let mut files = self.files.lock();
@@ -178,6 +301,15 @@ impl Resolver {
             (who, req.repo.clone(), meta.commit.clone(), req.path.clone()),
             meta.clone(),
         );
+        if let Some(j) = &self.journal {
+            j.record(journal::Entry::new(
+                who,
+                &req.repo,
+                &req.revision,
+                &req.path,
+                &meta,
+            ));
+        }
         Ok(meta)
     }
 
@@ -188,7 +320,7 @@ impl Resolver {
             let revs = self.revisions.lock();
             let fresh = revs
                 .get(&(who, req.repo.clone(), req.revision.clone()))
-                .filter(|(_, at)| at.elapsed() < self.revision_ttl);
+                .filter(|(_, at)| at.is_some_and(|at| at.elapsed() < self.revision_ttl));
             let Some((commit, _)) = fresh else {
                 self.metrics.revision_lookup(RevisionLookup::Refreshed);
                 return None;
@@ -202,9 +334,28 @@ impl Resolver {
             .cloned()
     }
 
+    /// [`Resolver::fetch_once`], retried with backoff and jitter when the Hub could not be
+    /// reached or failed transiently (a metadata HEAD is idempotent).
+    async fn fetch(
+        &self,
+        raw_path: &str,
+        auth: Option<&HeaderValue>,
+    ) -> Result<FileMeta, ResolveError> {
+        let mut attempt = 0;
+        loop {
+            match self.fetch_once(raw_path, auth).await {
+                Err(e) if e.retryable() && attempt < RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// The metadata `HEAD`: follows the Hub's relative 307 to `/api/resolve-cache/...` and
     /// stops at an absolute redirect to a CDN (whose signed URL becomes the download URL).
-    async fn fetch(
+    async fn fetch_once(
         &self,
         raw_path: &str,
         auth: Option<&HeaderValue>,
@@ -244,6 +395,18 @@ impl Resolver {
         }
         Err(UpstreamError::TooManyRedirects(MAX_HOPS).into())
     }
+}
+
+/// Extra attempts for a metadata request that failed transiently.
+const RETRIES: u32 = 2;
+
+/// 100 ms, 200 ms, ... plus up to 50% jitter, so clients retrying together spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(100) * 2u32.pow(attempt - 1);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
 /// Metadata headers collected along a redirect chain.
@@ -300,8 +463,9 @@ impl Seen {
             size,
             lfs,
             content_type: self.content_type,
-            download,
+            download: Some(download),
             resolved_at: Instant::now(),
+            stale: false,
         })
     }
 }

@@ -1,0 +1,60 @@
+//! The last good answer to the read-only API calls `snapshot_download` makes (repo revision
+//! info and tree listings), kept on disk so a client with an empty cache can still download
+//! an already-cached revision while the Hub is down. Normally the API passes straight
+//! through and these are never served; they are written as answers pass by.
+
+use std::io;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::resolver::IdentityKey;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub content_type: String,
+    /// The `Link` header as sent to the client (already pointing at hf-edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+    pub body: String,
+}
+
+pub struct ApiSnapshots {
+    dir: PathBuf,
+}
+
+impl ApiSnapshots {
+    pub fn open(cache_dir: &std::path::Path) -> io::Result<ApiSnapshots> {
+        let dir = cache_dir.join("api");
+        std::fs::create_dir_all(&dir)?;
+        Ok(ApiSnapshots { dir })
+    }
+
+    fn file(&self, who: IdentityKey, path_and_query: &str) -> PathBuf {
+        let mut h = sha2::Sha256::new();
+        h.update(who.hex());
+        h.update(b"\n");
+        h.update(path_and_query.as_bytes());
+        self.dir.join(format!("{}.json", hex::encode(h.finalize())))
+    }
+
+    /// Keeps `snap` as the answer to `path_and_query` for `who` (temp file + rename).
+    pub fn save(&self, who: IdentityKey, path_and_query: &str, snap: &Snapshot) {
+        let path = self.file(who, path_and_query);
+        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+        let res = serde_json::to_vec(snap)
+            .map_err(io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = res {
+            log::warn!("cannot keep an API snapshot in {}: {e}", path.display());
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    pub fn load(&self, who: IdentityKey, path_and_query: &str) -> Option<Snapshot> {
+        let bytes = std::fs::read(self.file(who, path_and_query)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}

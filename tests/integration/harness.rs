@@ -35,8 +35,14 @@ pub struct FakeHub {
 
 impl FakeHub {
     pub fn start() -> FakeHub {
+        FakeHub::start_with(&[])
+    }
+
+    /// Starts the fake Hub with extra command-line options (see fakehub.py --help).
+    pub fn start_with(args: &[&str]) -> FakeHub {
         let mut child = Command::new(python())
             .arg(repo_root().join("tests/fakehub/fakehub.py"))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

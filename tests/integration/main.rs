@@ -10,4 +10,5 @@ mod errors;
 mod eviction;
 mod fills;
 mod passthrough;
+mod resilience;
 mod resolve;

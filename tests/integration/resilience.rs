@@ -1,0 +1,195 @@
+//! When the Hub is slow, failing, rate-limiting or gone: what hf-edge still serves, and how it
+//! says so.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::{request, request_with_body, Edge, FakeHub};
+
+const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
+const CONFIG: &str = "/gpt2/resolve/main/config.json";
+
+fn short_ttl(hub: &FakeHub) -> Edge {
+    let edge = Edge::start(hub, "");
+    let cfg = edge.dir.path().join("hf-edge.yaml");
+    let yaml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("revision_ttl: 60s", "revision_ttl: 1s");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut edge = edge;
+    edge.restart();
+    edge
+}
+
+#[test]
+fn a_hub_outage_after_a_restart_serves_what_was_known_marked_stale() {
+    let hub = FakeHub::start();
+    let mut edge = short_ttl(&hub);
+    let warm = edge.get(LFS, &[]);
+    assert_eq!(warm.status, 200);
+    let commit = warm.header("x-repo-commit").unwrap().to_string();
+    edge.restart(); // metadata must come back from disk
+    hub.fault(json!({"mode": "down", "server": "hub"}));
+
+    for r in [edge.head(LFS, &[]), edge.get(LFS, &[])] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-repo-commit"), Some(commit.as_str()));
+        assert!(
+            r.header("warning").is_some_and(|w| w.contains("stale")),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_eq!(edge.get(LFS, &[]).body, warm.body);
+    // Never seen: a clear 502, not a 404 the client would take as final.
+    let cold = edge.get("/gpt2/resolve/main/onnx/model.onnx", &[]);
+    assert_eq!(cold.status, 502, "{}", cold.text());
+    let metrics = request(edge.metrics, "GET", "/metrics", &[]).text();
+    assert!(!metrics.contains("hf_edge_revision_lookups_total{result=\"stale_served\"} 0"));
+}
+
+#[test]
+fn bursts_of_503_are_retried_and_then_answered_stale() {
+    let hub = FakeHub::start();
+    let edge = short_ttl(&hub);
+    assert_eq!(edge.get(CONFIG, &[]).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    // One 503: retried at once, a fresh answer.
+    hub.fault(
+        json!({"mode": "status", "status": 503, "server": "hub", "method": "HEAD", "times": 1}),
+    );
+    let r = edge.head(CONFIG, &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.header("warning").is_none(), "a retry got a fresh answer");
+    // A lasting burst: the last known answer, marked stale.
+    std::thread::sleep(Duration::from_millis(1100));
+    hub.fault(json!({"mode": "status", "status": 503, "server": "hub", "method": "HEAD"}));
+    let r = edge.head(CONFIG, &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.header("warning").is_some());
+}
+
+#[test]
+fn rate_limits_without_an_earlier_answer_pass_through() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(
+        json!({"mode": "status", "status": 429, "server": "hub", "times": 1,
+        "headers": {"Retry-After": "9"}}),
+    );
+    let r = edge.head(CONFIG, &[]);
+    assert_eq!((r.status, r.header("retry-after")), (429, Some("9")));
+}
+
+#[test]
+fn offline_mode_serves_the_cache_and_nothing_else() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    let tree = "/api/models/gpt2/tree/main?recursive=true";
+    assert_eq!(edge.get(CONFIG, &[]).status, 200);
+    let online_tree = edge.get(tree, &[]);
+    assert_eq!(online_tree.status, 200);
+    let toggle = |on: bool| {
+        let path = format!("/admin/offline?enabled={on}");
+        let r = request_with_body(edge.metrics, "POST", &path, &[], b"");
+        assert_eq!(r.json()["offline"], on);
+    };
+    toggle(true);
+    hub.clear_log();
+    let cached = edge.get(CONFIG, &[]);
+    assert_eq!(cached.status, 200);
+    let uncached = edge.get("/gpt2/resolve/main/pytorch_model.bin", &[]);
+    assert_eq!(uncached.status, 504);
+    assert!(uncached.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("offline"));
+    let stale_tree = edge.get(tree, &[]);
+    assert_eq!(stale_tree.status, 200);
+    assert_eq!(stale_tree.body, online_tree.body);
+    assert!(stale_tree.header("warning").is_some());
+    assert_eq!(edge.get("/api/whoami-v2", &[]).status, 504);
+    assert!(hub.log().is_empty(), "offline: the Hub is never contacted");
+    let ready = request(edge.metrics, "GET", "/readyz", &[]);
+    assert_eq!(ready.status, 200, "offline mode counts as ready");
+    toggle(false);
+    assert_eq!(
+        edge.get("/gpt2/resolve/main/pytorch_model.bin", &[]).status,
+        200
+    );
+}
+
+#[test]
+fn expired_signed_urls_are_signed_again() {
+    let hub = FakeHub::start_with(&["--cdn-url-ttl", "1"]);
+    let edge = Edge::start(&hub, "");
+    assert_eq!(
+        edge.head(LFS, &[]).status,
+        200,
+        "metadata with a signed URL"
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = edge.get(LFS, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let etag = r
+        .header("x-linked-etag")
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(crate::harness::sha256_hex(&r.body), etag);
+    let cdn: Vec<u64> = hub
+        .log()
+        .iter()
+        .filter(|e| e["server"] == "cdn")
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        cdn,
+        vec![403, 200],
+        "the expired URL was refused, then a fresh one used"
+    );
+}
+
+#[test]
+fn a_push_to_main_is_seen_within_revision_ttl() {
+    let hub = FakeHub::start();
+    let edge = short_ttl(&hub);
+    let before = edge
+        .head(CONFIG, &[])
+        .header("x-repo-commit")
+        .unwrap()
+        .to_string();
+    let pushed = request_with_body(
+        hub.addr(),
+        "POST",
+        "/_fake/push",
+        &[],
+        json!({"repo": "gpt2", "files": {"config.json": "{\"pushed\": true}"}})
+            .to_string()
+            .as_bytes(),
+    )
+    .json()["commit"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(before, pushed);
+    let started = Instant::now();
+    loop {
+        let r = edge.get(CONFIG, &[]);
+        if r.header("x-repo-commit") == Some(pushed.as_str()) {
+            assert_eq!(r.text(), "{\"pushed\": true}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "new commit not seen in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() <= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build and test hf-edge:
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
+#  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -15,6 +16,25 @@ if ! command -v cmake >/dev/null; then
   echo "setup: installing cmake (needed by Pingora's zlib-ng build)" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq cmake >/dev/null
+fi
+
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "setup: installing prometheus (promtool and a server for the observability tests)" >&2
+  as_root apt-get update -qq
+  # The package's postinst starts a prometheus service on :9090, hf-edge's default metrics port;
+  # the tests run their own server, and a container has no init to start one on. A policy-rc.d
+  # that denies starts (exit 101) skips that, so the install succeeds either way.
+  added_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod 755 /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  status=0
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
+  if [ -n "$added_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
+  if [ "$status" != 0 ]; then echo "setup: installing prometheus failed" >&2; exit "$status"; fi
 fi
 
 if [ "${1:-}" = "--venv" ]; then

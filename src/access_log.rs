@@ -8,6 +8,9 @@ use std::path::Path;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+/// The `log` target of access lines (printed bare, one JSON document per line).
+pub const TARGET: &str = "hf_edge::access";
+
 /// Where access lines go (`log.access`).
 pub enum AccessLog {
     Off,
@@ -20,6 +23,9 @@ pub enum AccessLog {
 pub struct AccessEntry<'a> {
     pub time: String,
     pub request_id: &'a str,
+    /// The Hub's own request id, when its answer was passed through with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
     pub client: String,
     pub method: &'a str,
     pub path: &'a str,
@@ -62,7 +68,7 @@ impl AccessLog {
         };
         match self {
             AccessLog::Off => {}
-            AccessLog::Log => log::info!(target: "hf_edge::access", "{line}"),
+            AccessLog::Log => log::info!(target: TARGET, "{line}"),
             AccessLog::File(f) => {
                 let _ = writeln!(f.lock(), "{line}");
             }

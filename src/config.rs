@@ -56,6 +56,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Pingora worker threads for the proxy service.
     pub threads: usize,
+    /// After SIGTERM: listeners close at once, in-flight requests get this long to finish.
+    pub shutdown_grace: Duration,
     pub upstream: Upstream,
     pub cache: Cache,
     pub metrics: Metrics,
@@ -98,6 +100,8 @@ struct RawConfig {
     listen: String,
     #[serde(default)]
     threads: Option<usize>,
+    #[serde(default = "default_shutdown_grace")]
+    shutdown_grace: RawValue,
     upstream: RawUpstream,
     cache: RawCache,
     metrics: RawMetrics,
@@ -206,6 +210,9 @@ fn default_cdn_hosts() -> Vec<String> {
     ["*.hf.co", "*.huggingface.co", "*.xethub.hf.co"]
         .map(String::from)
         .to_vec()
+}
+fn default_shutdown_grace() -> RawValue {
+    RawValue::Str("10s".into())
 }
 fn default_connect_timeout() -> RawValue {
     RawValue::Str("10s".into())
@@ -353,6 +360,7 @@ impl RawConfig {
         Ok(Config {
             listen,
             threads,
+            shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
             upstream,
             cache,
             metrics,

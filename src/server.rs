@@ -93,6 +93,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: cfg.threads,
+        grace_period_seconds: Some(cfg.shutdown_grace.as_secs()),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

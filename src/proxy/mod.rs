@@ -519,6 +519,12 @@ impl ProxyHttp for EdgeProxy {
         self.access_log.write(&AccessEntry {
             time: rfc3339(SystemTime::now()),
             request_id: &ctx.request_id,
+            upstream_request_id: session
+                .response_written()
+                .and_then(|r| r.headers.get("x-request-id"))
+                .and_then(|v| v.to_str().ok())
+                .filter(|id| *id != ctx.request_id)
+                .map(str::to_string),
             client: session
                 .client_addr()
                 .map_or_else(String::new, |a| a.to_string()),

@@ -8,10 +8,12 @@ against the real client, and tests that only make sense through a proxy are skip
     E2E_TARGET=hub python -m pytest tests/e2e -q    # straight to the fake Hub
 """
 
+import contextlib
 import importlib.util
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Client, FakeHub, free_port, http, read_line, stop
+from support import Client, Edge, FakeHub, free_port, http, read_line, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
@@ -96,28 +98,51 @@ def wait_healthy(process: subprocess.Popen, url: str, stderr_path: Path) -> None
     pytest.fail(f"hf-edge not healthy at {url} after {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def endpoint(fakehub, tmp_path_factory) -> str:
-    """The HF_ENDPOINT clients use: hf-edge, or the fake Hub itself with E2E_TARGET=hub."""
-    if TARGET == "hub":
-        yield fakehub.hub
-        return
+@contextlib.contextmanager
+def running_edge(hub_url: str, workdir: Path):
+    """hf-edge in front of `hub_url`, stopped on exit."""
     binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
     if not binary.is_file():
         pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
-    workdir = tmp_path_factory.mktemp("hf-edge")
     port, metrics_port = free_port(), free_port()
     config = workdir / "config.yaml"
-    config.write_text(edge_config(fakehub.hub, workdir, port, metrics_port))
+    config.write_text(edge_config(hub_url, workdir, port, metrics_port))
     stderr_path = workdir / "stderr.log"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen([str(binary), "serve", "--config", str(config)],
                                    stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
-        yield f"http://127.0.0.1:{port}"
+        yield Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path)
     finally:
-        stop(process)
+        stop(process, signal.SIGINT)  # Pingora's fast shutdown; SIGTERM's graceful one waits out a grace period
+
+
+@pytest.fixture(scope="session")
+def edge(fakehub, tmp_path_factory) -> Edge:
+    """The hf-edge the clients of edge_only tests talk to."""
+    with running_edge(fakehub.hub, tmp_path_factory.mktemp("hf-edge")) as running:
+        yield running
+
+
+@pytest.fixture
+def other_edge(tmp_path):
+    """Starts further hf-edge instances: other_edge(hub_url) -> Edge; all are stopped after the test."""
+    workdirs = (tmp_path / f"edge-{n}" for n in itertools.count(1))
+    with contextlib.ExitStack() as stack:
+        def start(hub_url: str) -> Edge:
+            workdir = next(workdirs)
+            workdir.mkdir()
+            return stack.enter_context(running_edge(hub_url, workdir))
+        yield start
+
+
+@pytest.fixture(scope="session")
+def endpoint(request, fakehub) -> str:
+    """The HF_ENDPOINT clients use: hf-edge, or the fake Hub itself with E2E_TARGET=hub."""
+    if TARGET == "hub":
+        return fakehub.hub
+    return request.getfixturevalue("edge").url
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -76,6 +77,20 @@ class FakeHub:
         query = urllib.parse.urlencode({"repo": repo, "rev": revision, "type": repo_type})
         return self._call("GET", f"/_fake/files?{query}")
 
+    def fault(self, spec: dict) -> None:
+        """Makes the fake Hub or CDN misbehave: see Fault in fakehub.py for `spec`."""
+        self._call("POST", "/_fake/faults", spec)
+
+    def clear_faults(self) -> None:
+        self._call("POST", "/_fake/faults/clear")
+
+
+@dataclass
+class Edge:
+    url: str  # what clients use as HF_ENDPOINT
+    metrics_addr: str  # host:port of metrics.listen
+    stderr: Path  # where the access log goes
+
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
     """The first stdout line of a process, or '' if none came in time or it exited."""
@@ -86,8 +101,8 @@ def read_line(process: subprocess.Popen, timeout: float) -> str:
     return ""
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    process.send_signal(sig)
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:

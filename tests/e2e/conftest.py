@@ -16,17 +16,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from support import Client, Edge, FakeHub, free_port, http, read_line, stop
+from support import STARTUP_TIMEOUT, Client, Edge, FakeHub, free_port, read_line, stop, wait_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
 TARGET = os.environ.get("E2E_TARGET", "edge")
-STARTUP_TIMEOUT = 30.0
 
 
 def pytest_configure(config):
@@ -82,20 +80,6 @@ cache:
 metrics:
   listen: "127.0.0.1:{metrics_port}"
 """
-
-
-def wait_healthy(process: subprocess.Popen, url: str, stderr_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"hf-edge exited with {process.returncode}:\n{stderr_path.read_text()}")
-        try:
-            if http("GET", url, timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.1)
-    pytest.fail(f"hf-edge not healthy at {url} after {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
 
 
 @contextlib.contextmanager

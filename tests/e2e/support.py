@@ -7,6 +7,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import time
 import sys
 import urllib.error
 import urllib.parse
@@ -108,6 +109,23 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
+
+
+STARTUP_TIMEOUT = 30.0
+
+
+def wait_healthy(process: subprocess.Popen, url: str, stderr_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"hf-edge exited with {process.returncode}:\n{stderr_path.read_text()}")
+        try:
+            if http("GET", url, timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.1)
+    raise AssertionError(f"hf-edge not healthy at {url} after {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
 
 
 class ClientError(AssertionError):

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +23,11 @@ from pathlib import Path
 import pytest
 
 from snippets import DOWNLOAD
-from support import Client, free_port, http
+from support import Client, free_port, http, wait_healthy
 
 pytestmark = pytest.mark.edge_only
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_TIMEOUT = 30.0
 CALL_TIMEOUT = 60.0  # one client call; a hung download fails the cell instead of the whole run
 
 SITE_TOKEN = "hf_edge_site"  # approved on the fake Hub; configured as upstream.token in the leak tests
@@ -101,20 +99,6 @@ def shut_down(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
-
-
-def wait_healthy(process: subprocess.Popen, url: str, stderr_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"hf-edge exited with {process.returncode}:\n{stderr_path.read_text()}")
-        try:
-            if http("GET", url, timeout=2)[0] == 200:
-                return
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.05)
-    pytest.fail(f"hf-edge not healthy at {url} after {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
 
 
 class EdgeFactory:

@@ -99,12 +99,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    // Admit what is on disk, least recently used first, before serving.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(store.seed_eviction(&found, eviction_dyn));
-    drop(rt);
+    // Admit what is on disk, least recently used first; delete what no longer fits in the
+    // background, so a large store over its bound does not hold up serving.
+    let evict = store.seed_eviction(&found, eviction_dyn);
+    if !evict.is_empty() {
+        log::info!("evicting {} blob(s) over cache.max_size", evict.len());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("boot-eviction".into())
+            .spawn(move || rt.block_on(store.purge_evicted(evict)))?;
+    }
 
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, proxy);
     svc.add_tcp(&cfg.listen.to_string());

@@ -129,18 +129,23 @@ impl BlobStore {
         self.index.lock().contains_key(&cache_key(id).primary_bin())
     }
 
-    /// Admits the blobs found at boot into the eviction manager, oldest access first, and
-    /// purges what no longer fits.
-    pub async fn seed_eviction(
-        &'static self,
+    /// Admits the blobs found at boot into the eviction manager, oldest access first.
+    /// Returns what no longer fits, for [`BlobStore::purge_evicted`].
+    pub fn seed_eviction(
+        &self,
         found: &[FoundBlob],
-        eviction: &'static (dyn EvictionManager + Sync),
-    ) {
+        eviction: &(dyn EvictionManager + Sync),
+    ) -> Vec<CacheEntryKey> {
         let mut evict = Vec::new();
         for b in found {
             let key = CacheEntryKey::key_only(cache_key(&b.id).to_compact());
             evict.extend(eviction.admit(key, b.size as usize, SystemTime::now() + FOREVER));
         }
+        evict
+    }
+
+    /// Deletes blobs the eviction manager gave up on.
+    pub async fn purge_evicted(&'static self, evict: Vec<CacheEntryKey>) {
         for key in evict {
             let _ = self
                 .purge(

@@ -33,10 +33,10 @@ pub struct BlobReader {
 }
 
 impl BlobReader {
-    pub(super) fn complete(id: BlobId, file: File, size: u64) -> BlobReader {
+    pub(super) fn complete(id: BlobId, file: Arc<File>, size: u64) -> BlobReader {
         BlobReader {
             id,
-            file: Arc::new(file),
+            file,
             size,
             pos: 0,
             end: size,
@@ -52,7 +52,7 @@ impl BlobReader {
     ) -> BlobReader {
         BlobReader {
             fill: Some(fill),
-            ..BlobReader::complete(id, file, size)
+            ..BlobReader::complete(id, Arc::new(file), size)
         }
     }
 
@@ -91,6 +91,33 @@ impl BlobReader {
     }
 }
 
+/// Reads up to `len` bytes at `pos` on the calling (worker) thread if they are in the page
+/// cache (`preadv2` with `RWF_NOWAIT`), into a buffer that is never zeroed. `None` when they
+/// are not, and the read must go to the blocking pool: a worker thread never waits on a disk.
+fn read_cached(file: &File, len: usize, pos: u64) -> std::io::Result<Option<Bytes>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    let spare = &mut buf.spare_capacity_mut()[..len];
+    let iov = libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let offset = libc::off_t::try_from(pos).map_err(std::io::Error::other)?;
+    // SAFETY: `iov` points at `len` bytes of `buf`'s spare capacity, valid for writes; the
+    // kernel writes at most `len` bytes and reports how many.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(n as usize) };
+    Ok(Some(buf.freeze()))
+}
+
 #[async_trait]
 impl HandleHit for BlobReader {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
@@ -103,6 +130,15 @@ impl HandleHit for BlobReader {
         }
         let limit = self.readable_until().await?.min(self.end);
         let len = (limit - self.pos).min(CHUNK) as usize;
+        let cached = read_cached(&self.file, len, self.pos)
+            .map_err(|e| self.error(&format!("read failed: {e}")))?;
+        if let Some(buf) = cached {
+            if buf.is_empty() {
+                return Err(self.error("blob file is truncated"));
+            }
+            self.pos += buf.len() as u64;
+            return Ok(Some(buf));
+        }
         let (file, pos) = (self.file.clone(), self.pos);
         let buf = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             let mut buf = vec![0u8; len];

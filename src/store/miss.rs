@@ -57,11 +57,24 @@ struct WriteState {
     hasher: ContentHasher,
 }
 
+/// Body bytes gathered before one blocking write: Pingora hands the body over in 64 KiB
+/// pieces, and a blocking-pool round trip per piece serialises the whole fill on hand-offs.
+const FLUSH_BYTES: usize = 1 << 20;
+/// ... but readers never wait longer than this for bytes that have arrived (a slow upstream
+/// would otherwise hold them back until a whole batch gathered).
+const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct BlobWriter {
     store: &'static BlobStore,
     fill: Arc<Fill>,
     state: Option<WriteState>,
+    /// Bytes written to the temp file (and visible to readers).
     written: u64,
+    /// Received, not yet written.
+    pending: Vec<Bytes>,
+    pending_len: usize,
+    /// When bytes last became visible; `None` until the first, which goes out at once.
+    last_flush: Option<std::time::Instant>,
     committed: bool,
 }
 
@@ -73,6 +86,9 @@ impl BlobWriter {
             fill,
             state: Some(WriteState { file, hasher }),
             written: 0,
+            pending: Vec::new(),
+            pending_len: 0,
+            last_flush: None,
             committed: false,
         }
     }
@@ -107,33 +123,55 @@ impl BlobWriter {
     }
 }
 
+impl BlobWriter {
+    /// Writes and hashes the gathered bytes in one blocking call, then lets readers see them.
+    async fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunks = std::mem::take(&mut self.pending);
+        let len = std::mem::take(&mut self.pending_len) as u64;
+        self.blocking(move |st| {
+            for c in &chunks {
+                st.file.write_all(c)?;
+                st.hasher.update(c);
+            }
+            Ok(())
+        })
+        .await?;
+        self.written += len;
+        self.last_flush = Some(std::time::Instant::now());
+        self.fill
+            .progress
+            .send_replace(Progress::Written(self.written));
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl HandleMiss for BlobWriter {
     async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
-        let len = data.len() as u64;
-        if self.written + len > self.fill.size {
+        let received = self.written + (self.pending_len + data.len()) as u64;
+        if received > self.fill.size {
             return Err(self.fail(format!(
                 "upstream sent more than the expected {} bytes",
                 self.fill.size
             )));
         }
-        self.blocking(move |st| {
-            st.file.write_all(&data)?;
-            st.hasher.update(&data);
-            Ok(())
-        })
-        .await?;
-        self.written += len;
-        self.fill
-            .progress
-            .send_replace(Progress::Written(self.written));
+        self.pending_len += data.len();
+        self.pending.push(data);
+        let due = self.last_flush.is_none_or(|t| t.elapsed() >= FLUSH_AFTER);
+        if due || self.pending_len >= FLUSH_BYTES || received == self.fill.size {
+            self.flush().await?;
+        }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.flush().await?;
         if self.written != self.fill.size {
             return Err(self.fail(format!(
                 "body ended after {} of {} bytes",

@@ -40,6 +40,16 @@ pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
 
 use crate::hub::BlobId;
 
+/// An open complete blob: its file, size, and when it was last checked on disk.
+type KeptHandle = (Arc<std::fs::File>, u64, std::time::Instant);
+
+/// How long a kept handle is trusted before the blob is looked at on disk again (and its
+/// access time, the LRU order rebuilt at boot, is set): `hf-edge cache` commands may remove
+/// blobs from another process.
+const HANDLE_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+/// Open blob handles kept at most (file descriptors are a bounded resource).
+const MAX_HANDLES: usize = 4096;
+
 /// Blobs never go stale: their address is their content.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
@@ -76,6 +86,9 @@ pub struct BlobStore {
     /// Complete blobs by cache-key hash (what eviction hands back), with their size.
     index: Mutex<HashMap<HashBinary, (BlobId, u64)>>,
     fills: Mutex<HashMap<BlobId, Arc<Fill>>>,
+    /// Open handles of complete blobs (immutable, so a kept handle is always right), with
+    /// when the blob was last checked on disk and its access time set.
+    handles: Mutex<HashMap<BlobId, KeptHandle>>,
     next_write: AtomicU64,
     refs: RefsLog,
     pub stats: StoreStats,
@@ -106,6 +119,7 @@ impl BlobStore {
             layout,
             index: Mutex::new(HashMap::new()),
             fills: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
             next_write: AtomicU64::new(1),
             stats: StoreStats::default(),
         };
@@ -214,6 +228,16 @@ impl BlobStore {
     }
 
     async fn open_complete(&self, id: BlobId) -> Option<(CacheMeta, HitHandler)> {
+        let kept = self.handles.lock().get(&id).cloned();
+        if let Some((file, size, checked)) = kept {
+            if checked.elapsed() < HANDLE_RECHECK {
+                return Some((
+                    blob_meta(&id, size),
+                    Box::new(BlobReader::complete(id, file, size)),
+                ));
+            }
+            self.handles.lock().remove(&id);
+        }
         let path = self.layout.blob(&id);
         let opened = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
@@ -228,10 +252,19 @@ impl BlobStore {
         .await
         .ok()?;
         match opened {
-            Ok((file, size)) => Some((
-                blob_meta(&id, size),
-                Box::new(BlobReader::complete(id, file, size)),
-            )),
+            Ok((file, size)) => {
+                let file = Arc::new(file);
+                let mut handles = self.handles.lock();
+                if handles.len() >= MAX_HANDLES {
+                    handles.clear();
+                }
+                handles.insert(id, (file.clone(), size, std::time::Instant::now()));
+                drop(handles);
+                Some((
+                    blob_meta(&id, size),
+                    Box::new(BlobReader::complete(id, file, size)),
+                ))
+            }
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     // Removed behind our back (an operator, a purge): forget it.
@@ -385,6 +418,7 @@ impl Storage for BlobStore {
         let Some((id, size)) = self.remove_index(target.key()) else {
             return Ok(PurgeOutcome::NotFound);
         };
+        self.handles.lock().remove(&id);
         if matches!(purge_type, PurgeType::Eviction) {
             self.stats.evictions.fetch_add(1, Ordering::Relaxed);
             self.stats.evicted_bytes.fetch_add(size, Ordering::Relaxed);

@@ -47,12 +47,7 @@ fn the_first_client_leaving_does_not_cancel_the_fill_for_others() {
         let r = second.join().unwrap();
         assert_eq!(r.status, 200);
         assert!(!r.truncated, "the second client gets the whole file");
-        let etag = r
-            .header("x-linked-etag")
-            .unwrap()
-            .trim_matches('"')
-            .to_string();
-        assert_eq!(crate::harness::sha256_hex(&r.body), etag);
+        r.assert_whole_lfs_file();
     });
     let again = edge.get(LFS, &[]);
     assert_eq!(again.header("x-hf-edge-cache"), Some("hit"));
@@ -80,12 +75,7 @@ fn a_kill_during_a_fill_leaves_nothing_half_written() {
     );
     let r = edge.get(LFS, &[]);
     assert_eq!(r.header("x-hf-edge-cache"), Some("miss"));
-    let etag = r
-        .header("x-linked-etag")
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
-    assert_eq!(crate::harness::sha256_hex(&r.body), etag);
+    r.assert_whole_lfs_file();
 }
 
 /// A tmpfs mounted for one test, unmounted when dropped.
@@ -121,12 +111,8 @@ fn a_full_disk_serves_through_and_keeps_serving_hits() {
     let big = edge.get(LFS, &[]);
     assert_eq!(big.status, 200);
     assert!(!big.truncated);
-    let etag = big
-        .header("x-linked-etag")
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
-    assert_eq!(crate::harness::sha256_hex(&big.body), etag);
+    big.assert_whole_lfs_file();
+    let etag = big.linked_etag();
     let cache = edge.dir.path().join("cache");
     assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
     assert!(!cache

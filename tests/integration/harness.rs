@@ -283,6 +283,24 @@ impl Response {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The normalised `X-Linked-Etag` (an LFS file's sha256).
+    pub fn linked_etag(&self) -> String {
+        self.header("x-linked-etag")
+            .expect("X-Linked-Etag")
+            .trim_matches('"')
+            .to_string()
+    }
+
+    /// Asserts a complete body whose sha256 is its `X-Linked-Etag`.
+    pub fn assert_whole_lfs_file(&self) {
+        assert!(!self.truncated, "the body was cut");
+        assert_eq!(
+            sha256_hex(&self.body),
+            self.linked_etag(),
+            "body does not match its etag"
+        );
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::{sha256_hex, Edge, FakeHub};
+use crate::harness::{Edge, FakeHub};
 
 const MODEL: &str = "/sentence-transformers/all-MiniLM-L6-v2";
 const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
@@ -35,12 +35,7 @@ fn lfs_blob_is_fetched_once_verified_and_survives_a_restart() {
     let first = edge.get(LFS, &[]);
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-hf-edge-cache"), Some("miss"));
-    let etag = first
-        .header("x-linked-etag")
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
-    assert_eq!(sha256_hex(&first.body), etag);
+    first.assert_whole_lfs_file();
     assert_eq!(
         first.header("content-length"),
         Some(first.body.len().to_string().as_str())

@@ -9,33 +9,41 @@ use pingora::http::ResponseHeader;
 use pingora::Result;
 use pingora_cache::trace::Span;
 use pingora_cache::Storage;
-use pingora_proxy::{range_header_filter, RangeType, Session};
+use pingora_proxy::{RangeType, Session};
 
-use super::{Ctx, MAX_RANGES};
+use super::{select_range, Ctx};
 use crate::hub::headers::{apply_resolve_headers, FileMeta};
-use crate::store::{cache_key, BlobStore};
+use crate::store::{cache_key, BlobReader, BlobStore};
 
-/// Serves the request from the store when the blob is there or filling; `Ok(false)` when the
-/// request should go upstream after all.
+/// Serves the request from the store when the blob is there or filling, returning the cache
+/// result (`hit` or `coalesced`); `None` when the request should go upstream after all.
 pub async fn serve_from_store(
     session: &mut Session,
     ctx: &mut Ctx,
     store: &'static BlobStore,
     meta: &FileMeta,
-) -> Result<bool> {
+) -> Result<Option<&'static str>> {
     let Some(blob) = meta.blob else {
-        return Ok(false);
+        return Ok(None);
     };
     let span = Span::inactive().handle();
     let Some((_, mut body)) = store.lookup(&cache_key(&blob), &span).await? else {
-        return Ok(false);
+        return Ok(None);
     };
-    ctx.coalesced = true;
     let mut resp = ResponseHeader::build(200, Some(8))?;
     resp.insert_header(header::CONTENT_LENGTH, meta.size.to_string())?;
-    let range = range_header_filter(session.req_header(), &mut resp, Some(MAX_RANGES));
+    let range = select_range(session.req_header(), &mut resp);
     apply_resolve_headers(&mut resp, meta, &ctx.file_name);
-    resp.insert_header("x-hf-edge-cache", "coalesced")?;
+    let label = if body
+        .as_any()
+        .downcast_ref::<BlobReader>()
+        .is_some_and(BlobReader::is_filling)
+    {
+        "coalesced"
+    } else {
+        "hit"
+    };
+    resp.insert_header("x-hf-edge-cache", label)?;
     resp.insert_header("x-request-id", &ctx.request_id)?;
     let header_only = match &range {
         RangeType::Single(r) => {
@@ -63,5 +71,5 @@ pub async fn serve_from_store(
         }
         session.write_response_body(None, true).await?;
     }
-    Ok(true)
+    Ok(Some(label))
 }

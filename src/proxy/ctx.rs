@@ -31,8 +31,9 @@ pub struct Ctx {
     pub json: Option<Vec<u8>>,
     /// `scheme://host` as the client reached hf-edge, for rewritten `Link`s.
     pub public_base: Option<String>,
-    /// The hit streams from a fill another request started.
-    pub coalesced: bool,
+    /// The cache result where hf-edge knows it better than Pingora's phase: `coalesced` (a
+    /// fill another request started) or `hit` (served from the store outside the cache phase).
+    pub cache_result_known: Option<&'static str>,
     /// For the API answers `snapshot_download` needs: the key its last good answer is kept
     /// under (path and query).
     pub snapshot_key: Option<String>,
@@ -58,7 +59,7 @@ impl Ctx {
             hops: 0,
             json: None,
             public_base: None,
-            coalesced: false,
+            cache_result_known: None,
             snapshot_key: None,
             snapshot_link: None,
             reresolved: false,

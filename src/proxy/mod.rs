@@ -21,7 +21,7 @@ use http::{header, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use pingora_cache::eviction::EvictionManager;
+use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
@@ -178,6 +178,9 @@ impl ProxyHttp for EdgeProxy {
                 }
                 ctx.file_name = r.file_name().to_string();
                 ctx.target = meta.download.clone().map(|u| self.target(u));
+                if stored && self.serve_complete_hit(session, ctx, &meta).await? {
+                    return Ok(true);
+                }
                 ctx.file = Some(meta);
             }
             _ => {
@@ -239,7 +242,8 @@ impl ProxyHttp for EdgeProxy {
         }
         // `false` makes Pingora drop this request's cache lock; the response is written here.
         let served = coalesce::serve_from_store(session, ctx, self.store, &meta).await?;
-        Ok(!served)
+        ctx.cache_result_known = served;
+        Ok(served.is_none())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -385,15 +389,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         _ctx: &mut Ctx,
     ) -> RangeType {
-        let req = session.req_header();
-        let range = req.headers.get(header::RANGE).map(|v| v.as_bytes());
-        if range.is_some_and(|r| !headers::is_satisfiable_syntax(r)) {
-            // RFC 9110 §14.2: a syntactically invalid Range is ignored (full 200), not a 416;
-            // 416 is only for a start at or past the end.
-            let _ = resp.insert_header(header::ACCEPT_RANGES, "bytes");
-            return RangeType::None;
-        }
-        range_header_filter(req, resp, Some(MAX_RANGES))
+        select_range(session.req_header(), resp)
     }
 
     async fn response_filter(
@@ -424,10 +420,13 @@ impl ProxyHttp for EdgeProxy {
         _is_fresh: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        ctx.coalesced = hit_handler
+        let filling = hit_handler
             .as_any()
             .downcast_ref::<BlobReader>()
             .is_some_and(BlobReader::is_filling);
+        if filling {
+            ctx.cache_result_known = Some("coalesced");
+        }
         Ok(None)
     }
 
@@ -506,7 +505,8 @@ impl ProxyHttp for EdgeProxy {
             if status == 200 || status == 206 {
                 self.record_ref(r, meta);
             }
-            let from_cache = ctx.coalesced || session.cache.phase() == CachePhase::Hit;
+            let from_cache =
+                ctx.cache_result_known.is_some() || session.cache.phase() == CachePhase::Hit;
             self.metrics.sent(from_cache, sent);
             self.metrics
                 .upstream_received(session.upstream_body_bytes_received());
@@ -546,6 +546,29 @@ impl ProxyHttp for EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// Serves a complete blob straight from the store, skipping Pingora's cache phase (its
+    /// lock, lookup and meta handling are per-request work a content-addressed hit does not
+    /// need). Keeps the eviction manager's LRU order, which Pingora would have updated.
+    async fn serve_complete_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        meta: &FileMeta,
+    ) -> Result<bool> {
+        let Some(blob) = meta.blob else {
+            return Ok(false);
+        };
+        ctx.file = Some(meta.clone());
+        let Some(served) = coalesce::serve_from_store(session, ctx, self.store, meta).await? else {
+            return Ok(false);
+        };
+        ctx.cache_result_known = Some(served);
+        let key = CacheEntryKey::key_only(cache_key(&blob).to_compact());
+        self.eviction
+            .access(&key, meta.size as usize, SystemTime::now() + FOREVER);
+        Ok(true)
+    }
+
     /// The last good answer to this API request that this client may be given.
     fn snapshot_for(&self, ctx: &Ctx) -> Option<Snapshot> {
         let key = ctx.snapshot_key.as_deref()?;
@@ -647,11 +670,23 @@ impl EdgeProxy {
     }
 }
 
+/// The range a file response serves (adjusting `resp`'s status and headers), for every path
+/// that serves file bodies. RFC 9110 §14.2: a syntactically invalid `Range` is ignored (a
+/// full 200), not a 416; 416 is only for a start at or past the end.
+pub(crate) fn select_range(req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
+    let range = req.headers.get(header::RANGE).map(|v| v.as_bytes());
+    if range.is_some_and(|r| !headers::is_satisfiable_syntax(r)) {
+        let _ = resp.insert_header(header::ACCEPT_RANGES, "bytes");
+        return RangeType::None;
+    }
+    range_header_filter(req, resp, Some(MAX_RANGES))
+}
+
 /// The cache result label of a file download; `None` when the cache was not involved.
 fn cache_result(session: &Session, ctx: &Ctx) -> Option<&'static str> {
     ctx.file.as_ref()?;
-    if ctx.coalesced {
-        return Some("coalesced");
+    if let Some(served) = ctx.cache_result_known {
+        return Some(served);
     }
     Some(match session.cache.phase() {
         CachePhase::Hit => "hit",

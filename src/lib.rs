@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod cli;
 pub mod config;
 pub mod hub;
+pub mod jsonl;
 pub mod metrics;
 pub mod proxy;
 pub mod resolver;

@@ -4,19 +4,17 @@
 //! One JSON line per answer, appended; later lines win; compacted at boot. Identities are
 //! stored as the resolver's hash of the credentials, never the credentials.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::IdentityKey;
 use crate::hub::grammar::Repo;
 use crate::hub::headers::FileMeta;
 use crate::hub::BlobId;
+use crate::jsonl::{self, Appender};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
@@ -81,68 +79,28 @@ impl Entry {
     }
 }
 
-pub struct Journal {
-    path: PathBuf,
-    file: Mutex<File>,
-    written: Mutex<HashSet<Entry>>,
-}
+pub struct Journal(Appender<Entry>);
 
 impl Journal {
     /// Reads the journal (later lines win), compacts it, and opens it for appending.
     pub fn open(dir: &Path) -> io::Result<(Journal, Vec<Entry>)> {
         let path = dir.join("meta.jsonl");
-        let mut latest = std::collections::HashMap::new();
-        match File::open(&path) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    // A torn last line (a crash mid-append) is skipped.
-                    if let Ok(e) = serde_json::from_str::<Entry>(&line?) {
-                        latest.insert(e.key(), e);
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let mut entries: Vec<Entry> = latest.into_values().collect();
+        let mut entries = jsonl::read_latest(&path, Entry::key)?;
         entries.sort_by_key(|e| e.time);
-        let tmp = dir.join(format!("meta.jsonl.{}.tmp", std::process::id()));
-        {
-            let mut f = File::create(&tmp)?;
-            for e in &entries {
-                serde_json::to_writer(&mut f, e)?;
-                f.write_all(b"\n")?;
-            }
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        let file = OpenOptions::new().append(true).open(&path)?;
-        let journal = Journal {
-            path,
-            file: Mutex::new(file),
-            written: Mutex::new(HashSet::new()),
-        };
-        Ok((journal, entries))
+        jsonl::rewrite(&path, &entries)?;
+        Ok((Journal(Appender::open(&path)?), entries))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
-    /// Appends an answer unless this process already wrote the same one.
-    pub fn record(&self, mut e: Entry) {
-        let time = e.time;
-        e.time = 0;
-        if !self.written.lock().insert(e.clone()) {
-            return;
-        }
-        e.time = time;
-        let Ok(mut line) = serde_json::to_vec(&e) else {
-            return;
+    /// Appends an answer unless this process already wrote the same one (whenever).
+    pub fn record(&self, e: Entry) {
+        let key = Entry {
+            time: 0,
+            ..e.clone()
         };
-        line.push(b'\n');
-        if let Err(err) = self.file.lock().write_all(&line) {
-            log::warn!("cannot append to {}: {err}", self.path.display());
-        }
+        self.0.append(key, &e);
     }
 }

@@ -58,13 +58,14 @@ impl AccessLog {
         })
     }
 
+    /// Whether lines are written at all (callers skip building entries otherwise).
+    pub fn enabled(&self) -> bool {
+        !matches!(self, AccessLog::Off)
+    }
+
     pub fn write(&self, entry: &AccessEntry<'_>) {
-        let line = match self {
-            AccessLog::Off => return,
-            _ => match serde_json::to_string(entry) {
-                Ok(l) => l,
-                Err(_) => return,
-            },
+        let Ok(line) = serde_json::to_string(entry) else {
+            return;
         };
         match self {
             AccessLog::Off => {}

@@ -516,6 +516,9 @@ impl ProxyHttp for EdgeProxy {
         let total = ctx.started.elapsed();
         self.metrics
             .request(route, req.method.as_str(), status, cache, total);
+        if !self.access_log.enabled() {
+            return;
+        }
         self.access_log.write(&AccessEntry {
             time: rfc3339(SystemTime::now()),
             request_id: &ctx.request_id,

@@ -73,6 +73,8 @@ pub struct Metrics {
     store_evicted_bytes: IntCounter,
     store_integrity_failures: IntCounter,
     store_write_errors: IntCounter,
+    upstream_resumes: IntCounter,
+    store_abandoned_fills: IntCounter,
 }
 
 pub fn status_class(status: u16) -> &'static str {
@@ -206,6 +208,14 @@ impl Metrics {
                 "hf_edge_store_write_errors_total",
                 "Cache writes that failed (disk full, I/O errors).",
             )?,
+            upstream_resumes: counter(
+                "hf_edge_upstream_resumes_total",
+                "Cut upstream bodies asked for again from the last byte received.",
+            )?,
+            store_abandoned_fills: counter(
+                "hf_edge_store_abandoned_fills_total",
+                "Fills given up (cut beyond resuming, write errors, wrong content); nothing is stored.",
+            )?,
             registry,
         };
         for r in CACHE_RESULTS {
@@ -324,6 +334,8 @@ impl Metrics {
         catch_up(&self.store_evicted_bytes, &s.evicted_bytes);
         catch_up(&self.store_integrity_failures, &s.integrity_failures);
         catch_up(&self.store_write_errors, &s.write_errors);
+        catch_up(&self.upstream_resumes, &s.resumes);
+        catch_up(&self.store_abandoned_fills, &s.abandoned_fills);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

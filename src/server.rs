@@ -61,22 +61,24 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let access_log = AccessLog::open(&cfg.access_log)
         .with_context(|| format!("log.access: cannot open {}", cfg.access_log))?;
     let proxy = EdgeProxy {
-        resolver: Resolver::new(
-            upstream.clone(),
-            metrics.clone(),
-            ResolverConfig {
-                revision_ttl: cfg.cache.revision_ttl,
-                auth_ttl: cfg.access.auth_ttl,
-                offline_restricted: cfg.access.offline_restricted,
-            },
-            Some(&cfg.cache.dir),
-        )
-        .with_context(|| {
-            format!(
-                "cache.dir: cannot open {}/meta.jsonl",
-                cfg.cache.dir.display()
+        resolver: Arc::new(
+            Resolver::new(
+                upstream.clone(),
+                metrics.clone(),
+                ResolverConfig {
+                    revision_ttl: cfg.cache.revision_ttl,
+                    auth_ttl: cfg.access.auth_ttl,
+                    offline_restricted: cfg.access.offline_restricted,
+                },
+                Some(&cfg.cache.dir),
             )
-        })?,
+            .with_context(|| {
+                format!(
+                    "cache.dir: cannot open {}/meta.jsonl",
+                    cfg.cache.dir.display()
+                )
+            })?,
+        ),
         access: cfg.access.clone(),
         snapshots: ApiSnapshots::open(&cfg.cache.dir)
             .with_context(|| format!("cache.dir: cannot create {}/api", cfg.cache.dir.display()))?,

@@ -8,9 +8,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
@@ -338,11 +340,39 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
+        let (peer, mut resp) = self.send("HEAD", url, auth, None).await?;
+        // Drain (a HEAD has no body) so the connection can go back to the pool.
+        while let Ok(Some(_)) = resp.session.read_response_body().await {}
+        self.connector
+            .release_http_session(resp.session, &peer, Some(Duration::from_secs(60)))
+            .await;
+        Ok(resp.header)
+    }
+
+    /// Sends a `GET` for the bytes of `url` from `offset` on (`Range: bytes={offset}-`; the
+    /// answer may still be a whole 200) and returns the response, its body still to be read.
+    pub async fn get_from(
+        &self,
+        url: &Url,
+        auth: Option<&HeaderValue>,
+        offset: u64,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let range = hv(&format!("bytes={offset}-"))?;
+        Ok(self.send("GET", url, auth, Some(range)).await?.1)
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        url: &Url,
+        auth: Option<&HeaderValue>,
+        range: Option<HeaderValue>,
+    ) -> Result<(HttpPeer, UpstreamResponse), UpstreamError> {
         let host = url.origin.host.clone();
         let peer = self.peer(&url.origin).await?;
         let up = |e: Box<pingora::Error>| UpstreamError::from_pingora(&host, &e);
         let (mut session, _reused) = self.connector.get_http_session(&peer).await.map_err(up)?;
-        let mut req = RequestHeader::build("HEAD", url.path_and_query.as_bytes(), None)
+        let mut req = RequestHeader::build(method, url.path_and_query.as_bytes(), None)
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let set = |req: &mut RequestHeader, k: &'static str, v: HeaderValue| {
             req.insert_header(k, v).expect("static header name");
@@ -362,6 +392,9 @@ impl Upstream {
         if let Some(a) = auth {
             set(&mut req, "authorization", a.clone());
         }
+        if let Some(r) = range {
+            set(&mut req, "range", r);
+        }
         session.set_read_timeout(Some(self.read_timeout));
         session
             .write_request_header(Box::new(req))
@@ -369,16 +402,34 @@ impl Upstream {
             .map_err(up)?;
         session.finish_request_body().await.map_err(up)?;
         session.read_response_header().await.map_err(up)?;
-        let resp = session
+        let header = session
             .response_header()
             .cloned()
             .ok_or_else(|| UpstreamError::Invalid("no response header".into()))?;
-        // Drain (a HEAD has no body) so the connection can go back to the pool.
-        while let Ok(Some(_)) = session.read_response_body().await {}
-        self.connector
-            .release_http_session(session, &peer, Some(Duration::from_secs(60)))
-            .await;
-        Ok(resp)
+        let resp = UpstreamResponse {
+            header,
+            session,
+            host,
+        };
+        Ok((peer, resp))
+    }
+}
+
+/// An upstream answer whose body is read as it arrives.
+pub struct UpstreamResponse {
+    pub header: ResponseHeader,
+    session: HttpSession,
+    host: String,
+}
+
+impl UpstreamResponse {
+    /// The next piece of the body; `None` at its end. A connection closed before the
+    /// announced length is an error, not an end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        self.session
+            .read_response_body()
+            .await
+            .map_err(|e| UpstreamError::from_pingora(&self.host, &e))
     }
 }
 

@@ -44,6 +44,12 @@ pub struct Ctx {
     pub upstream_sent: Option<Instant>,
     /// Time to the upstream response header (body request or metadata).
     pub upstream_time: Option<Duration>,
+    /// The part of the file this response carries (blob offsets), once its header is built.
+    pub body_range: Option<std::ops::Range<u64>>,
+    /// The upstream body was cut and the rest came from the store's resumed fill.
+    pub resumed: bool,
+    /// Body requests asked again after failing before any byte was used.
+    pub body_retries: usize,
 }
 
 impl Ctx {
@@ -65,6 +71,9 @@ impl Ctx {
             reresolved: false,
             upstream_sent: None,
             upstream_time: None,
+            body_range: None,
+            resumed: false,
+            body_retries: 0,
         }
     }
 }

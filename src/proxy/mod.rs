@@ -9,6 +9,7 @@
 mod coalesce;
 mod ctx;
 mod limits;
+mod refetch;
 mod respond;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora_cache::lock::CacheKeyLockImpl;
+use pingora_cache::trace::Span;
+use pingora_cache::Storage;
 use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::{range_header_filter, FailToProxy, ProxyHttp, RangeType, Session};
 
@@ -37,19 +40,21 @@ use crate::metrics::{Metrics, UpstreamKind};
 use crate::resolver::IdentityKey;
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
 use crate::snapshots::{ApiSnapshots, Snapshot};
-use crate::store::{cache_key, BlobReader, BlobStore, RefEntry};
+use crate::store::{cache_key, BlobReader, BlobStore, FillSource, RefEntry};
 
 /// Redirects followed on a body request (the metadata request follows its own).
 const MAX_BODY_HOPS: usize = 3;
 /// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
 const MAX_JSON_BODY: usize = 32 << 20;
+/// Body requests asked again after a failure before any byte was used.
+const MAX_BODY_RETRIES: usize = 2;
 /// Multipart ranges served at most (as Pingora's default).
 pub(crate) const MAX_RANGES: usize = 200;
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 pub struct EdgeProxy {
     pub upstream: Arc<Upstream>,
-    pub resolver: Resolver,
+    pub resolver: Arc<Resolver>,
     pub store: &'static BlobStore,
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub lock: &'static CacheKeyLockImpl,
@@ -363,7 +368,7 @@ impl ProxyHttp for EdgeProxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<RespCacheable> {
@@ -374,22 +379,26 @@ impl ProxyHttp for EdgeProxy {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         }
         let now = SystemTime::now();
-        Ok(RespCacheable::Cacheable(CacheMeta::new(
-            now + FOREVER,
-            now,
-            0,
-            0,
-            resp.clone(),
-        )))
+        let mut cache_meta = CacheMeta::new(now + FOREVER, now, 0, 0, resp.clone());
+        if let Some(source) = self.fill_source(session, ctx) {
+            cache_meta.extensions_mut().insert(source);
+        }
+        Ok(RespCacheable::Cacheable(cache_meta))
     }
 
     fn range_header_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> RangeType {
-        select_range(session.req_header(), resp)
+        let range = select_range(session.req_header(), resp);
+        ctx.body_range = ctx.file.as_ref().and_then(|m| match &range {
+            RangeType::None => Some(0..m.size),
+            RangeType::Single(r) => Some(r.start as u64..r.end as u64),
+            RangeType::Multi(_) | RangeType::Invalid => None,
+        });
+        range
     }
 
     async fn response_filter(
@@ -477,6 +486,13 @@ impl ProxyHttp for EdgeProxy {
         if ctx.route.is_some() && e.esource() == &ErrorSource::Upstream {
             self.metrics.upstream_failure(e);
         }
+        if status > 0 && ctx.file.is_some() && self.serve_from_resumed_fill(session, ctx).await {
+            ctx.resumed = true;
+            return FailToProxy {
+                error_code: session.response_written().map_or(0, |r| r.status.as_u16()),
+                can_reuse_downstream: false,
+            };
+        }
         let hub_failed = status == 502 || status == 503 || status == 504 || status == 429;
         if hub_failed && session.response_written().is_none() {
             if let Ok(true) = self.serve_snapshot(session, ctx).await {
@@ -495,6 +511,47 @@ impl ProxyHttp for EdgeProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let host = ctx
+            .target
+            .as_ref()
+            .map_or("", |t| t.url.origin.host.as_str());
+        let mut e = e.more_context(format!("upstream {host} failed"));
+        // A body cut before anything reached the client or the store is simply asked for
+        // again; a timeout is not (the client would wait several of them for a 504).
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        // (`miss_handler` panics outside the miss phases.)
+        let filling = matches!(
+            session.cache.phase(),
+            CachePhase::Miss | CachePhase::Expired
+        ) && session.cache.miss_handler().is_some();
+        let untouched = session.response_written().is_none() && !filling;
+        if ctx.file.is_some() && untouched && !timed_out && ctx.body_retries < MAX_BODY_RETRIES {
+            ctx.body_retries += 1;
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        // The client got its whole body from the resumed fill.
+        ctx.resumed
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
@@ -543,7 +600,7 @@ impl ProxyHttp for EdgeProxy {
             cache,
             upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
             total_ms: total.as_secs_f64() * 1e3,
-            error: e.map(|e| e.to_string()),
+            error: e.filter(|_| !ctx.resumed).map(|e| e.to_string()),
         });
     }
 }
@@ -570,6 +627,83 @@ impl EdgeProxy {
         self.eviction
             .access(&key, meta.size as usize, SystemTime::now() + FOREVER);
         Ok(true)
+    }
+
+    /// Where a fill of this response resumes from if its body is cut.
+    fn fill_source(&self, session: &Session, ctx: &Ctx) -> Option<FillSource> {
+        let (Some(Route::Resolve(r)), Some(meta), Some(target)) =
+            (&ctx.route, &ctx.file, &ctx.target)
+        else {
+            return None;
+        };
+        Some(FillSource(Arc::new(refetch::UpstreamRefetch {
+            upstream: self.upstream.clone(),
+            resolver: self.resolver.clone(),
+            target: parking_lot::Mutex::new(target.clone()),
+            auth: ctx.auth.clone(),
+            request: r.clone(),
+            raw_path: session.req_header().uri.path().to_string(),
+            blob: meta.blob?,
+            size: meta.size,
+        })))
+    }
+
+    /// After the body request failed: the response from the store instead, where the fill
+    /// this request started is resuming (or another request's copy is). `false` when there is
+    /// nothing there: the fill was given up.
+    async fn serve_from_resumed_fill(&self, session: &mut Session, ctx: &mut Ctx) -> bool {
+        match session.response_written().map(|r| r.status.as_u16()) {
+            None => {
+                let Some(meta) = ctx.file.clone() else {
+                    return false;
+                };
+                let served = coalesce::serve_from_store(session, ctx, self.store, &meta).await;
+                matches!(served, Ok(Some(_)))
+            }
+            Some(200 | 206) => self.finish_from_fill(session, ctx).await,
+            Some(_) => false,
+        }
+    }
+
+    /// Sends the rest of a response whose upstream body was cut after its header went out.
+    /// When this fails, closing short of `Content-Length` is the only honest answer left.
+    async fn finish_from_fill(&self, session: &mut Session, ctx: &Ctx) -> bool {
+        let (Some(meta), Some(range)) = (&ctx.file, &ctx.body_range) else {
+            return false;
+        };
+        let Some(blob) = meta.blob else {
+            return false;
+        };
+        let pos = range.start + session.as_downstream().body_bytes_sent() as u64;
+        if pos >= range.end {
+            return false;
+        }
+        let span = Span::inactive().handle();
+        let Ok(Some((_, mut body))) = self.store.lookup(&cache_key(&blob), &span).await else {
+            return false;
+        };
+        if body.seek(pos as usize, Some(range.end as usize)).is_err() {
+            return false;
+        }
+        loop {
+            match body.read_body().await {
+                Ok(Some(chunk)) => {
+                    if session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("{}: resumed fill failed: {e}", ctx.request_id);
+                    return false;
+                }
+            }
+        }
+        session.write_response_body(None, true).await.is_ok()
     }
 
     /// The last good answer to this API request that this client may be given.

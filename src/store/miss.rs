@@ -1,7 +1,8 @@
 //! Filling a blob: the body streams into a temp file while it is hashed; `finish` checks the
-//! size and the content address, fsyncs, and renames the file into place. Dropping the writer
-//! without `finish` (upstream died, client went away and Pingora gave up) discards the fill and
-//! tells every reader of it that the body failed.
+//! size and the content address, fsyncs, and renames the file into place. A writer dropped
+//! before its body is whole (the upstream connection was cut) hands its state to a resume
+//! task ([`super::resume`]) while attempts remain; otherwise, and after a write error or wrong
+//! content, the fill is discarded and every reader of it is told the body failed.
 
 use std::fs::File;
 use std::io::Write;
@@ -13,6 +14,7 @@ use pingora::{Error, ErrorType, Result};
 use pingora_cache::storage::{HandleMiss, MissFinishType};
 use sha1::Digest as _;
 
+use super::resume::{self, Attempts, Refetch};
 use super::{BlobStore, Fill, Progress};
 use crate::hub::BlobId;
 
@@ -76,10 +78,22 @@ pub struct BlobWriter {
     /// When bytes last became visible; `None` until the first, which goes out at once.
     last_flush: Option<std::time::Instant>,
     committed: bool,
+    /// The body is wrong (too long, or hashes to another id): resuming cannot mend it.
+    poisoned: bool,
+    /// Where the rest comes from if the body is cut.
+    source: Option<Arc<dyn Refetch>>,
+    pub(super) attempts: Attempts,
+    /// Bytes received when the current attempt started.
+    attempt_start: u64,
 }
 
 impl BlobWriter {
-    pub(super) fn new(store: &'static BlobStore, fill: Arc<Fill>, file: File) -> BlobWriter {
+    pub(super) fn new(
+        store: &'static BlobStore,
+        fill: Arc<Fill>,
+        file: File,
+        source: Option<Arc<dyn Refetch>>,
+    ) -> BlobWriter {
         let hasher = ContentHasher::new(&fill.id, fill.size);
         BlobWriter {
             store,
@@ -90,7 +104,67 @@ impl BlobWriter {
             pending_len: 0,
             last_flush: None,
             committed: false,
+            poisoned: false,
+            source,
+            attempts: Attempts::default(),
+            attempt_start: 0,
         }
+    }
+
+    pub(super) fn id(&self) -> BlobId {
+        self.fill.id
+    }
+
+    /// Bytes received so far, written or not: where a resumed body starts.
+    pub(super) fn received(&self) -> u64 {
+        self.written + self.pending_len as u64
+    }
+
+    /// Hands this fill to a resume task, if it can be mended and attempts remain.
+    fn resume(&mut self) -> bool {
+        let Some(source) = self.source.clone() else {
+            return false;
+        };
+        if self.poisoned || self.state.is_none() {
+            return false;
+        }
+        let received = self.received();
+        let mut attempts = self.attempts;
+        attempts.total += 1;
+        if received > self.attempt_start {
+            attempts.idle = 0;
+        } else {
+            attempts.idle += 1;
+        }
+        if attempts.exhausted() {
+            log::warn!(
+                "blob {}: upstream body cut after {} bytes; giving up after {} attempts",
+                self.fill.id,
+                received,
+                attempts.total
+            );
+            return false;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let next = BlobWriter {
+            store: self.store,
+            fill: self.fill.clone(),
+            state: self.state.take(),
+            written: self.written,
+            pending: std::mem::take(&mut self.pending),
+            pending_len: std::mem::take(&mut self.pending_len),
+            last_flush: self.last_flush,
+            committed: false,
+            poisoned: false,
+            source: self.source.take(),
+            attempts,
+            attempt_start: received,
+        };
+        self.store.note_resume();
+        runtime.spawn(resume::resume(next, source));
+        true
     }
 
     fn fail(&self, what: String) -> Box<Error> {
@@ -156,6 +230,7 @@ impl HandleMiss for BlobWriter {
         }
         let received = self.written + (self.pending_len + data.len()) as u64;
         if received > self.fill.size {
+            self.poisoned = true;
             return Err(self.fail(format!(
                 "upstream sent more than the expected {} bytes",
                 self.fill.size
@@ -203,6 +278,7 @@ impl HandleMiss for BlobWriter {
                 Ok(MissFinishType::Created(self.fill.size as usize))
             }
             Ok(Some(actual)) => {
+                self.poisoned = true;
                 self.store.note_integrity_failure();
                 Err(self.fail(format!("content hashes to {actual}; discarded")))
             }
@@ -220,7 +296,7 @@ impl HandleMiss for BlobWriter {
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.resume() {
             self.store.abandon(&self.fill);
         }
     }

@@ -13,6 +13,7 @@ mod hit;
 mod layout;
 mod miss;
 mod refs;
+mod resume;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,7 @@ pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
 pub use miss::{BlobWriter, ContentHasher};
 pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
+pub use resume::{FillSource, Refetch, RefetchBody};
 
 use crate::hub::BlobId;
 
@@ -79,6 +81,10 @@ pub struct StoreStats {
     pub integrity_failures: AtomicU64,
     pub evictions: AtomicU64,
     pub evicted_bytes: AtomicU64,
+    /// Cut upstream bodies asked for again from where they stopped.
+    pub resumes: AtomicU64,
+    /// Fills given up: cut beyond resuming, write errors, wrong content.
+    pub abandoned_fills: AtomicU64,
 }
 
 pub struct BlobStore {
@@ -200,6 +206,7 @@ impl BlobStore {
 
     /// The writer is gone without committing: readers must fail, the temp file goes.
     fn abandon(&self, fill: &Arc<Fill>) {
+        self.stats.abandoned_fills.fetch_add(1, Ordering::Relaxed);
         self.remove_fill(fill);
         fill.progress.send_replace(Progress::Failed);
         if let Err(e) = std::fs::remove_file(&fill.temp) {
@@ -219,6 +226,10 @@ impl BlobStore {
     fn note_write_error(&self, e: &std::io::Error) {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         log::error!("cache write failed: {e}");
+    }
+
+    fn note_resume(&self) {
+        self.stats.resumes.fetch_add(1, Ordering::Relaxed);
     }
 
     fn note_integrity_failure(&self) {
@@ -406,7 +417,8 @@ impl Storage for BlobStore {
         });
         // The cache lock lets one writer per key through; a leftover entry is a dead fill.
         self.fills.lock().insert(id, fill.clone());
-        Ok(Box::new(BlobWriter::new(self, fill, file)))
+        let source = meta.extensions().get::<FillSource>().map(|s| s.0.clone());
+        Ok(Box::new(BlobWriter::new(self, fill, file, source)))
     }
 
     async fn purge(

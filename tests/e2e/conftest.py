@@ -50,12 +50,13 @@ def model_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-@pytest.fixture(scope="session")
-def fakehub(model_dir, tmp_path_factory) -> FakeHub:
-    stderr_path = tmp_path_factory.mktemp("fakehub") / "stderr.log"
+@contextlib.contextmanager
+def running_fakehub(model_dir: Path, workdir: Path, *options: str):
+    """A fake Hub started with extra command-line `options` (see fakehub.py --help), stopped on exit."""
+    stderr_path = workdir / "stderr.log"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, str(FAKEHUB), "--model-dir", str(model_dir)],
+            [sys.executable, str(FAKEHUB), "--model-dir", str(model_dir), *options],
             stdout=subprocess.PIPE, stderr=stderr,
         )
     try:
@@ -68,29 +69,45 @@ def fakehub(model_dir, tmp_path_factory) -> FakeHub:
         stop(process)
 
 
-def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int) -> str:
-    return f"""\
-listen: "127.0.0.1:{port}"
-upstream:
-  endpoint: "{hub_url}"
-  cdn_hosts: ["127.0.0.2"]
-cache:
-  dir: "{workdir}/cache"
-  max_size: "10GiB"
-metrics:
-  listen: "127.0.0.1:{metrics_port}"
-"""
+@pytest.fixture(scope="session")
+def fakehub(model_dir, tmp_path_factory) -> FakeHub:
+    with running_fakehub(model_dir, tmp_path_factory.mktemp("fakehub")) as hub:
+        yield hub
+
+
+@pytest.fixture
+def other_fakehub(model_dir, tmp_path):
+    """Starts further fake Hubs: other_fakehub("--cdn-url-ttl", "2") -> FakeHub; all are stopped after the test."""
+    workdirs = (tmp_path / f"fakehub-{n}" for n in itertools.count(1))
+    with contextlib.ExitStack() as stack:
+        def start(*options: str) -> FakeHub:
+            workdir = next(workdirs)
+            workdir.mkdir()
+            return stack.enter_context(running_fakehub(model_dir, workdir, *options))
+        yield start
+
+
+def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
+                upstream: dict | None = None, cache: dict | None = None) -> str:
+    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections."""
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
+        "cache": {"dir": f"{workdir}/cache", "max_size": "10GiB", **(cache or {})},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+    }
+    return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
 @contextlib.contextmanager
-def running_edge(hub_url: str, workdir: Path):
-    """hf-edge in front of `hub_url`, stopped on exit."""
+def running_edge(hub_url: str, workdir: Path, **sections):
+    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config."""
     binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
     if not binary.is_file():
         pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
     port, metrics_port = free_port(), free_port()
     config = workdir / "config.yaml"
-    config.write_text(edge_config(hub_url, workdir, port, metrics_port))
+    config.write_text(edge_config(hub_url, workdir, port, metrics_port, **sections))
     stderr_path = workdir / "stderr.log"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen([str(binary), "serve", "--config", str(config)],
@@ -111,13 +128,14 @@ def edge(fakehub, tmp_path_factory) -> Edge:
 
 @pytest.fixture
 def other_edge(tmp_path):
-    """Starts further hf-edge instances: other_edge(hub_url) -> Edge; all are stopped after the test."""
+    """Starts further hf-edge instances: other_edge(hub_url, upstream={...}, cache={...}) -> Edge (the dicts
+    add or override config keys of those sections); all are stopped after the test."""
     workdirs = (tmp_path / f"edge-{n}" for n in itertools.count(1))
     with contextlib.ExitStack() as stack:
-        def start(hub_url: str) -> Edge:
+        def start(hub_url: str, **sections) -> Edge:
             workdir = next(workdirs)
             workdir.mkdir()
-            return stack.enter_context(running_edge(hub_url, workdir))
+            return stack.enter_context(running_edge(hub_url, workdir, **sections))
         yield start
 
 

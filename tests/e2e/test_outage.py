@@ -2,6 +2,8 @@
 Each test runs its own hf-edge (other_edge) so the shared instance's cache stays as other tests
 expect, and clears the fake Hub's faults afterwards."""
 
+import json
+
 import pytest
 
 from snippets import DOWNLOAD, SNAPSHOT
@@ -29,18 +31,23 @@ def test_a_cold_client_snapshots_a_cached_revision_while_the_hub_is_gone(hub, ot
     assert files["config.json"]["sha256"] == expected["config.json"]
 
 
-def test_a_body_cut_mid_stream_never_yields_a_corrupt_file(hub, other_edge, tmp_path):
-    """hf-edge does not yet resume the upstream fetch itself (issue 7), so the client either
-    resumes on its own (cut after the header went out) or gets a retryable 5xx (cut before it);
-    either way it never gets wrong bytes, and the next attempt is whole."""
+def test_a_body_cut_mid_stream_is_resumed_by_hf_edge(hub, other_edge, tmp_path):
+    """The CDN drops the connection 500 kB into the file: hf-edge asks it for the rest with a
+    Range request and the client's one download completes, with the right bytes."""
     edge = other_edge(hub.hub)
     want = hub.expected("fake-org/tiny-ds", repo_type="dataset")["files"]["data/train.parquet"]
-    hub.fault({"mode": "drop_after", "server": "cdn", "bytes": 500_000, "times": 1})
-    args = dict(repo_id="fake-org/tiny-ds", repo_type="dataset", filenames=["data/train.parquet"])
+    hub.fault({"mode": "drop_after", "server": "cdn", "bytes": 500_000, "times": 1, "body_delay": 0.2})
+    hub.clear_log()
 
-    first = Client(edge.url, tmp_path / "first").outcome(DOWNLOAD, **args)
+    got = Client(edge.url, tmp_path / "c").run(
+        DOWNLOAD, repo_id="fake-org/tiny-ds", repo_type="dataset", filenames=["data/train.parquet"]
+    )
 
-    if "error" in first:
-        assert "HfHubHTTPError" in first["classes"] and "50" in first["message"], first["message"]
-        first = Client(edge.url, tmp_path / "again").outcome(DOWNLOAD, **args)
-    assert first["result"]["data/train.parquet"]["sha256"] == want["sha256"]
+    assert got["data/train.parquet"]["sha256"] == want["sha256"]
+    cdn = [e for e in hub.log() if e["server"] == "cdn" and e["method"] == "GET"]
+    assert [e["fault"] for e in cdn] == ["drop_after", None]
+    resumed_from = int(cdn[1]["headers"]["range"].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_from <= 500_000
+    access = [json.loads(line) for line in edge.stderr.read_text().splitlines() if line.startswith("{")]
+    gets = [(a["status"], a.get("error")) for a in access if a["method"] == "GET" and a["path"].endswith("train.parquet")]
+    assert gets == [(200, None)], "one request, answered whole: the client did not have to resume"

@@ -464,6 +464,7 @@ class Fault:
     slow        wait `delay` s before answering, and `body_delay` s before each body chunk
     drop_after  send the headers and `bytes` body bytes, then close the connection
     status      answer `status` (503, 429, ...) with extra `headers` (Retry-After, ...)
+    no_ranges   ignore `Range` and send the whole body, as an origin without range support
     """
 
     mode: str
@@ -477,7 +478,7 @@ class Fault:
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
 
-    MODES = ("down", "slow", "drop_after", "status")
+    MODES = ("down", "slow", "drop_after", "status", "no_ranges")
 
     @classmethod
     def from_json(cls, spec: dict) -> "Fault":
@@ -537,7 +538,7 @@ class Hub:
     def record(self, req: Request) -> dict:
         entry = {
             "server": req.server, "method": req.method, "path": req.path, "query": req.query,
-            "headers": req.headers, "status": 0, "body_bytes": 0, "fault": None,
+            "headers": dict(req.headers), "status": 0, "body_bytes": 0, "fault": None,
         }
         with self.lock:
             self.log.append(entry)
@@ -925,6 +926,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault and fault.mode == "down":
             self.close_connection = True
             return
+        if fault and fault.mode == "no_ranges":
+            req.headers.pop("range", None)
         if fault and fault.mode == "status":
             resp = json_response(fault.status, {"error": f"injected {fault.status}"}, list(fault.headers.items()))
         else:

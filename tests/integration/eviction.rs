@@ -2,23 +2,16 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{request, Edge, FakeHub};
+use crate::harness::{Edge, FakeHub};
 
 const ONE_MIB: &str = "/fake-org/xet-model/resolve/v1.0/model.safetensors";
 const TWO_MIB: &str = "/fake-org/xet-model/resolve/main/model.safetensors";
 const THREE_MIB: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
 
-fn metric(edge: &Edge, name: &str) -> u64 {
-    let text = request(edge.metrics, "GET", "/metrics", &[]).text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in scrape"))
-}
-
 /// Waits (bounded) for eviction, which runs in the background after a fill.
 fn settle(edge: &Edge, max: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(edge, "hf_edge_store_bytes") > max {
+    while edge.metric("hf_edge_store_bytes") > max {
         assert!(Instant::now() < deadline, "store stayed over max_size");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -39,7 +32,7 @@ fn the_least_recently_used_blob_goes_first_even_after_a_restart() {
         .replace("10GiB", "4MiB");
     std::fs::write(&cfg, yaml).unwrap();
     edge.restart();
-    assert_eq!(metric(&edge, "hf_edge_store_max_bytes"), max);
+    assert_eq!(edge.metric("hf_edge_store_max_bytes"), max);
 
     for path in [ONE_MIB, TWO_MIB] {
         assert_eq!(edge.get(path, &[]).status, 200);
@@ -53,8 +46,8 @@ fn the_least_recently_used_blob_goes_first_even_after_a_restart() {
     edge.restart(); // the LRU order must come back from disk
     assert_eq!(edge.get(THREE_MIB, &[]).status, 200);
     settle(&edge, max);
-    assert_eq!(metric(&edge, "hf_edge_store_evictions_total"), 1);
-    assert_eq!(metric(&edge, "hf_edge_store_evicted_bytes_total"), 2 << 20);
+    assert_eq!(edge.metric("hf_edge_store_evictions_total"), 1);
+    assert_eq!(edge.metric("hf_edge_store_evicted_bytes_total"), 2 << 20);
     assert!(cached(&edge, ONE_MIB), "recently used: kept");
     assert!(cached(&edge, THREE_MIB), "just filled: kept");
     hub.clear_log();

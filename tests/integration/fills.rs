@@ -134,3 +134,28 @@ fn a_full_disk_serves_through_and_keeps_serving_hits() {
     edge.stop();
     drop(disk);
 }
+
+#[test]
+fn readers_of_a_fill_never_see_the_upstream_cut_it_resumed_from() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    // Two 1 MiB chunks 0.3 s apart, the second cut short: a reader joins in between.
+    hub.fault(
+        json!({"mode": "drop_after", "server": "cdn", "bytes": 1_100_000, "times": 1,
+        "body_delay": 0.3}),
+    );
+    std::thread::scope(|s| {
+        let first = s.spawn(|| edge.get(LFS, &[]));
+        std::thread::sleep(Duration::from_millis(450));
+        let joined = s.spawn(|| edge.get(LFS, &[]));
+        for r in [first.join().unwrap(), joined.join().unwrap()] {
+            assert_eq!(r.status, 200);
+            r.assert_whole_lfs_file();
+        }
+    });
+    assert_eq!(
+        hub.body_fetches(),
+        2,
+        "the cut fetch and its resume, nothing more"
+    );
+}

@@ -87,6 +87,10 @@ impl FakeHub {
         assert_eq!(r.status, 200, "fault rejected: {}", r.text());
     }
 
+    pub fn clear_faults(&self) {
+        request(self.addr(), "POST", "/_fake/faults/clear", &[]);
+    }
+
     /// Body-carrying GETs the CDN or `/api/resolve-cache` served (upstream body requests).
     pub fn body_fetches(&self) -> usize {
         self.log()
@@ -229,6 +233,14 @@ impl Edge {
         self.stop();
         self.child = spawn_edge(&self.config, self.dir.path());
         self.wait_ready();
+    }
+
+    /// A counter or gauge without labels from a `/metrics` scrape.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = request(self.metrics, "GET", "/metrics", &[]).text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in scrape"))
     }
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {

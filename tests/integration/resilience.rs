@@ -188,3 +188,162 @@ fn a_push_to_main_is_seen_within_revision_ttl() {
         started.elapsed()
     );
 }
+
+/// Cuts the CDN's next body after 100 000 bytes; the pause before the body lets hf-edge send
+/// the response header (and start its fill) first, as it would for any real download.
+fn cut_after_header() -> serde_json::Value {
+    json!({"mode": "drop_after", "server": "cdn", "bytes": 100_000, "times": 1, "body_delay": 0.2})
+}
+
+/// The `Range` header of each GET the CDN saw, in order.
+fn cdn_get_ranges(hub: &FakeHub) -> Vec<Option<String>> {
+    hub.log()
+        .iter()
+        .filter(|e| e["server"] == "cdn" && e["method"] == "GET")
+        .map(|e| e["headers"]["range"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The offset a resumed request asked from (`bytes=N-`).
+fn resumed_at(range: &Option<String>) -> u64 {
+    let r = range.as_deref().expect("the resume carries a Range");
+    r.strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not an open range: {r}"))
+}
+
+#[test]
+fn a_cut_upstream_body_resumes_from_the_last_byte_received() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(cut_after_header());
+    let r = edge.get(LFS, &[]);
+    assert_eq!(r.status, 200);
+    r.assert_whole_lfs_file();
+    let ranges = cdn_get_ranges(&hub);
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], None);
+    assert!(resumed_at(&ranges[1]) <= 100_000, "{ranges:?}");
+    assert_eq!(edge.metric("hf_edge_upstream_resumes_total"), 1);
+    let hit = edge.get(LFS, &[]);
+    assert_eq!(
+        hit.header("x-hf-edge-cache"),
+        Some("hit"),
+        "the resumed fill was kept"
+    );
+    hit.assert_whole_lfs_file();
+}
+
+#[test]
+fn a_ranged_client_gets_its_range_across_a_resume() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(cut_after_header());
+    let part = edge.get(LFS, &[("range", "bytes=40000-")]);
+    assert_eq!(part.status, 206, "{}", part.text());
+    assert!(!part.truncated);
+    let whole = edge.get(LFS, &[]);
+    whole.assert_whole_lfs_file();
+    assert_eq!(part.body, whole.body[40_000..]);
+}
+
+#[test]
+fn an_origin_without_ranges_is_read_again_from_the_start() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(cut_after_header());
+    hub.fault(json!({"mode": "no_ranges", "server": "cdn", "times": 1}));
+    let r = edge.get(LFS, &[]);
+    assert_eq!(
+        r.status,
+        200,
+        "{} {:?} {}",
+        r.text(),
+        hub.log(),
+        std::fs::read_to_string(edge.log_path()).unwrap_or_default()
+    );
+    r.assert_whole_lfs_file();
+    let ranges = cdn_get_ranges(&hub);
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert!(resumed_at(&ranges[1]) > 0, "{ranges:?}");
+    let statuses: Vec<u64> = hub
+        .log()
+        .iter()
+        .filter(|e| e["server"] == "cdn")
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200], "the second answer ignored the Range");
+}
+
+#[test]
+fn a_resume_signs_an_expired_url_again() {
+    let hub = FakeHub::start_with(&["--cdn-url-ttl", "2"]);
+    let edge = Edge::start(&hub, "");
+    // The cut comes after the signed URL expired (2.5 s), so the resume is refused once.
+    hub.fault(
+        json!({"mode": "drop_after", "server": "cdn", "bytes": 100_000, "times": 1,
+        "body_delay": 2.5}),
+    );
+    let r = edge.get(LFS, &[]);
+    assert_eq!(r.status, 200);
+    r.assert_whole_lfs_file();
+    let statuses: Vec<u64> = hub
+        .log()
+        .iter()
+        .filter(|e| e["server"] == "cdn")
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 403, 206],
+        "cut, expired, resumed on a fresh URL"
+    );
+}
+
+#[test]
+fn a_body_that_cannot_be_resumed_is_cut_and_never_stored() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(cut_after_header());
+    hub.fault(json!({"mode": "status", "status": 503, "server": "cdn"}));
+    let cut = edge.get(LFS, &[]);
+    assert!(
+        cut.status != 200 || cut.truncated,
+        "a cut body must not look complete"
+    );
+    assert_eq!(
+        edge.metric("hf_edge_upstream_resumes_total"),
+        3,
+        "bounded attempts"
+    );
+    let tmp = edge.dir.path().join("cache/tmp");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&tmp).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the partial blob was not removed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(edge.metric("hf_edge_store_abandoned_fills_total"), 1);
+    hub.clear_faults();
+    let whole = edge.get(LFS, &[]);
+    assert_eq!(
+        whole.header("x-hf-edge-cache"),
+        Some("miss"),
+        "fetched again"
+    );
+    whole.assert_whole_lfs_file();
+}
+
+#[test]
+fn a_body_cut_before_it_began_is_fetched_again() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(json!({"mode": "drop_after", "server": "cdn", "bytes": 0, "times": 1}));
+    let r = edge.get(LFS, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.assert_whole_lfs_file();
+    assert_eq!(cdn_get_ranges(&hub).len(), 2);
+}

@@ -1,0 +1,127 @@
+//! The origin a cut fill resumes from: the URL the body was being read from, asked again
+//! with `Range`. A signed CDN URL that expired meanwhile is signed anew through the resolver,
+//! as for a first request.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue};
+use parking_lot::Mutex;
+
+use super::Target;
+use crate::hub::grammar::ResolveRequest;
+use crate::hub::upstream::{HostClass, Upstream, UpstreamResponse};
+use crate::hub::BlobId;
+use crate::resolver::Resolver;
+use crate::store::{Refetch, RefetchBody};
+
+pub struct UpstreamRefetch {
+    pub upstream: Arc<Upstream>,
+    pub resolver: Arc<Resolver>,
+    pub target: Mutex<Target>,
+    /// The credentials of the request that started the fill (sent to the Hub only).
+    pub auth: Option<HeaderValue>,
+    pub request: ResolveRequest,
+    pub raw_path: String,
+    pub blob: BlobId,
+    pub size: u64,
+}
+
+#[async_trait]
+impl Refetch for UpstreamRefetch {
+    async fn open(&self, offset: u64) -> Result<Box<dyn RefetchBody>, String> {
+        let mut resigned = false;
+        loop {
+            let target = self.target.lock().clone();
+            let auth = self
+                .auth
+                .as_ref()
+                .filter(|_| target.class == HostClass::Hub);
+            let resp = self
+                .upstream
+                .get_from(&target.url, auth, offset)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.header.status.as_u16();
+            let expired = target.class == HostClass::Cdn && matches!(status, 401 | 403 | 410);
+            if expired && !resigned {
+                resigned = true;
+                self.resign().await?;
+                continue;
+            }
+            return match status {
+                206 => {
+                    let want = format!("bytes {offset}-{}/{}", self.size - 1, self.size);
+                    let got = resp.header.headers.get(header::CONTENT_RANGE);
+                    if got.is_some_and(|v| v.as_bytes() == want.as_bytes()) {
+                        Ok(Box::new(Ranged { resp, skip: 0 }))
+                    } else {
+                        Err(format!("range answer {got:?}, expected {want:?}"))
+                    }
+                }
+                // An origin without ranges sends it all again: skip what the fill has.
+                200 if content_length(&resp) == Some(self.size) => {
+                    Ok(Box::new(Ranged { resp, skip: offset }))
+                }
+                s => Err(format!("upstream answered {s} to a range request")),
+            };
+        }
+    }
+}
+
+impl UpstreamRefetch {
+    /// A fresh download URL for the same blob.
+    async fn resign(&self) -> Result<(), String> {
+        let meta = self
+            .resolver
+            .refresh(&self.request, &self.raw_path, self.auth.as_ref())
+            .await
+            .map_err(|e| e.to_string())?;
+        match meta.download {
+            Some(url) if meta.blob == Some(self.blob) => {
+                let class = self.upstream.classify(&url);
+                if class == HostClass::Foreign {
+                    return Err(format!("download URL on {}", url.origin.host));
+                }
+                *self.target.lock() = Target { url, class };
+                Ok(())
+            }
+            _ => Err("the file changed upstream".into()),
+        }
+    }
+}
+
+fn content_length(resp: &UpstreamResponse) -> Option<u64> {
+    resp.header
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The body from the resume offset: a 206 as is, a whole 200 with its head skipped.
+struct Ranged {
+    resp: UpstreamResponse,
+    skip: u64,
+}
+
+#[async_trait]
+impl RefetchBody for Ranged {
+    async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+        loop {
+            let Some(mut data) = self.resp.chunk().await.map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            if self.skip >= data.len() as u64 {
+                self.skip -= data.len() as u64;
+                continue;
+            }
+            let rest = data.split_off(self.skip as usize);
+            self.skip = 0;
+            return Ok(Some(rest));
+        }
+    }
+}

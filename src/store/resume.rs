@@ -1,0 +1,91 @@
+//! Resuming a fill whose upstream body was cut. The writer keeps its temp file, hash state
+//! and the bytes it has, and a task asks the origin for the rest (`Range: bytes={received}-`)
+//! and writes it through the same checks as any fill. Readers of the fill, the request that
+//! started it included, just wait a little longer; they never see the cut.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_cache::storage::HandleMiss;
+
+use super::BlobWriter;
+
+/// Attempts in a row that bring no new byte before a fill is given up.
+pub const MAX_IDLE_ATTEMPTS: u32 = 3;
+/// Attempts at most, however much each one brings.
+pub const MAX_ATTEMPTS: u32 = 16;
+
+/// Where the rest of a blob comes from: the origin the fill was reading.
+#[async_trait]
+pub trait Refetch: Send + Sync {
+    /// The blob's bytes from `offset` to its end.
+    async fn open(&self, offset: u64) -> Result<Box<dyn RefetchBody>, String>;
+}
+
+/// A body being received.
+#[async_trait]
+pub trait RefetchBody: Send {
+    /// The next piece; `None` at the end.
+    async fn chunk(&mut self) -> Result<Option<Bytes>, String>;
+}
+
+/// A fill's origin, carried to the store in the `CacheMeta` extensions.
+#[derive(Clone)]
+pub struct FillSource(pub Arc<dyn Refetch>);
+
+/// How often and how a fill has been resumed.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Attempts {
+    pub total: u32,
+    pub idle: u32,
+}
+
+impl Attempts {
+    pub fn exhausted(&self) -> bool {
+        self.idle >= MAX_IDLE_ATTEMPTS || self.total >= MAX_ATTEMPTS
+    }
+}
+
+/// Continues the fill from the bytes the writer has. On a new failure the writer is dropped
+/// again, which resumes it again or, once attempts are exhausted, abandons it.
+pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
+    let attempt = writer.attempts.total;
+    tokio::time::sleep(backoff(attempt)).await;
+    let (id, offset) = (writer.id(), writer.received());
+    log::info!(
+        "blob {}: upstream body cut after {offset} bytes, resuming (attempt {attempt})",
+        id
+    );
+    let mut body = match source.open(offset).await {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("blob {}: resume failed: {e}", id);
+            return;
+        }
+    };
+    loop {
+        match body.chunk().await {
+            Ok(Some(data)) => {
+                if writer.write_body(data, false).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                log::warn!("blob {}: resumed body failed: {e}", id);
+                return;
+            }
+        }
+    }
+    if Box::new(writer).finish().await.is_ok() {
+        log::info!("blob {id}: resumed after {offset} bytes and committed");
+    }
+}
+
+/// 0.2 s, 0.4 s, 0.8 s ... up to 5 s between attempts.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5).saturating_sub(1)))
+        .min(Duration::from_secs(5))
+}

@@ -1,0 +1,228 @@
+"""Issue 7, fault by fault: what the real huggingface_hub client sees through hf-edge when the Hub is down, slow,
+failing or rate-limiting, or when a signed CDN URL has expired, and what hf-edge asked upstream meanwhile.
+(A body cut mid-stream is test_outage.py's.)
+
+Every test runs its own hf-edge (other_edge); those in front of a failing Hub get a 1 s upstream.read_timeout and
+a 500 ms cache.revision_ttl, so that a branch answer goes stale within the test and a slow Hub is given up on
+quickly. The client runs
+FETCH, which watches it from the inside: every HTTP response it got and the backoff waits it chose. Those waits
+are recorded instead of slept, so the client's whole retry schedule (23 s of sleeping after a 5xx, 30 s here
+after a 429) runs in milliseconds, unchanged otherwise.
+
+What the client does with a failed metadata HEAD (huggingface_hub/file_download.py): with no copy in its own
+cache and a retryable failure (429, 5xx, timeout), it asks again through http_backoff, which retries up to 5
+more times, waiting 1, 2, 4, 8, 8 s, or Retry-After + 1 s after a 429 that carries it; then it raises
+LocalEntryNotFoundError from the last HfHubHTTPError.
+"""
+
+import time
+from urllib.parse import parse_qs
+
+import pytest
+
+from support import Client
+
+pytestmark = pytest.mark.edge_only
+
+# One hf_hub_download per name in args["filenames"], never raising. For each: the file's sha256 and snapshot
+# commit, or the exception's class with the class and HTTP status of its cause; the responses the client got
+# (method, path, status, Warning header, seconds until their headers came); the backoff waits it chose.
+FETCH = """
+import hashlib, re, time, types
+from huggingface_hub import hf_hub_download, set_client_factory
+from huggingface_hub.utils import _http
+
+responses, waits, sent = [], [], []
+
+def watched_client():
+    client = _http.default_client_factory()
+    client.event_hooks["request"].append(lambda request: sent.append(time.monotonic()))
+    client.event_hooks["response"].append(lambda response: responses.append({
+        "method": response.request.method, "path": response.url.path, "status": response.status_code,
+        "warning": response.headers.get("warning"), "seconds": time.monotonic() - sent[-1]}))
+    return client
+
+set_client_factory(watched_client)
+_http.time = types.SimpleNamespace(sleep=waits.append)  # http_backoff's only use of `time`
+result = {}
+for name in args["filenames"]:
+    try:
+        path = hf_hub_download(args["repo_id"], name)
+        with open(path, "rb") as f:
+            outcome = {"sha256": hashlib.sha256(f.read()).hexdigest(),
+                       "commit": re.search(r"snapshots/([0-9a-f]{40})/", path)[1]}
+    except Exception as error:
+        cause = error.__cause__
+        outcome = {"error": type(error).__name__, "cause": type(cause).__name__,
+                   "status": getattr(getattr(cause, "response", None), "status_code", None)}
+    result[name] = {**outcome, "responses": responses[:], "waits": waits[:]}
+    responses.clear()
+    waits.clear()
+"""
+
+# The file's metadata only (the client's HEAD), as a client checking for updates asks it; hf-edge fetches no bytes.
+METADATA = """
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
+meta = get_hf_file_metadata(hf_hub_url(args["repo_id"], args["filename"]))
+result = {"commit": meta.commit_hash, "etag": meta.etag}
+"""
+
+REPO = "gpt2"
+REGULAR, LFS = "config.json", "pytorch_model.bin"  # the Hub serves the first itself, the second from its CDN
+REVISION_TTL = 0.5
+EDGE = {"upstream": {"read_timeout": "1s"}, "cache": {"revision_ttl": f"{int(REVISION_TTL * 1000)}ms"}}
+SLOW = 4.0  # seconds the Hub waits before answering: well over the read_timeout
+BACKOFF = [1, 2, 4, 8, 8]  # the client's waits between its 6 retrying HEADs after a 5xx
+RETRY_AFTER = 5  # distinct from any BACKOFF step, so the client's waits show whether it read the header
+
+# name: (fault, the status hf-edge answers a never-seen file with, upstream HEADs hf-edge makes per client
+# request: it retries a connection failure or a 500/502/503 twice at once, a timeout or a 429 never)
+HUB_FAILURES = {
+    "down": ({"mode": "down"}, 502, 3),
+    "slow first byte": ({"mode": "slow", "server": "hub", "delay": SLOW}, 504, 1),
+    "503 burst": ({"mode": "status", "status": 503, "server": "hub"}, 503, 3),
+    "429 with Retry-After": ({"mode": "status", "status": 429, "server": "hub",
+                              "headers": {"Retry-After": str(RETRY_AFTER)}}, 429, 1),
+}
+
+
+@pytest.fixture
+def hub(fakehub):
+    fakehub.clear_log()
+    yield fakehub
+    fakehub.clear_faults()
+
+
+def seen(outcome: dict) -> list[tuple]:
+    """(method, status, stale?) of each response the client got."""
+    return [(r["method"], r["status"], (r["warning"] or "").startswith("110 ")) for r in outcome["responses"]]
+
+
+def upstream(log: list[dict], last: str = "status") -> list[tuple]:
+    """(server, method, path, and the status or the injected fault) of each request the fake Hub logged."""
+    return [(e["server"], e["method"], e["path"], e[last]) for e in log]
+
+
+def resolve(name: str) -> str:
+    return f"/{REPO}/resolve/main/{name}"
+
+
+@pytest.mark.parametrize("failure", HUB_FAILURES)
+def test_a_warm_branch_file_is_served_stale_while_the_hub_fails(hub, other_edge, tmp_path, failure):
+    """Once `main` is older than revision_ttl hf-edge asks the Hub again for each HEAD and GET; when the Hub
+    cannot answer (no answer, no first byte within read_timeout, 5xx, 429) it serves the commit and bytes it
+    had, marked `Warning: 110`. The client gets the right file at the right commit on its first try, and not
+    after the Hub's delay."""
+    fault, _, per_request = HUB_FAILURES[failure]
+    edge = other_edge(hub.hub, **EDGE)
+    want = hub.expected(REPO)
+    Client(edge.url, tmp_path / "warm").run(FETCH, repo_id=REPO, filenames=[REGULAR, LFS])
+    time.sleep(REVISION_TTL + 0.1)
+    hub.clear_log()
+    hub.fault(fault)
+
+    got = Client(edge.url, tmp_path / "cold").run(FETCH, repo_id=REPO, filenames=[REGULAR, LFS])
+
+    for name in (REGULAR, LFS):
+        assert (got[name]["sha256"], got[name]["commit"]) == (want["files"][name]["sha256"], want["commit"])
+        assert seen(got[name]) == [("HEAD", 200, True), ("GET", 200, True)]
+        assert got[name]["waits"] == []
+        assert max(r["seconds"] for r in got[name]["responses"]) < SLOW / 2
+    assert upstream(hub.log(), "fault") == [("hub", "HEAD", resolve(name), fault["mode"]) for name in (REGULAR, LFS)
+                                             for _ in range(2 * per_request)], "the revision asked, never the bytes"
+
+
+@pytest.mark.parametrize("failure", HUB_FAILURES)
+def test_a_never_seen_file_fails_with_the_hubs_failure(hub, other_edge, tmp_path, failure):
+    """With nothing cached hf-edge answers the client's HEAD with the failure: 502 when the Hub does not answer,
+    504 when its first byte is later than read_timeout (quickly: not after the Hub's delay), the Hub's own 503
+    or 429 (with its Retry-After). The client retries it on its own schedule, then raises
+    LocalEntryNotFoundError from HfHubHTTPError with that status: an error it documents as "check your
+    connection", never a 404-like one that says the file does not exist."""
+    fault, status, per_request = HUB_FAILURES[failure]
+    edge = other_edge(hub.hub, **EDGE)
+    hub.fault(fault)
+
+    got = Client(edge.url, tmp_path).run(FETCH, repo_id=REPO, filenames=[LFS])[LFS]
+
+    assert (got["error"], got["cause"], got["status"]) == ("LocalEntryNotFoundError", "HfHubHTTPError", status)
+    assert seen(got) == [("HEAD", status, False)] * 7
+    assert got["waits"] == ([RETRY_AFTER + 1] * 5 if status == 429 else BACKOFF)
+    assert max(r["seconds"] for r in got["responses"]) < SLOW / 2
+    assert upstream(hub.log(), "fault") == [("hub", "HEAD", resolve(LFS), fault["mode"])] * (7 * per_request)
+
+
+def test_a_slow_first_byte_within_read_timeout_is_waited_for(hub, other_edge, tmp_path):
+    """Every Hub answer comes 0.5 s late, within hf-edge's 1 s read_timeout: hf-edge waits, and the client gets
+    both files fresh (no Warning) at the first try."""
+    edge = other_edge(hub.hub, **EDGE)
+    want = hub.expected(REPO)
+    hub.fault({"mode": "slow", "server": "hub", "delay": 0.5})
+
+    got = Client(edge.url, tmp_path).run(FETCH, repo_id=REPO, filenames=[REGULAR, LFS])
+
+    for name in (REGULAR, LFS):
+        assert (got[name]["sha256"], got[name]["commit"]) == (want["files"][name]["sha256"], want["commit"])
+        assert seen(got[name]) == [("HEAD", 200, False), ("GET", 200, False)]
+    delayed = {e["path"]: e["fault"] for e in hub.log() if e["server"] == "hub"}
+    assert delayed[resolve(REGULAR)] == delayed[resolve(LFS)] == "slow"
+
+
+@pytest.mark.parametrize("burst", [1, 2])
+def test_a_short_503_burst_is_retried_by_hf_edge(hub, other_edge, tmp_path, burst):
+    """hf-edge retries a metadata HEAD that got a 503 twice at once (100 ms, 200 ms backoff): a burst that
+    short never reaches the client, which gets the file fresh without retrying."""
+    edge = other_edge(hub.hub, **EDGE)
+    hub.fault({"mode": "status", "status": 503, "server": "hub", "times": burst})
+
+    got = Client(edge.url, tmp_path).run(FETCH, repo_id=REPO, filenames=[REGULAR])[REGULAR]
+
+    assert got["sha256"] == hub.expected(REPO)["files"][REGULAR]["sha256"]
+    assert seen(got) == [("HEAD", 200, False), ("GET", 200, False)]
+    assert got["waits"] == []
+    heads = [e["status"] for e in hub.log() if e["path"] == resolve(REGULAR)]
+    assert heads == [503] * burst + [307]
+
+
+def test_429s_reach_the_client_which_waits_as_told_and_retries(hub, other_edge, tmp_path):
+    """hf-edge passes each 429 through with its Retry-After, one upstream HEAD per client HEAD, retrying none
+    itself. The client's first HEAD does not retry; its second round does, waiting Retry-After + 1 s before
+    each retry, and gets the file once the Hub lets it."""
+    edge = other_edge(hub.hub, **EDGE)
+    hub.fault({"mode": "status", "status": 429, "server": "hub", "times": 3,
+               "headers": {"Retry-After": str(RETRY_AFTER)}})
+
+    got = Client(edge.url, tmp_path).run(FETCH, repo_id=REPO, filenames=[REGULAR])[REGULAR]
+
+    assert got["sha256"] == hub.expected(REPO)["files"][REGULAR]["sha256"]
+    assert seen(got) == [("HEAD", 429, False)] * 3 + [("HEAD", 200, False), ("GET", 200, False)]
+    assert got["waits"] == [RETRY_AFTER + 1] * 2
+    heads = [e["status"] for e in hub.log() if e["path"] == resolve(REGULAR)]
+    assert heads == [429, 429, 429, 307]
+
+
+def test_an_expired_signed_url_is_signed_again(other_fakehub, other_edge, tmp_path):
+    """hf-edge keeps the signed CDN URL of a file's metadata for its download. Here the CDN's signatures last
+    2 s: a client checks the metadata (hf-edge fetches no bytes), the signature expires, then another client
+    downloads. The CDN refuses the kept URL with 403; hf-edge asks the Hub again for a freshly signed URL and
+    the client gets the right bytes, never seeing the 403."""
+    url_ttl = 2
+    hub = other_fakehub("--cdn-url-ttl", str(url_ttl))
+    edge = other_edge(hub.hub)
+    want = hub.expected(REPO)
+    meta = Client(edge.url, tmp_path / "check").run(METADATA, repo_id=REPO, filename=LFS)
+    assert meta == {"commit": want["commit"], "etag": want["files"][LFS]["sha256"]}
+    assert upstream(hub.log()) == [("hub", "HEAD", resolve(LFS), 302)]
+    signed_by = time.time()  # the URL hf-edge keeps expires at int(signing time) + url_ttl at the latest
+    time.sleep(int(signed_by) + url_ttl + 0.1 - time.time())
+    hub.clear_log()
+
+    got = Client(edge.url, tmp_path / "download").run(FETCH, repo_id=REPO, filenames=[LFS])[LFS]
+
+    assert got["sha256"] == want["files"][LFS]["sha256"]
+    assert seen(got) == [("HEAD", 200, False), ("GET", 200, False)]
+    log = hub.log()
+    blob = f"/blobs/{want['files'][LFS]['sha256']}"
+    assert upstream(log) == [("cdn", "GET", blob, 403), ("hub", "HEAD", resolve(LFS), 302), ("cdn", "GET", blob, 200)]
+    refused, used = (int(parse_qs(e["query"])["Expires"][0]) for e in (log[0], log[2]))
+    assert refused < used, "the second URL is a new signature, not the refused one again"

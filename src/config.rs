@@ -75,6 +75,12 @@ pub struct Upstream {
     pub cdn_hosts: Vec<HostPattern>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Time allowed for a metadata answer from the Hub: shorter than clients' own (10 s), so
+    /// that when the Hub is slow they get what was known before instead of a timeout.
+    pub metadata_timeout: Duration,
+    /// After the Hub failed to answer, how long requests with an earlier answer get it
+    /// without asking (`0s`: ask every time).
+    pub failure_hold_down: Duration,
     /// Never contact the Hub; serve what is cached (toggled at runtime on the ops listener).
     pub offline: bool,
 }
@@ -179,6 +185,10 @@ struct RawUpstream {
     connect_timeout: RawValue,
     #[serde(default = "default_read_timeout")]
     read_timeout: RawValue,
+    #[serde(default = "default_metadata_timeout")]
+    metadata_timeout: RawValue,
+    #[serde(default = "default_failure_hold_down")]
+    failure_hold_down: RawValue,
     #[serde(default)]
     offline: bool,
 }
@@ -219,6 +229,12 @@ fn default_connect_timeout() -> RawValue {
 }
 fn default_read_timeout() -> RawValue {
     RawValue::Str("60s".into())
+}
+fn default_metadata_timeout() -> RawValue {
+    RawValue::Str("5s".into())
+}
+fn default_failure_hold_down() -> RawValue {
+    RawValue::Str("10s".into())
 }
 fn default_revision_ttl() -> RawValue {
     RawValue::Str("60s".into())
@@ -325,12 +341,18 @@ impl RawConfig {
                 HostPattern::parse(h).map_err(|m| bad(&format!("upstream.cdn_hosts[{i}]"), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let positive = |key: &str, v: &RawValue| match duration(key, v)? {
+            d if d.is_zero() => Err(bad(key, "must be greater than 0")),
+            d => Ok(d),
+        };
         let upstream = Upstream {
             endpoint,
             token,
             cdn_hosts,
-            connect_timeout: duration("upstream.connect_timeout", &u.connect_timeout)?,
-            read_timeout: duration("upstream.read_timeout", &u.read_timeout)?,
+            connect_timeout: positive("upstream.connect_timeout", &u.connect_timeout)?,
+            read_timeout: positive("upstream.read_timeout", &u.read_timeout)?,
+            metadata_timeout: positive("upstream.metadata_timeout", &u.metadata_timeout)?,
+            failure_hold_down: duration("upstream.failure_hold_down", &u.failure_hold_down)?,
             offline: u.offline,
         };
 
@@ -565,6 +587,8 @@ metrics:
         assert_eq!(c.cache.dir, PathBuf::from("./hf-edge-cache"));
         assert_eq!(c.cache.max_size, 100 << 30);
         assert_eq!(c.cache.revision_ttl, Duration::from_secs(60));
+        assert_eq!(c.upstream.metadata_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream.failure_hold_down, Duration::from_secs(10));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
         assert!(c.upstream.token.is_none());
     }
@@ -626,6 +650,13 @@ metrics:
             (
                 MINIMAL.replace("max_size: \"100GiB\"", "max_size: 0"),
                 "cache.max_size: must be greater than 0",
+            ),
+            (
+                MINIMAL.replace(
+                    "endpoint: \"https://huggingface.co\"",
+                    "endpoint: \"https://huggingface.co\"\n  metadata_timeout: 0s",
+                ),
+                "upstream.metadata_timeout: must be greater than 0",
             ),
         ];
         for (yaml, want) in cases {

@@ -74,6 +74,7 @@ pub struct Metrics {
     store_integrity_failures: IntCounter,
     store_write_errors: IntCounter,
     upstream_resumes: IntCounter,
+    upstream_resumed_bytes: IntCounter,
     store_abandoned_fills: IntCounter,
 }
 
@@ -212,6 +213,10 @@ impl Metrics {
                 "hf_edge_upstream_resumes_total",
                 "Cut upstream bodies asked for again from the last byte received.",
             )?,
+            upstream_resumed_bytes: counter(
+                "hf_edge_upstream_resumed_bytes_total",
+                "Body bytes received by resumed requests (not in hf_edge_upstream_received_bytes_total).",
+            )?,
             store_abandoned_fills: counter(
                 "hf_edge_store_abandoned_fills_total",
                 "Fills given up (cut beyond resuming, write errors, wrong content); nothing is stored.",
@@ -335,6 +340,7 @@ impl Metrics {
         catch_up(&self.store_integrity_failures, &s.integrity_failures);
         catch_up(&self.store_write_errors, &s.write_errors);
         catch_up(&self.upstream_resumes, &s.resumes);
+        catch_up(&self.upstream_resumed_bytes, &s.resumed_bytes);
         catch_up(&self.store_abandoned_fills, &s.abandoned_fills);
         let mut out = Vec::new();
         TextEncoder::new()

@@ -67,6 +67,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 metrics.clone(),
                 ResolverConfig {
                     revision_ttl: cfg.cache.revision_ttl,
+                    hold_down: cfg.upstream.failure_hold_down,
                     auth_ttl: cfg.access.auth_ttl,
                     offline_restricted: cfg.access.offline_restricted,
                 },

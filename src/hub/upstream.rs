@@ -273,6 +273,7 @@ pub struct Upstream {
     cdn_hosts: Vec<HostPattern>,
     connect_timeout: Duration,
     read_timeout: Duration,
+    metadata_timeout: Duration,
     connector: Connector,
 }
 
@@ -284,6 +285,7 @@ impl Upstream {
             cdn_hosts: cfg.cdn_hosts.clone(),
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
+            metadata_timeout: cfg.metadata_timeout,
             connector: Connector::new(None),
         }
     }
@@ -340,7 +342,9 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
-        let (peer, mut resp) = self.send("HEAD", url, auth, None).await?;
+        let (peer, mut resp) = self
+            .send("HEAD", url, auth, None, self.metadata_timeout)
+            .await?;
         // Drain (a HEAD has no body) so the connection can go back to the pool.
         while let Ok(Some(_)) = resp.session.read_response_body().await {}
         self.connector
@@ -358,7 +362,10 @@ impl Upstream {
         offset: u64,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let range = hv(&format!("bytes={offset}-"))?;
-        Ok(self.send("GET", url, auth, Some(range)).await?.1)
+        let (_, resp) = self
+            .send("GET", url, auth, Some(range), self.read_timeout)
+            .await?;
+        Ok(resp)
     }
 
     async fn send(
@@ -367,6 +374,7 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
         range: Option<HeaderValue>,
+        timeout: Duration,
     ) -> Result<(HttpPeer, UpstreamResponse), UpstreamError> {
         let host = url.origin.host.clone();
         let peer = self.peer(&url.origin).await?;
@@ -395,7 +403,7 @@ impl Upstream {
         if let Some(r) = range {
             set(&mut req, "range", r);
         }
-        session.set_read_timeout(Some(self.read_timeout));
+        session.set_read_timeout(Some(timeout));
         session
             .write_request_header(Box::new(req))
             .await

@@ -102,6 +102,10 @@ pub struct Resolver {
     upstream: std::sync::Arc<Upstream>,
     metrics: std::sync::Arc<Metrics>,
     revision_ttl: Duration,
+    /// After the Hub failed to answer, requests that have an earlier answer get it without
+    /// the Hub being asked again for this long: a Hub in trouble is not asked (and waited for)
+    /// once per client request. Requests with nothing to fall back on still ask.
+    hold_down: Duration,
     /// How long the Hub's yes to a credentialed identity for a repo is trusted.
     auth_ttl: Duration,
     /// Serve what an identity was allowed before when the Hub cannot be asked.
@@ -110,12 +114,15 @@ pub struct Resolver {
     revisions: Mutex<HashMap<RevKey, (String, Option<Instant>)>>,
     files: Mutex<HashMap<FileKey, FileMeta>>,
     approvals: Mutex<HashMap<RepoKey, Instant>>,
+    /// When the Hub last failed to answer (unreachable, timeout, 5xx, 429); cleared by an answer.
+    hub_failed_at: Mutex<Option<Instant>>,
     journal: Option<journal::Journal>,
 }
 
 /// The resolver's knobs, from `cache.*` and `access.*`.
 pub struct ResolverConfig {
     pub revision_ttl: Duration,
+    pub hold_down: Duration,
     pub auth_ttl: Duration,
     pub offline_restricted: crate::access::OfflineRestricted,
 }
@@ -166,11 +173,13 @@ impl Resolver {
             upstream,
             metrics,
             revision_ttl: cfg.revision_ttl,
+            hold_down: cfg.hold_down,
             auth_ttl: cfg.auth_ttl,
             offline_allow: cfg.offline_restricted == crate::access::OfflineRestricted::Allow,
             revisions: Mutex::new(revisions),
             files: Mutex::new(files),
             approvals: Mutex::new(HashMap::new()),
+            hub_failed_at: Mutex::new(None),
             journal,
         })
     }
@@ -193,6 +202,12 @@ impl Resolver {
                 return Ok(meta);
             }
         }
+        if self.hub_held_down() {
+            if let Some(meta) = self.stale(who, req, auth.is_some()) {
+                self.metrics.revision_lookup(RevisionLookup::StaleServed);
+                return Ok(meta);
+            }
+        }
         let answer = if self.upstream.is_offline() {
             Err(ResolveError::Offline)
         } else {
@@ -212,6 +227,19 @@ impl Resolver {
                 None => Err(e),
             },
             other => other,
+        }
+    }
+
+    /// Whether the Hub failed to answer within the last `upstream.failure_hold_down`.
+    fn hub_held_down(&self) -> bool {
+        let mut failed = self.hub_failed_at.lock();
+        match *failed {
+            Some(at) if at.elapsed() < self.hold_down => true,
+            Some(_) => {
+                *failed = None;
+                false
+            }
+            None => false,
         }
     }
 
@@ -266,8 +294,14 @@ impl Resolver {
     ) -> Result<FileMeta, ResolveError> {
         let who = IdentityKey::of(auth);
         let meta = match self.fetch(raw_path, auth).await {
-            Ok(m) => m,
+            Ok(m) => {
+                *self.hub_failed_at.lock() = None;
+                m
+            }
             Err(e) => {
+                if e.hub_unavailable() {
+                    *self.hub_failed_at.lock() = Some(Instant::now());
+                }
                 if let ResolveError::Hub { .. } = e {
                     // The Hub said no: whatever it allowed this identity before is void.
                     self.approvals.lock().remove(&(who, req.repo.clone()));

@@ -115,6 +115,13 @@ impl BlobWriter {
         self.fill.id
     }
 
+    pub(super) fn note_resumed_bytes(&self, n: usize) {
+        self.store
+            .stats
+            .resumed_bytes
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Bytes received so far, written or not: where a resumed body starts.
     pub(super) fn received(&self) -> u64 {
         self.written + self.pending_len as u64

@@ -83,6 +83,8 @@ pub struct StoreStats {
     pub evicted_bytes: AtomicU64,
     /// Cut upstream bodies asked for again from where they stopped.
     pub resumes: AtomicU64,
+    /// Body bytes those resumed requests brought.
+    pub resumed_bytes: AtomicU64,
     /// Fills given up: cut beyond resuming, write errors, wrong content.
     pub abandoned_fills: AtomicU64,
 }

@@ -68,6 +68,7 @@ pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
     loop {
         match body.chunk().await {
             Ok(Some(data)) => {
+                writer.note_resumed_bytes(data.len());
                 if writer.write_body(data, false).await.is_err() {
                     return;
                 }

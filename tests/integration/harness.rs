@@ -180,7 +180,7 @@ impl Edge {
         let (port, mport) = (free_port(), free_port());
         let config = dir.path().join("hf-edge.yaml");
         let yaml = format!(
-            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nshutdown_grace: 0s\nupstream:\n  endpoint: \"{}\"\n  cdn_hosts: [\"127.0.0.2\"]\n  connect_timeout: 2s\n  read_timeout: 3s\n{upstream_extra}cache:\n  dir: \"{}\"\n  max_size: 10GiB\n  revision_ttl: 60s\nmetrics:\n  listen: \"127.0.0.1:{mport}\"\n",
+            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nshutdown_grace: 0s\nupstream:\n  endpoint: \"{}\"\n  cdn_hosts: [\"127.0.0.2\"]\n  connect_timeout: 2s\n  read_timeout: 3s\n  metadata_timeout: 3s\n{upstream_extra}cache:\n  dir: \"{}\"\n  max_size: 10GiB\n  revision_ttl: 60s\nmetrics:\n  listen: \"127.0.0.1:{mport}\"\n",
             endpoint,
             dir.path().join("cache").display()
         );

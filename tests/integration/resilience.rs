@@ -10,8 +10,9 @@ use crate::harness::{request, request_with_body, Edge, FakeHub};
 const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
 const CONFIG: &str = "/gpt2/resolve/main/config.json";
 
-fn short_ttl(hub: &FakeHub) -> Edge {
-    let edge = Edge::start(hub, "");
+/// An hf-edge whose branch answers go stale after 1 s.
+fn short_ttl(hub: &FakeHub, upstream_extra: &str) -> Edge {
+    let edge = Edge::start(hub, upstream_extra);
     let cfg = edge.dir.path().join("hf-edge.yaml");
     let yaml = std::fs::read_to_string(&cfg)
         .unwrap()
@@ -25,7 +26,7 @@ fn short_ttl(hub: &FakeHub) -> Edge {
 #[test]
 fn a_hub_outage_after_a_restart_serves_what_was_known_marked_stale() {
     let hub = FakeHub::start();
-    let mut edge = short_ttl(&hub);
+    let mut edge = short_ttl(&hub, "");
     let warm = edge.get(LFS, &[]);
     assert_eq!(warm.status, 200);
     let commit = warm.header("x-repo-commit").unwrap().to_string();
@@ -52,7 +53,7 @@ fn a_hub_outage_after_a_restart_serves_what_was_known_marked_stale() {
 #[test]
 fn bursts_of_503_are_retried_and_then_answered_stale() {
     let hub = FakeHub::start();
-    let edge = short_ttl(&hub);
+    let edge = short_ttl(&hub, "");
     assert_eq!(edge.get(CONFIG, &[]).status, 200);
     std::thread::sleep(Duration::from_millis(1100));
     // One 503: retried at once, a fresh answer.
@@ -68,6 +69,51 @@ fn bursts_of_503_are_retried_and_then_answered_stale() {
     let r = edge.head(CONFIG, &[]);
     assert_eq!(r.status, 200);
     assert!(r.header("warning").is_some());
+}
+
+#[test]
+fn after_a_failure_known_answers_are_served_without_asking_until_the_hold_down_ends() {
+    let hub = FakeHub::start();
+    let edge = short_ttl(&hub, "  failure_hold_down: 1s\n");
+    assert_eq!(edge.get(CONFIG, &[]).status, 200);
+    std::thread::sleep(Duration::from_millis(1100));
+    hub.fault(json!({"mode": "down", "server": "hub"}));
+    hub.clear_log();
+    let first = edge.head(CONFIG, &[]);
+    assert!(
+        first.header("warning").is_some(),
+        "stale once the Hub failed"
+    );
+    let asked = hub.log().len();
+    assert_eq!(asked, 3, "one HEAD and its two retries");
+    let started = Instant::now();
+    for _ in 0..5 {
+        let r = edge.head(CONFIG, &[]);
+        assert!(r.header("warning").is_some());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "no waiting on the Hub"
+    );
+    assert_eq!(
+        hub.log().len(),
+        asked,
+        "the Hub is not asked during the hold-down"
+    );
+    // A file with nothing to fall back on still asks.
+    assert_eq!(
+        edge.head("/gpt2/resolve/main/onnx/model.onnx", &[]).status,
+        502
+    );
+    assert!(hub.log().len() > asked);
+    hub.clear_faults();
+    std::thread::sleep(Duration::from_millis(1100));
+    let fresh = edge.head(CONFIG, &[]);
+    assert_eq!(fresh.status, 200);
+    assert!(
+        fresh.header("warning").is_none(),
+        "asked again after the hold-down"
+    );
 }
 
 #[test]
@@ -149,7 +195,7 @@ fn expired_signed_urls_are_signed_again() {
 #[test]
 fn a_push_to_main_is_seen_within_revision_ttl() {
     let hub = FakeHub::start();
-    let edge = short_ttl(&hub);
+    let edge = short_ttl(&hub, "");
     let before = edge
         .head(CONFIG, &[])
         .header("x-repo-commit")
@@ -224,8 +270,14 @@ fn a_cut_upstream_body_resumes_from_the_last_byte_received() {
     let ranges = cdn_get_ranges(&hub);
     assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert_eq!(ranges[0], None);
-    assert!(resumed_at(&ranges[1]) <= 100_000, "{ranges:?}");
+    let offset = resumed_at(&ranges[1]);
+    assert!(offset <= 100_000, "{ranges:?}");
     assert_eq!(edge.metric("hf_edge_upstream_resumes_total"), 1);
+    assert_eq!(
+        edge.metric("hf_edge_upstream_resumed_bytes_total"),
+        r.body.len() as u64 - offset,
+        "each byte fetched once"
+    );
     let hit = edge.get(LFS, &[]);
     assert_eq!(
         hit.header("x-hf-edge-cache"),

@@ -35,7 +35,7 @@ pub trait RefetchBody: Send {
 #[derive(Clone)]
 pub struct FillSource(pub Arc<dyn Refetch>);
 
-/// How often and how a fill has been resumed.
+/// How many times a fill was resumed: in all, and in a row without bringing a byte.
 #[derive(Default, Clone, Copy)]
 pub(super) struct Attempts {
     pub total: u32,
@@ -54,14 +54,11 @@ pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
     let attempt = writer.attempts.total;
     tokio::time::sleep(backoff(attempt)).await;
     let (id, offset) = (writer.id(), writer.received());
-    log::info!(
-        "blob {}: upstream body cut after {offset} bytes, resuming (attempt {attempt})",
-        id
-    );
+    log::info!("blob {id}: upstream body cut after {offset} bytes, resuming (attempt {attempt})");
     let mut body = match source.open(offset).await {
         Ok(b) => b,
         Err(e) => {
-            log::warn!("blob {}: resume failed: {e}", id);
+            log::warn!("blob {id}: resume failed: {e}");
             return;
         }
     };
@@ -75,7 +72,7 @@ pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
             }
             Ok(None) => break,
             Err(e) => {
-                log::warn!("blob {}: resumed body failed: {e}", id);
+                log::warn!("blob {id}: resumed body failed: {e}");
                 return;
             }
         }

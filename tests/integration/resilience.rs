@@ -399,3 +399,29 @@ fn a_body_cut_before_it_began_is_fetched_again() {
     r.assert_whole_lfs_file();
     assert_eq!(cdn_get_ranges(&hub).len(), 2);
 }
+
+#[test]
+fn a_regular_file_cut_by_the_hub_resumes_from_the_hub() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub, "");
+    hub.fault(
+        json!({"mode": "drop_after", "server": "hub", "method": "GET",
+        "path": "^/api/resolve-cache/", "bytes": 10, "times": 1, "body_delay": 0.2}),
+    );
+    let r = edge.get(CONFIG, &[]);
+    assert_eq!((r.status, r.truncated), (200, false));
+    let log = hub.log();
+    let ranges: Vec<Option<&str>> = log
+        .iter()
+        .filter(|e| e["method"] == "GET")
+        .map(|e| e["headers"]["range"].as_str())
+        .collect();
+    assert_eq!(ranges, [None, Some("bytes=10-")]);
+    let hit = edge.get(CONFIG, &[]);
+    assert_eq!(
+        hit.header("x-hf-edge-cache"),
+        Some("hit"),
+        "stored: its git oid matched"
+    );
+    assert_eq!(r.body, hit.body);
+}

@@ -1,4 +1,5 @@
-"""Issue 7 with the real client: what huggingface_hub sees through hf-edge when the Hub fails.
+"""Issue 7 with the real client: what huggingface_hub sees through hf-edge when the Hub fails, and how soon
+it sees a push.
 Each test runs its own hf-edge (other_edge) so the shared instance's cache stays as other tests
 expect, and clears the fake Hub's faults afterwards."""
 
@@ -51,3 +52,35 @@ def test_a_body_cut_mid_stream_is_resumed_by_hf_edge(hub, other_edge, tmp_path):
     access = [json.loads(line) for line in edge.stderr.read_text().splitlines() if line.startswith("{")]
     gets = [(a["status"], a.get("error")) for a in access if a["method"] == "GET" and a["path"].endswith("train.parquet")]
     assert gets == [(200, None)], "one request, answered whole: the client did not have to resume"
+
+
+# Downloads args["filename"] at main every 100 ms until it comes from args["commit"]; result: seconds from the
+# start until then (None if not within args["within"] + 2 s) and the file's text.
+POLL_FOR_COMMIT = """
+import re, time
+from huggingface_hub import hf_hub_download
+start = time.monotonic()
+result = {"seconds": None}
+while time.monotonic() - start < args["within"] + 2:
+    path = hf_hub_download(args["repo_id"], args["filename"])
+    if re.search(r"snapshots/([0-9a-f]{40})/", path)[1] == args["commit"]:
+        result = {"seconds": time.monotonic() - start, "text": open(path).read()}
+        break
+    time.sleep(0.1)
+"""
+
+
+def test_a_push_to_main_reaches_clients_within_revision_ttl(other_fakehub, other_edge, tmp_path):
+    """hf-edge trusts a branch's commit for cache.revision_ttl (here 1 s): after a push to main the client
+    still gets the old commit for at most that long, then the new one, with the new content."""
+    hub = other_fakehub()
+    edge = other_edge(hub.hub, cache={"revision_ttl": "1s"})
+    client = Client(edge.url, tmp_path)
+    before = client.run(DOWNLOAD, repo_id="gpt2", filenames=["config.json"])["config.json"]["commit"]
+    pushed = hub.push("gpt2", {"config.json": '{"pushed": true}'})
+    assert pushed != before
+
+    seen = client.run(POLL_FOR_COMMIT, repo_id="gpt2", filename="config.json", commit=pushed, within=1.0)
+
+    assert seen["seconds"] is not None and seen["seconds"] <= 1.0 + 0.5, seen
+    assert seen["text"] == '{"pushed": true}'

@@ -486,8 +486,13 @@ impl ProxyHttp for EdgeProxy {
         if ctx.route.is_some() && e.esource() == &ErrorSource::Upstream {
             self.metrics.upstream_failure(e);
         }
-        if status > 0 && ctx.file.is_some() && self.serve_from_resumed_fill(session, ctx).await {
+        let resumed = match status > 0 && ctx.file.is_some() {
+            true => self.serve_from_resumed_fill(session, ctx).await,
+            false => None,
+        };
+        if let Some(label) = resumed {
             ctx.resumed = true;
+            ctx.cache_result_known = Some(label);
             return FailToProxy {
                 error_code: session.response_written().map_or(0, |r| r.status.as_u16()),
                 can_reuse_downstream: false,
@@ -562,8 +567,7 @@ impl ProxyHttp for EdgeProxy {
             if status == 200 || status == 206 {
                 self.record_ref(r, meta);
             }
-            let from_cache =
-                ctx.cache_result_known.is_some() || session.cache.phase() == CachePhase::Hit;
+            let from_cache = matches!(cache, Some("hit" | "coalesced"));
             self.metrics.sent(from_cache, sent);
             self.metrics
                 .upstream_received(session.upstream_body_bytes_received());
@@ -649,19 +653,23 @@ impl EdgeProxy {
     }
 
     /// After the body request failed: the response from the store instead, where the fill
-    /// this request started is resuming (or another request's copy is). `false` when there is
-    /// nothing there: the fill was given up.
-    async fn serve_from_resumed_fill(&self, session: &mut Session, ctx: &mut Ctx) -> bool {
+    /// this request started is resuming (or another request's copy is). Returns the cache
+    /// result; `None` when there is nothing there: the fill was given up.
+    async fn serve_from_resumed_fill(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Option<&'static str> {
         match session.response_written().map(|r| r.status.as_u16()) {
             None => {
-                let Some(meta) = ctx.file.clone() else {
-                    return false;
-                };
-                let served = coalesce::serve_from_store(session, ctx, self.store, &meta).await;
-                matches!(served, Ok(Some(_)))
+                let meta = ctx.file.clone()?;
+                coalesce::serve_from_store(session, ctx, self.store, &meta)
+                    .await
+                    .ok()
+                    .flatten()
             }
-            Some(200 | 206) => self.finish_from_fill(session, ctx).await,
-            Some(_) => false,
+            Some(200 | 206) => self.finish_from_fill(session, ctx).await.then_some("miss"),
+            Some(_) => None,
         }
     }
 

@@ -256,7 +256,7 @@ def test_prometheus_scrapes_the_edge_and_loads_the_alerts(traffic, tmp_path):
         assert rules, f"the alerting rules were not loaded and evaluated:\n{log_path.read_text()[-4000:]}"
         assert {r["name"] for r in rules} == {
             "HfEdgeDown", "HfEdgeUpstreamErrors", "HfEdgeHitRatioCollapse", "HfEdgeStoreNearFull",
-            "HfEdgeIntegrityFailure", "HfEdgeStoreWriteErrors",
+            "HfEdgeIntegrityFailure", "HfEdgeStoreWriteErrors", "HfEdgeFillsAbandoned",
         }
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     finally:

@@ -278,6 +278,17 @@ fn a_cut_upstream_body_resumes_from_the_last_byte_received() {
         r.body.len() as u64 - offset,
         "each byte fetched once"
     );
+    let log = std::fs::read_to_string(edge.log_path()).unwrap();
+    let line: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|v: &serde_json::Value| v["path"] == LFS)
+        .expect("an access line for the download");
+    assert_eq!(
+        (&line["status"], &line["cache"], &line["error"]),
+        (&json!(200), &json!("miss"), &serde_json::Value::Null),
+        "{line}"
+    );
     let hit = edge.get(LFS, &[]);
     assert_eq!(
         hit.header("x-hf-edge-cache"),

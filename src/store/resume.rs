@@ -82,8 +82,11 @@ pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
     }
 }
 
-/// 0.2 s, 0.4 s, 0.8 s ... up to 5 s between attempts.
+/// None before the first attempt (a cut connection is usually a passing fault), then 0.2 s,
+/// 0.4 s, 0.8 s ... up to 5 s.
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(5).saturating_sub(1)))
-        .min(Duration::from_secs(5))
+    match attempt {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(200 << (n - 2).min(5)).min(Duration::from_secs(5)),
+    }
 }

@@ -14,8 +14,9 @@ use super::BlobWriter;
 
 /// Attempts in a row that bring no new byte before a fill is given up.
 pub const MAX_IDLE_ATTEMPTS: u32 = 3;
-/// Attempts at most, however much each one brings.
-pub const MAX_ATTEMPTS: u32 = 16;
+/// Attempts at most, however much each one brings (an origin cutting every response after a
+/// few bytes would otherwise be asked forever).
+pub const MAX_ATTEMPTS: u32 = 64;
 
 /// Where the rest of a blob comes from: the origin the fill was reading.
 #[async_trait]
@@ -52,7 +53,7 @@ impl Attempts {
 /// again, which resumes it again or, once attempts are exhausted, abandons it.
 pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
     let attempt = writer.attempts.total;
-    tokio::time::sleep(backoff(attempt)).await;
+    tokio::time::sleep(backoff(writer.attempts.idle)).await;
     let (id, offset) = (writer.id(), writer.received());
     log::info!("blob {id}: upstream body cut after {offset} bytes, resuming (attempt {attempt})");
     let mut body = match source.open(offset).await {
@@ -82,11 +83,24 @@ pub(super) async fn resume(mut writer: BlobWriter, source: Arc<dyn Refetch>) {
     }
 }
 
-/// None before the first attempt (a cut connection is usually a passing fault), then 0.2 s,
-/// 0.4 s, 0.8 s ... up to 5 s.
-fn backoff(attempt: u32) -> Duration {
-    match attempt {
-        0 | 1 => Duration::ZERO,
-        n => Duration::from_millis(200 << (n - 2).min(5)).min(Duration::from_secs(5)),
+/// None after an attempt that brought bytes (a cut connection is usually a passing fault), then
+/// 0.2 s, 0.4 s, 0.8 s ... up to 5 s for attempts in a row that brought none.
+fn backoff(idle: u32) -> Duration {
+    match idle {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(200 << (n - 1).min(5)).min(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_only_while_attempts_bring_nothing() {
+        let waits: Vec<u64> = (0..8).map(|n| backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [0, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        let give_up = |total, idle| Attempts { total, idle }.exhausted();
+        assert!(!give_up(2, 2) && give_up(3, 3) && give_up(MAX_ATTEMPTS, 0));
     }
 }

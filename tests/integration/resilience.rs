@@ -179,12 +179,7 @@ fn expired_signed_urls_are_signed_again() {
     let r = edge.get(LFS, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     r.assert_whole_lfs_file();
-    let cdn: Vec<u64> = hub
-        .log()
-        .iter()
-        .filter(|e| e["server"] == "cdn")
-        .map(|e| e["status"].as_u64().unwrap())
-        .collect();
+    let cdn = cdn_statuses(&hub);
     assert_eq!(
         cdn,
         vec![403, 200],
@@ -239,6 +234,15 @@ fn a_push_to_main_is_seen_within_revision_ttl() {
 /// the response header (and start its fill) first, as it would for any real download.
 fn cut_after_header() -> serde_json::Value {
     json!({"mode": "drop_after", "server": "cdn", "bytes": 100_000, "times": 1, "body_delay": 0.2})
+}
+
+/// The status of each response the CDN gave, in order.
+fn cdn_statuses(hub: &FakeHub) -> Vec<u64> {
+    hub.log()
+        .iter()
+        .filter(|e| e["server"] == "cdn")
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect()
 }
 
 /// The `Range` header of each GET the CDN saw, in order.
@@ -330,12 +334,7 @@ fn an_origin_without_ranges_is_read_again_from_the_start() {
     let ranges = cdn_get_ranges(&hub);
     assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert!(resumed_at(&ranges[1]) > 0, "{ranges:?}");
-    let statuses: Vec<u64> = hub
-        .log()
-        .iter()
-        .filter(|e| e["server"] == "cdn")
-        .map(|e| e["status"].as_u64().unwrap())
-        .collect();
+    let statuses = cdn_statuses(&hub);
     assert_eq!(statuses, [200, 200], "the second answer ignored the Range");
 }
 
@@ -351,12 +350,7 @@ fn a_resume_signs_an_expired_url_again() {
     let r = edge.get(LFS, &[]);
     assert_eq!(r.status, 200);
     r.assert_whole_lfs_file();
-    let statuses: Vec<u64> = hub
-        .log()
-        .iter()
-        .filter(|e| e["server"] == "cdn")
-        .map(|e| e["status"].as_u64().unwrap())
-        .collect();
+    let statuses = cdn_statuses(&hub);
     assert_eq!(
         statuses,
         [200, 403, 206],

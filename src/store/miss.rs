@@ -13,6 +13,7 @@ use bytes::Bytes;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::storage::{HandleMiss, MissFinishType};
 use sha1::Digest as _;
+use tokio::sync::{mpsc, oneshot};
 
 use super::resume::{self, Attempts, Refetch};
 use super::{BlobStore, Fill, Progress};
@@ -53,29 +54,110 @@ impl ContentHasher {
     }
 }
 
-/// The temp file and hash state, moved into blocking tasks and back.
+/// The temp file and hash state, owned by the fill's writer task.
 struct WriteState {
     file: File,
     hasher: ContentHasher,
 }
 
-/// Body bytes gathered before one blocking write: Pingora hands the body over in 64 KiB
-/// pieces, and a blocking-pool round trip per piece serialises the whole fill on hand-offs.
+/// Body bytes gathered before they are handed to the writer task: Pingora hands the body over
+/// in 64 KiB pieces, and a hand-off per piece would cost more than the piece.
 const FLUSH_BYTES: usize = 1 << 20;
 /// ... but readers never wait longer than this for bytes that have arrived (a slow upstream
 /// would otherwise hold them back until a whole batch gathered).
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+/// Batches queued for the writer task at most: receiving runs ahead of hashing and writing by
+/// this much (memory per fill stays bounded), then waits for them.
+const IN_FLIGHT: usize = 4;
+/// Written bytes handed to the kernel's writeback at a time, so the final fsync has little
+/// left to do.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// The writer task of a fill: it writes and hashes batches on the blocking pool while the
+/// next ones are received, and tells readers how far the file is written.
+struct Sink {
+    batches: mpsc::Sender<Vec<Bytes>>,
+    /// The file and hash state once `batches` is closed and all of them were written.
+    done: oneshot::Receiver<std::io::Result<WriteState>>,
+}
+
+impl Sink {
+    fn start(store: &'static BlobStore, fill: Arc<Fill>, state: WriteState) -> Sink {
+        let (batches, rx) = mpsc::channel(IN_FLIGHT);
+        let (tx, done) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let mut state = state;
+            let result = write_batches(&mut state, rx, &fill).map(|()| state);
+            if let Err(e) = &result {
+                store.note_write_error(e);
+                log::warn!(
+                    "blob {}: write to {} failed: {e}",
+                    fill.id,
+                    fill.temp.display()
+                );
+            }
+            let _ = tx.send(result);
+        });
+        Sink { batches, done }
+    }
+}
+
+/// The writer task's loop: until the sender is dropped.
+fn write_batches(
+    state: &mut WriteState,
+    mut rx: mpsc::Receiver<Vec<Bytes>>,
+    fill: &Fill,
+) -> std::io::Result<()> {
+    let (mut written, mut handed_back) = (0u64, 0u64);
+    while let Some(batch) = rx.blocking_recv() {
+        for c in &batch {
+            state.file.write_all(c)?;
+            state.hasher.update(c);
+            written += c.len() as u64;
+        }
+        // Not after the fill was given up: its readers were told it failed.
+        fill.progress.send_if_modified(|p| match p {
+            Progress::Written(_) => {
+                *p = Progress::Written(written);
+                true
+            }
+            _ => false,
+        });
+        if written - handed_back >= WRITEBACK_STEP {
+            start_writeback(&state.file, handed_back, written - handed_back);
+            handed_back = written;
+        }
+    }
+    Ok(())
+}
+
+/// Starts writing a range of the file back to disk without waiting for it (best effort: a
+/// filesystem without it just leaves more to the final fsync).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: a valid open fd; the call only schedules writeback of the given range.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
 
 pub struct BlobWriter {
     store: &'static BlobStore,
     fill: Arc<Fill>,
-    state: Option<WriteState>,
-    /// Bytes written to the temp file (and visible to readers).
-    written: u64,
-    /// Received, not yet written.
+    /// `None` after a write failed.
+    sink: Option<Sink>,
+    /// Bytes handed to the writer task.
+    queued: u64,
+    /// Received, not yet handed over.
     pending: Vec<Bytes>,
     pending_len: usize,
-    /// When bytes last became visible; `None` until the first, which goes out at once.
+    /// When bytes were last handed over; `None` until the first, which goes at once.
     last_flush: Option<std::time::Instant>,
     committed: bool,
     /// The body is wrong (too long, or hashes to another id): resuming cannot mend it.
@@ -95,11 +177,12 @@ impl BlobWriter {
         source: Option<Arc<dyn Refetch>>,
     ) -> BlobWriter {
         let hasher = ContentHasher::new(&fill.id, fill.size);
+        let sink = Sink::start(store, fill.clone(), WriteState { file, hasher });
         BlobWriter {
             store,
             fill,
-            state: Some(WriteState { file, hasher }),
-            written: 0,
+            sink: Some(sink),
+            queued: 0,
             pending: Vec::new(),
             pending_len: 0,
             last_flush: None,
@@ -124,7 +207,7 @@ impl BlobWriter {
 
     /// Bytes received so far, written or not: where a resumed body starts.
     pub(super) fn received(&self) -> u64 {
-        self.written + self.pending_len as u64
+        self.queued + self.pending_len as u64
     }
 
     /// Hands this fill to a resume task, if it can be mended and attempts remain.
@@ -132,7 +215,7 @@ impl BlobWriter {
         let Some(source) = self.source.clone() else {
             return false;
         };
-        if self.poisoned || self.state.is_none() {
+        if self.poisoned || self.sink.is_none() {
             return false;
         }
         let received = self.received();
@@ -158,8 +241,8 @@ impl BlobWriter {
         let next = BlobWriter {
             store: self.store,
             fill: self.fill.clone(),
-            state: self.state.take(),
-            written: self.written,
+            sink: self.sink.take(),
+            queued: self.queued,
             pending: std::mem::take(&mut self.pending),
             pending_len: std::mem::take(&mut self.pending_len),
             last_flush: self.last_flush,
@@ -182,50 +265,46 @@ impl BlobWriter {
         )
     }
 
-    async fn blocking<T: Send + 'static>(
-        &mut self,
-        f: impl FnOnce(&mut WriteState) -> std::io::Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let mut st = self
-            .state
-            .take()
-            .ok_or_else(|| self.fail("write after a failed write".into()))?;
-        let (st, res) = tokio::task::spawn_blocking(move || {
-            let r = f(&mut st);
-            (st, r)
-        })
-        .await
-        .map_err(|e| self.fail(format!("write task failed: {e}")))?;
-        self.state = Some(st);
-        res.map_err(|e| {
-            self.store.note_write_error(&e);
-            self.fail(format!("write to {} failed: {e}", self.fill.temp.display()))
-        })
-    }
-}
-
-impl BlobWriter {
-    /// Writes and hashes the gathered bytes in one blocking call, then lets readers see them.
+    /// Hands the gathered bytes to the writer task (waiting while it is `IN_FLIGHT` batches
+    /// behind).
     async fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let chunks = std::mem::take(&mut self.pending);
+        let sink = self
+            .sink
+            .as_ref()
+            .ok_or_else(|| self.fail("write after a failed write".into()))?;
         let len = std::mem::take(&mut self.pending_len) as u64;
-        self.blocking(move |st| {
-            for c in &chunks {
-                st.file.write_all(c)?;
-                st.hasher.update(c);
-            }
-            Ok(())
-        })
-        .await?;
-        self.written += len;
+        if sink
+            .batches
+            .send(std::mem::take(&mut self.pending))
+            .await
+            .is_err()
+        {
+            // The task stopped at a write error (logged and counted there).
+            self.sink = None;
+            return Err(self.fail(format!("write to {} failed", self.fill.temp.display())));
+        }
+        self.queued += len;
         self.last_flush = Some(std::time::Instant::now());
-        self.fill
-            .progress
-            .send_replace(Progress::Written(self.written));
         Ok(())
+    }
+
+    /// Waits for the writer task to write everything handed to it.
+    async fn drain(&mut self) -> Result<WriteState> {
+        let sink = self
+            .sink
+            .take()
+            .ok_or_else(|| self.fail("finish after a failed write".into()))?;
+        drop(sink.batches);
+        match sink.done.await {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(e)) => {
+                Err(self.fail(format!("write to {} failed: {e}", self.fill.temp.display())))
+            }
+            Err(_) => Err(self.fail("the write task ended without a result".into())),
+        }
     }
 }
 
@@ -235,7 +314,7 @@ impl HandleMiss for BlobWriter {
         if data.is_empty() {
             return Ok(());
         }
-        let received = self.written + (self.pending_len + data.len()) as u64;
+        let received = self.received() + data.len() as u64;
         if received > self.fill.size {
             self.poisoned = true;
             return Err(self.fail(format!(
@@ -254,16 +333,13 @@ impl HandleMiss for BlobWriter {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.flush().await?;
-        if self.written != self.fill.size {
+        if self.queued != self.fill.size {
             return Err(self.fail(format!(
                 "body ended after {} of {} bytes",
-                self.written, self.fill.size
+                self.queued, self.fill.size
             )));
         }
-        let st = self
-            .state
-            .take()
-            .ok_or_else(|| self.fail("finish after a failed write".into()))?;
+        let st = self.drain().await?;
         let expected = self.fill.id;
         let (temp, dest) = (self.fill.temp.clone(), self.store.layout.blob(&expected));
         let res = tokio::task::spawn_blocking(move || -> std::io::Result<Option<BlobId>> {

@@ -73,8 +73,9 @@ const IN_FLIGHT: usize = 4;
 /// left to do.
 const WRITEBACK_STEP: u64 = 8 << 20;
 
-/// The writer task of a fill: it writes and hashes batches on the blocking pool while the
-/// next ones are received, and tells readers how far the file is written.
+/// The writer of a fill: a thread of its own (not the blocking pool, which hit reads need and
+/// a slow fill could hold for hours) that writes and hashes batches while the next ones are
+/// received, and tells readers how far the file is written.
 struct Sink {
     batches: mpsc::Sender<Vec<Bytes>>,
     /// The file and hash state once `batches` is closed and all of them were written.
@@ -82,10 +83,16 @@ struct Sink {
 }
 
 impl Sink {
-    fn start(store: &'static BlobStore, fill: Arc<Fill>, state: WriteState) -> Sink {
+    fn start(
+        store: &'static BlobStore,
+        fill: Arc<Fill>,
+        state: WriteState,
+    ) -> std::io::Result<Sink> {
         let (batches, rx) = mpsc::channel(IN_FLIGHT);
         let (tx, done) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
+        // Thread names are cut at 15 bytes.
+        let name = format!("fill-{}", fill.id.hex().get(..10).unwrap_or_default());
+        std::thread::Builder::new().name(name).spawn(move || {
             let mut state = state;
             let result = write_batches(&mut state, rx, &fill).map(|()| state);
             if let Err(e) = &result {
@@ -97,8 +104,8 @@ impl Sink {
                 );
             }
             let _ = tx.send(result);
-        });
-        Sink { batches, done }
+        })?;
+        Ok(Sink { batches, done })
     }
 }
 
@@ -175,10 +182,10 @@ impl BlobWriter {
         fill: Arc<Fill>,
         file: File,
         source: Option<Arc<dyn Refetch>>,
-    ) -> BlobWriter {
+    ) -> std::io::Result<BlobWriter> {
         let hasher = ContentHasher::new(&fill.id, fill.size);
-        let sink = Sink::start(store, fill.clone(), WriteState { file, hasher });
-        BlobWriter {
+        let sink = Sink::start(store, fill.clone(), WriteState { file, hasher })?;
+        Ok(BlobWriter {
             store,
             fill,
             sink: Some(sink),
@@ -191,7 +198,7 @@ impl BlobWriter {
             source,
             attempts: Attempts::default(),
             attempt_start: 0,
-        }
+        })
     }
 
     pub(super) fn id(&self) -> BlobId {

@@ -417,10 +417,18 @@ impl Storage for BlobStore {
             temp,
             progress,
         });
-        // The cache lock lets one writer per key through; a leftover entry is a dead fill.
-        self.fills.lock().insert(id, fill.clone());
         let source = meta.extensions().get::<FillSource>().map(|s| s.0.clone());
-        Ok(Box::new(BlobWriter::new(self, fill, file, source)))
+        let writer = BlobWriter::new(self, fill.clone(), file, source).map_err(|e| {
+            let _ = std::fs::remove_file(&fill.temp);
+            self.note_write_error(&e);
+            Error::explain(
+                ErrorType::InternalError,
+                format!("cannot start the writer of {}: {e}", fill.temp.display()),
+            )
+        })?;
+        // The cache lock lets one writer per key through; a leftover entry is a dead fill.
+        self.fills.lock().insert(id, fill);
+        Ok(Box::new(writer))
     }
 
     async fn purge(

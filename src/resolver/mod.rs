@@ -104,7 +104,7 @@ pub struct Resolver {
     revision_ttl: Duration,
     /// After the Hub failed to answer, requests that have an earlier answer get it without
     /// the Hub being asked again for this long: a Hub in trouble is not asked (and waited for)
-    /// once per client request. Requests with nothing to fall back on still ask.
+    /// once per client request. Requests with nothing to fall back on still ask, once.
     hold_down: Duration,
     /// How long the Hub's yes to a credentialed identity for a repo is trusted.
     auth_ttl: Duration,
@@ -369,16 +369,18 @@ impl Resolver {
     }
 
     /// [`Resolver::fetch_once`], retried with backoff and jitter when the Hub could not be
-    /// reached or failed transiently (a metadata HEAD is idempotent).
+    /// reached or failed transiently (a metadata HEAD is idempotent); asked once while the
+    /// Hub is known to be failing (clients retry on their own schedule).
     async fn fetch(
         &self,
         raw_path: &str,
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
+        let retries = if self.hub_held_down() { 0 } else { RETRIES };
         let mut attempt = 0;
         loop {
             match self.fetch_once(raw_path, auth).await {
-                Err(e) if e.retryable() && attempt < RETRIES => {
+                Err(e) if e.retryable() && attempt < retries => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }

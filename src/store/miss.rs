@@ -1,5 +1,6 @@
-//! Filling a blob: the body streams into a temp file while it is hashed; `finish` checks the
-//! size and the content address, fsyncs, and renames the file into place. A writer dropped
+//! Filling a blob: the body streams into a temp file while it is hashed, on a writer thread
+//! per fill so that receiving overlaps hashing and writing; `finish` checks the size and the
+//! content address, fsyncs, and renames the file into place. A writer dropped
 //! before its body is whole (the upstream connection was cut) hands its state to a resume
 //! task ([`super::resume`]) while attempts remain; otherwise, and after a write error or wrong
 //! content, the fill is discarded and every reader of it is told the body failed.

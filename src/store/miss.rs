@@ -69,7 +69,7 @@ const FLUSH_BYTES: usize = 1 << 20;
 const FLUSH_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Batches queued for the writer task at most: receiving runs ahead of hashing and writing by
 /// this much (memory per fill stays bounded), then waits for them.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 /// Written bytes handed to the kernel's writeback at a time, so the final fsync has little
 /// left to do.
 const WRITEBACK_STEP: u64 = 8 << 20;

@@ -13,16 +13,14 @@ import importlib.util
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import STARTUP_TIMEOUT, Client, Edge, FakeHub, free_port, read_line, stop, wait_healthy
+from support import REPO_ROOT, STARTUP_TIMEOUT, Client, Edge, FakeHub, read_line, running_edge, stop
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
 TARGET = os.environ.get("E2E_TARGET", "edge")
 
@@ -85,38 +83,6 @@ def other_fakehub(model_dir, tmp_path):
             workdir.mkdir()
             return stack.enter_context(running_fakehub(model_dir, workdir, *options))
         yield start
-
-
-def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
-                upstream: dict | None = None, cache: dict | None = None) -> str:
-    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections."""
-    config = {
-        "listen": f"127.0.0.1:{port}",
-        "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
-        "cache": {"dir": f"{workdir}/cache", "max_size": "10GiB", **(cache or {})},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-    }
-    return json.dumps(config, indent=2) + "\n"  # JSON is YAML
-
-
-@contextlib.contextmanager
-def running_edge(hub_url: str, workdir: Path, **sections):
-    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config."""
-    binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
-    if not binary.is_file():
-        pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
-    port, metrics_port = free_port(), free_port()
-    config = workdir / "config.yaml"
-    config.write_text(edge_config(hub_url, workdir, port, metrics_port, **sections))
-    stderr_path = workdir / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen([str(binary), "serve", "--config", str(config)],
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
-    try:
-        wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
-        yield Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path)
-    finally:
-        stop(process, signal.SIGINT)  # Pingora's fast shutdown; SIGTERM's graceful one waits out a grace period
 
 
 @pytest.fixture(scope="session")

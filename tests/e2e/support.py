@@ -1,5 +1,6 @@
 """Helpers for the end-to-end tests: plain HTTP, the fake Hub's control API, and client processes."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENT_RUNNER = Path(__file__).with_name("client_runner.py")
 CLIENT_TIMEOUT = 180.0
 
@@ -187,3 +191,37 @@ class Client:
     def cli(self, *argv: str, token: str | None = None, timeout: float = CLIENT_TIMEOUT):
         hf = Path(sys.executable).with_name("hf")
         return subprocess.run([str(hf), *argv], env=self.env(token), capture_output=True, timeout=timeout)
+
+
+def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
+                upstream: dict | None = None, cache: dict | None = None) -> str:
+    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections."""
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
+        "cache": {"dir": f"{workdir}/cache", "max_size": "10GiB", **(cache or {})},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+    }
+    return json.dumps(config, indent=2) + "\n"  # JSON is YAML
+
+
+@contextlib.contextmanager
+def running_edge(hub_url: str, workdir: Path, **sections):
+    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config."""
+    binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
+    if not binary.is_file():
+        pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
+    # No HF_TOKEN from the outer environment: it would become the upstream token of an instance meant to have none.
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HF_", "HUGGINGFACE_"))}
+    port, metrics_port = free_port(), free_port()
+    config = workdir / "config.yaml"
+    config.write_text(edge_config(hub_url, workdir, port, metrics_port, **sections))
+    stderr_path = workdir / "stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen([str(binary), "serve", "--config", str(config)],
+                                   stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
+        yield Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path)
+    finally:
+        stop(process, signal.SIGINT)  # Pingora's fast shutdown; SIGTERM's graceful one waits out a grace period

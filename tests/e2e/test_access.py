@@ -13,9 +13,6 @@ Every test here needs hf-edge; with E2E_TARGET=hub the matrix would compare the 
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from snippets import DOWNLOAD
-from support import Client, free_port, http, wait_healthy
+from support import Client, Edge, http, running_edge
 
 pytestmark = pytest.mark.edge_only
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CALL_TIMEOUT = 60.0  # one client call; a hung download fails the cell instead of the whole run
 
 SITE_TOKEN = "hf_edge_site"  # approved on the fake Hub; configured as upstream.token in the leak tests
@@ -76,31 +72,6 @@ else:
 # --------------------------------------------------------------------------------------------------- hf-edge factory
 
 
-@dataclass
-class Edge:
-    url: str  # what clients use as HF_ENDPOINT
-    metrics_addr: str  # host:port of metrics.listen
-    stderr: Path  # where its access log goes
-
-
-def edge_binary() -> Path:
-    binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
-    if not binary.is_file():
-        pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
-    return binary
-
-
-def shut_down(process: subprocess.Popen) -> None:
-    """SIGINT: Pingora's fast shutdown (SIGTERM is its graceful one, which waits out a grace period)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
 class EdgeFactory:
     """Starts hf-edge instances in front of one Hub, each with a fresh store and its own config; close() stops all."""
 
@@ -114,27 +85,8 @@ class EdgeFactory:
         self.count += 1
         workdir = self.root / f"edge-{self.count}"
         workdir.mkdir(parents=True)
-        port, metrics_port = free_port(), free_port()
-        upstream = {"endpoint": self.hub_url, "cdn_hosts": ["127.0.0.2"]}
-        if token is not None:
-            upstream["token"] = token
-        config = {
-            "listen": f"127.0.0.1:{port}",
-            "upstream": upstream,
-            "cache": {"dir": str(workdir / "cache"), "max_size": "1GiB"},
-            "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        }
-        config_path = workdir / "config.yaml"
-        config_path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
-        stderr_path = workdir / "stderr.log"
-        # No HF_TOKEN from the outer environment: it would become the upstream token of an instance meant to have none.
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HF_", "HUGGINGFACE_"))}
-        with open(stderr_path, "wb") as stderr:
-            process = subprocess.Popen([str(edge_binary()), "serve", "--config", str(config_path)],
-                                       stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-        self.stack.callback(shut_down, process)
-        wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
-        return Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path)
+        upstream = {} if token is None else {"token": token}
+        return self.stack.enter_context(running_edge(self.hub_url, workdir, upstream=upstream, cache={"max_size": "1GiB"}))
 
     def close(self) -> None:
         self.stack.close()

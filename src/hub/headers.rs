@@ -51,6 +51,17 @@ pub const ERROR_PASSTHROUGH: &[&str] = &[
 /// Xet hints that would send the client around hf-edge, straight to Xet storage.
 const XET_HEADERS: &[&str] = &["x-xet-hash", "x-xet-refresh-route", "x-xet-cas-url"];
 
+/// The `Content-Length` of a response, when it has a valid one.
+pub fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Sets the headers `hf_hub_download` reads on a `/resolve` answer (HEAD and GET, hit or
 /// miss). `Content-Length` is left to the caller: it differs for ranges.
 pub fn apply_resolve_headers(resp: &mut ResponseHeader, meta: &FileMeta, file_name: &str) {

@@ -375,7 +375,8 @@ impl ProxyHttp for EdgeProxy {
         let Some(meta) = &ctx.file else {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
         };
-        if resp.status.as_u16() != 200 || content_length(resp) != Some(meta.size) {
+        if resp.status.as_u16() != 200 || headers::content_length(&resp.headers) != Some(meta.size)
+        {
             return Ok(RespCacheable::Uncacheable(NoCacheReason::OriginNotCache));
         }
         let now = SystemTime::now();
@@ -854,7 +855,7 @@ fn rfc3339(t: SystemTime) -> String {
 fn check_body_response(resp: &ResponseHeader, meta: &FileMeta) -> Result<()> {
     let status = resp.status.as_u16();
     let expected = match status {
-        200 => content_length(resp) == Some(meta.size),
+        200 => headers::content_length(&resp.headers) == Some(meta.size),
         // Only uncacheable files are requested with the client's Range.
         206 => meta.blob.is_none(),
         _ => false,
@@ -866,7 +867,7 @@ fn check_body_response(resp: &ResponseHeader, meta: &FileMeta) -> Result<()> {
             ErrorType::HTTPStatus(502),
             format!(
                 "upstream answered {status} with {:?} bytes for a file of {} bytes",
-                content_length(resp),
+                headers::content_length(&resp.headers),
                 meta.size
             ),
         )
@@ -889,16 +890,6 @@ fn keep_only_body_headers(resp: &mut ResponseHeader) {
     for k in drop {
         resp.remove_header(&k);
     }
-}
-
-fn content_length(resp: &ResponseHeader) -> Option<u64> {
-    resp.headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// `scheme://host` the client used, for `Link` rewriting.

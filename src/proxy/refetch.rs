@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::Target;
 use crate::hub::grammar::ResolveRequest;
+use crate::hub::headers::content_length;
 use crate::hub::upstream::{HostClass, Upstream, UpstreamResponse};
 use crate::hub::BlobId;
 use crate::resolver::Resolver;
@@ -61,7 +62,7 @@ impl Refetch for UpstreamRefetch {
                     }
                 }
                 // An origin without ranges sends it all again: skip what the fill has.
-                200 if content_length(&resp) == Some(self.size) => {
+                200 if content_length(&resp.header.headers) == Some(self.size) => {
                     Ok(Box::new(Ranged { resp, skip: offset }))
                 }
                 s => Err(format!("upstream answered {s} to a range request")),
@@ -90,16 +91,6 @@ impl UpstreamRefetch {
             _ => Err("the file changed upstream".into()),
         }
     }
-}
-
-fn content_length(resp: &UpstreamResponse) -> Option<u64> {
-    resp.header
-        .headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// The body from the resume offset: a 206 as is, a whole 200 with its head skipped.

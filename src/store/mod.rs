@@ -386,16 +386,12 @@ impl Storage for BlobStore {
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
         let id = blob_id(key)?;
-        let size = meta
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .ok_or_else(|| {
-                Error::explain(
-                    ErrorType::InternalError,
-                    "blob response has no Content-Length",
-                )
-            })?;
+        let size = crate::hub::headers::content_length(meta.headers()).ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "blob response has no Content-Length",
+            )
+        })?;
         let seq = self.next_write.fetch_add(1, Ordering::Relaxed);
         let temp = self.layout.temp(&id, seq);
         let path = temp.clone();

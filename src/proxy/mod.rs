@@ -487,9 +487,10 @@ impl ProxyHttp for EdgeProxy {
         if ctx.route.is_some() && e.esource() == &ErrorSource::Upstream {
             self.metrics.upstream_failure(e);
         }
-        let resumed = match status > 0 && ctx.file.is_some() {
-            true => self.serve_from_resumed_fill(session, ctx).await,
-            false => None,
+        let resumed = if status > 0 && ctx.file.is_some() {
+            self.serve_from_resumed_fill(session, ctx).await
+        } else {
+            None
         };
         if let Some(label) = resumed {
             ctx.resumed = true;

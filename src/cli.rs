@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use rand::RngCore;
 use serde::Serialize;
 
 use crate::config::{parse_size, Config};
@@ -405,8 +406,13 @@ fn size(bytes: u64) -> String {
 
 /// Unix seconds as `2026-11-22 04:10:00Z`.
 fn utc(secs: u64) -> String {
-    let (y, mo, d, h, mi, s) = crate::time::civil(secs);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}Z")
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+        .map_or_else(
+            || secs.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        )
 }
 
 /// `verify`'s progress on stderr (a terminal): one line, redrawn at most every 100 ms.
@@ -459,10 +465,8 @@ impl ProgressBar {
 fn hash_key(generate: bool) -> ExitCode {
     let key = if generate {
         let mut bytes = [0u8; 24];
-        if let Err(e) = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        {
-            eprintln!("hf-edge: cannot read /dev/urandom: {e}");
+        if let Err(e) = rand::rngs::OsRng.try_fill_bytes(&mut bytes) {
+            eprintln!("hf-edge: cannot get random bytes from the OS: {e}");
             return ExitCode::FAILURE;
         }
         format!("hfe_{}", hex::encode(bytes))

@@ -21,7 +21,6 @@ pub mod resolver;
 pub mod server;
 pub mod snapshots;
 pub mod store;
-pub mod time;
 
 /// Sent upstream on hf-edge's own requests.
 pub const USER_AGENT: &str = concat!("hf-edge/", env!("CARGO_PKG_VERSION"));

@@ -845,10 +845,7 @@ fn cache_result(session: &Session, ctx: &Ctx) -> Option<&'static str> {
 
 /// RFC 3339 UTC time with milliseconds, for log lines.
 fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, day, h, mi, s) = crate::time::civil(d.as_secs());
-    let ms = d.subsec_millis();
-    format!("{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The body the metadata promised, or a 502: a short or different body must never be stored

@@ -439,10 +439,7 @@ const RETRIES: u32 = 2;
 /// 100 ms, 200 ms, ... plus up to 50% jitter, so clients retrying together spread out.
 fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(100) * 2u32.pow(attempt - 1);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
+    base + base.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 /// Metadata headers collected along a redirect chain.

@@ -3,7 +3,7 @@
 //! ```text
 //! blobs/sha256/ab/ab12…   complete, verified LFS blobs (named by sha256)
 //! blobs/oid/cd/cd34…      complete, verified regular files (named by git oid)
-//! tmp/{hex}.{pid}.{n}.part  fills in progress; never served once their writer is gone
+//! tmp/{hex}.{nonce}.part  fills in progress; never served once their writer is gone
 //! ```
 //! A blob appears under `blobs/` only by `rename` after its hash was checked and it was
 //! fsynced, so a reader never sees a half-written blob there.
@@ -46,11 +46,12 @@ impl Layout {
             .join(hex)
     }
 
-    /// A temp name unique to this process and write, so two processes sharing the directory
-    /// (during a graceful upgrade) never write the same file.
-    pub fn temp(&self, id: &BlobId, seq: u64) -> PathBuf {
+    /// A temp name unique to this write: random, so processes sharing the directory (a
+    /// graceful upgrade, containers on one volume, each with its own PID 1) never collide.
+    pub fn temp(&self, id: &BlobId) -> PathBuf {
+        let nonce: u64 = rand::random();
         self.tmp_dir()
-            .join(format!("{}.{}.{seq}.part", id.hex(), std::process::id()))
+            .join(format!("{}.{nonce:016x}.part", id.hex()))
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -111,15 +112,35 @@ impl Layout {
     }
 }
 
-/// A temp file belongs to a live writer only if its pid is another running process.
+/// A temp file belongs to a live writer while that writer holds its lock (an advisory
+/// `flock`, released by the kernel when the writer's process dies).
 fn writer_alive(path: &Path) -> bool {
-    let pid = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.split('.').nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
-    match pid {
-        Some(p) if p != std::process::id() => Path::new(&format!("/proc/{p}")).exists(),
-        _ => false,
+    match fs::File::open(path) {
+        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_removes_temp_files_no_writer_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        layout.prepare().unwrap();
+        let id = BlobId::from_etag(&"a".repeat(64)).unwrap();
+        let live = layout.temp(&id);
+        let dead = layout.temp(&id);
+        assert_ne!(live, dead, "each write gets a name of its own");
+        let held = fs::File::create(&live).unwrap();
+        held.try_lock().unwrap();
+        fs::write(&dead, b"left by a killed writer").unwrap();
+        assert_eq!(layout.prepare().unwrap(), 1);
+        assert!(live.exists() && !dead.exists());
+        drop(held);
+        assert_eq!(layout.prepare().unwrap(), 1);
+        assert!(!live.exists());
     }
 }

@@ -97,6 +97,7 @@ pub struct BlobStore {
     /// Open handles of complete blobs (immutable, so a kept handle is always right), with
     /// when the blob was last checked on disk and its access time set.
     handles: Mutex<HashMap<BlobId, KeptHandle>>,
+    /// Streaming-write tags: tell this process's concurrent fills of one key apart.
     next_write: AtomicU64,
     refs: RefsLog,
     pub stats: StoreStats,
@@ -307,6 +308,9 @@ impl BlobStore {
 fn create_reserved(path: &std::path::Path, size: u64) -> std::io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::create(path)?;
+    // Held until the file is renamed or dropped: `Layout::prepare` in another process sees a
+    // locked temp file as a live writer's, whatever PID namespace either runs in.
+    file.try_lock().map_err(std::io::Error::other)?;
     if size == 0 {
         return Ok(file);
     }
@@ -393,7 +397,7 @@ impl Storage for BlobStore {
             )
         })?;
         let seq = self.next_write.fetch_add(1, Ordering::Relaxed);
-        let temp = self.layout.temp(&id, seq);
+        let temp = self.layout.temp(&id);
         let path = temp.clone();
         let file = tokio::task::spawn_blocking(move || create_reserved(&path, size))
             .await

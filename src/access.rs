@@ -173,6 +173,36 @@ impl Policy {
     }
 }
 
+/// A hash of the credentials a request is made with (never the credentials themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdentityKey(pub(crate) [u8; 16]);
+
+const ANONYMOUS: Option<&HeaderValue> = None;
+
+impl IdentityKey {
+    pub fn anonymous() -> IdentityKey {
+        IdentityKey::of(ANONYMOUS)
+    }
+
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl IdentityKey {
+    pub fn of(auth: Option<&HeaderValue>) -> IdentityKey {
+        let mut h = sha2::Sha256::new();
+        match auth {
+            Some(v) => {
+                h.update(b"auth:");
+                h.update(v.as_bytes());
+            }
+            None => h.update(b"anonymous"),
+        }
+        IdentityKey(h.finalize()[..16].try_into().expect("16 bytes"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +294,14 @@ mod tests {
             Some(other)
         );
         assert_eq!(open.identify(None, Some(&site)).unwrap(), Some(site));
+    }
+
+    #[test]
+    fn identities_differ() {
+        let a = HeaderValue::from_static("Bearer hf_a");
+        let b = HeaderValue::from_static("Bearer hf_b");
+        assert_ne!(IdentityKey::of(Some(&a)), IdentityKey::of(Some(&b)));
+        assert_ne!(IdentityKey::of(Some(&a)), IdentityKey::of(None));
+        assert_eq!(IdentityKey::of(Some(&a)), IdentityKey::of(Some(&a)));
     }
 }

@@ -85,6 +85,20 @@ pub struct Upstream {
     pub offline: bool,
 }
 
+impl Upstream {
+    /// What the protocol layer needs of this section (it knows nothing of the file).
+    pub fn settings(&self) -> crate::hub::upstream::Settings {
+        crate::hub::upstream::Settings {
+            hub: self.endpoint.clone(),
+            cdn_hosts: self.cdn_hosts.clone(),
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            metadata_timeout: self.metadata_timeout,
+            offline: self.offline,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Cache {
     pub dir: PathBuf,

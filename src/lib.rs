@@ -16,6 +16,7 @@ pub mod config;
 pub mod hub;
 pub mod jsonl;
 pub mod metrics;
+pub mod ops;
 pub mod proxy;
 pub mod resolver;
 pub mod server;

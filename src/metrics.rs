@@ -1,27 +1,18 @@
-//! Prometheus metrics (`hf_edge_*`) and the operator endpoints on `metrics.listen`:
-//! `/metrics`, `/healthz` (alive) and `/readyz` (store writable, upstream reachable).
+//! Prometheus metrics (`hf_edge_*`): the families, their label sets, and the text exposition.
+//! A leaf: it knows no other hf-edge module; callers pass the label enums below and plain
+//! numbers (the endpoints that serve it are in [`crate::ops`]).
 //!
 //! Label values are bounded sets (route kinds, methods, status classes, cache results): no
 //! token, client address or file path ever becomes a label. Every known label combination of
 //! the small families is created at zero, so dashboards and alerts see a series from the
 //! first scrape rather than "no data".
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::hub::upstream::Upstream;
-use crate::resolver::ResolveError;
-use crate::store::BlobStore;
 
 /// Where an upstream request went, for `hf_edge_upstream_*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +43,88 @@ pub enum RevisionLookup {
     StaleServed,
 }
 
-const CACHE_RESULTS: [&str; 5] = ["hit", "miss", "coalesced", "stale", "bypass"];
-const UPSTREAM_CAUSES: [&str; 5] = ["connect", "timeout", "reset", "5xx", "429"];
+/// How a file download's body was found: the `cache` label of metrics and access lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// A complete blob in the store.
+    Hit,
+    /// Fetched upstream by this request's fill.
+    Miss,
+    /// Read from a fill another request started.
+    Coalesced,
+    Stale,
+    /// Not cacheable (over `max_size`, no content address, or the fill could not start).
+    Bypass,
+}
+
+impl CacheResult {
+    pub const ALL: [CacheResult; 5] = [
+        CacheResult::Hit,
+        CacheResult::Miss,
+        CacheResult::Coalesced,
+        CacheResult::Stale,
+        CacheResult::Bypass,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+            CacheResult::Stale => "stale",
+            CacheResult::Bypass => "bypass",
+        }
+    }
+
+    /// Bytes served this way came from the store, not from upstream.
+    pub fn from_store(self) -> bool {
+        matches!(self, CacheResult::Hit | CacheResult::Coalesced)
+    }
+}
+
+/// Why an upstream request got no usable answer, for `hf_edge_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCause {
+    Connect,
+    Timeout,
+    Reset,
+    Status5xx,
+    TooManyRequests,
+}
+
+impl UpstreamCause {
+    const ALL: [UpstreamCause; 5] = [
+        UpstreamCause::Connect,
+        UpstreamCause::Timeout,
+        UpstreamCause::Reset,
+        UpstreamCause::Status5xx,
+        UpstreamCause::TooManyRequests,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamCause::Connect => "connect",
+            UpstreamCause::Timeout => "timeout",
+            UpstreamCause::Reset => "reset",
+            UpstreamCause::Status5xx => "5xx",
+            UpstreamCause::TooManyRequests => "429",
+        }
+    }
+}
+
+/// The store's own counters at one moment (it counts with atomics, these families follow).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreCounts {
+    pub bytes: u64,
+    pub objects: u64,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+    pub integrity_failures: u64,
+    pub write_errors: u64,
+    pub resumes: u64,
+    pub resumed_bytes: u64,
+    pub abandoned_fills: u64,
+}
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 pub struct Metrics {
@@ -223,14 +294,14 @@ impl Metrics {
             )?,
             registry,
         };
-        for r in CACHE_RESULTS {
-            m.cache_lookups.with_label_values(&[r]);
+        for r in CacheResult::ALL {
+            m.cache_lookups.with_label_values(&[r.label()]);
         }
         for s in ["cache", "upstream"] {
             m.sent_bytes.with_label_values(&[s]);
         }
-        for c in UPSTREAM_CAUSES {
-            m.upstream_errors.with_label_values(&[c]);
+        for c in UpstreamCause::ALL {
+            m.upstream_errors.with_label_values(&[c.label()]);
         }
         for r in ["fresh", "refreshed", "stale_served"] {
             m.revision_lookups.with_label_values(&[r]);
@@ -254,17 +325,18 @@ impl Metrics {
         route: &str,
         method: &str,
         status: u16,
-        cache: Option<&str>,
+        cache: Option<CacheResult>,
         duration: Duration,
     ) {
         self.requests
             .with_label_values(&[route, method_label(method), status_class(status)])
             .inc();
+        let cache_label = cache.map_or("none", CacheResult::label);
         self.request_duration
-            .with_label_values(&[route, cache.unwrap_or("none")])
+            .with_label_values(&[route, cache_label])
             .observe(duration.as_secs_f64());
-        if let Some(c) = cache {
-            self.cache_lookups.with_label_values(&[c]).inc();
+        if cache.is_some() {
+            self.cache_lookups.with_label_values(&[cache_label]).inc();
         }
     }
 
@@ -288,33 +360,18 @@ impl Metrics {
             .with_label_values(&[kind.label()])
             .observe(elapsed.as_secs_f64());
         match status {
-            429 => self.upstream_errors.with_label_values(&["429"]).inc(),
-            500..=599 => self.upstream_errors.with_label_values(&["5xx"]).inc(),
+            429 => self.upstream_error(UpstreamCause::TooManyRequests),
+            500..=599 => self.upstream_error(UpstreamCause::Status5xx),
             _ => {}
         }
     }
 
-    /// A metadata request that got no usable answer (a Hub error status is counted by
+    /// An upstream request that got no usable answer (a Hub error status is counted by
     /// [`Metrics::upstream_response`]).
-    pub fn upstream_error(&self, e: &ResolveError) {
-        if let ResolveError::Upstream(u) = e {
-            let cause = if u.status() == 504 {
-                "timeout"
-            } else {
-                "connect"
-            };
-            self.upstream_errors.with_label_values(&[cause]).inc();
-        }
-    }
-
-    pub fn upstream_failure(&self, e: &pingora::Error) {
-        use pingora::ErrorType::*;
-        let cause = match e.etype() {
-            ConnectTimedout | ReadTimedout | WriteTimedout => "timeout",
-            ConnectionClosed | ReadError | WriteError => "reset",
-            _ => "connect",
-        };
-        self.upstream_errors.with_label_values(&[cause]).inc();
+    pub fn upstream_error(&self, cause: UpstreamCause) {
+        self.upstream_errors
+            .with_label_values(&[cause.label()])
+            .inc();
     }
 
     pub fn revision_lookup(&self, r: RevisionLookup) {
@@ -326,136 +383,22 @@ impl Metrics {
         self.revision_lookups.with_label_values(&[label]).inc();
     }
 
-    fn gather(&self, store: &BlobStore) -> Vec<u8> {
-        let s = &store.stats;
-        self.store_bytes.set(s.bytes.load(Ordering::Relaxed) as i64);
-        self.store_objects
-            .set(s.objects.load(Ordering::Relaxed) as i64);
-        // The store counts with atomics; bring the counters up to them.
-        let catch_up = |c: &IntCounter, v: &std::sync::atomic::AtomicU64| {
-            c.inc_by(v.load(Ordering::Relaxed).saturating_sub(c.get()));
-        };
-        catch_up(&self.store_evictions, &s.evictions);
-        catch_up(&self.store_evicted_bytes, &s.evicted_bytes);
-        catch_up(&self.store_integrity_failures, &s.integrity_failures);
-        catch_up(&self.store_write_errors, &s.write_errors);
-        catch_up(&self.upstream_resumes, &s.resumes);
-        catch_up(&self.upstream_resumed_bytes, &s.resumed_bytes);
-        catch_up(&self.store_abandoned_fills, &s.abandoned_fills);
+    /// The text exposition, with the store families brought up to `store`.
+    pub fn gather(&self, store: StoreCounts) -> Vec<u8> {
+        self.store_bytes.set(store.bytes as i64);
+        self.store_objects.set(store.objects as i64);
+        let catch_up = |c: &IntCounter, v: u64| c.inc_by(v.saturating_sub(c.get()));
+        catch_up(&self.store_evictions, store.evictions);
+        catch_up(&self.store_evicted_bytes, store.evicted_bytes);
+        catch_up(&self.store_integrity_failures, store.integrity_failures);
+        catch_up(&self.store_write_errors, store.write_errors);
+        catch_up(&self.upstream_resumes, store.resumes);
+        catch_up(&self.upstream_resumed_bytes, store.resumed_bytes);
+        catch_up(&self.store_abandoned_fills, store.abandoned_fills);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of metrics");
         out
-    }
-}
-
-/// The HTTP app on `metrics.listen`.
-pub struct OpsApp {
-    pub metrics: Arc<Metrics>,
-    pub store: &'static BlobStore,
-    pub upstream: Arc<Upstream>,
-}
-
-fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .body(body)
-        .expect("valid response")
-}
-
-fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
-    reply(status, "application/json", v.to_string().into_bytes())
-}
-
-impl OpsApp {
-    async fn readiness(&self) -> Response<Vec<u8>> {
-        let probe = self.store.layout().root().join("tmp/.ready-probe");
-        let store = tokio::task::spawn_blocking(move || {
-            std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe))
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        let hub = &self.upstream.hub;
-        let upstream = if self.upstream.is_offline() {
-            Ok(())
-        } else {
-            let addr = (hub.host.clone(), hub.port);
-            let connect = tokio::net::TcpStream::connect(addr);
-            match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("connect timed out".to_string()),
-            }
-        };
-        let ready = store.is_ok() && upstream.is_ok();
-        json(
-            if ready { 200 } else { 503 },
-            serde_json::json!({
-                "status": if ready { "ready" } else { "not ready" },
-                "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
-                "upstream": match (&upstream, self.upstream.is_offline()) {
-                    (_, true) => "offline mode".to_string(),
-                    (Ok(()), false) => "reachable".to_string(),
-                    (Err(e), false) => format!("unreachable: {e}"),
-                },
-            }),
-        )
-    }
-}
-
-impl OpsApp {
-    /// `GET` shows offline mode; `POST ?enabled=true|false` switches it.
-    async fn offline(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        if req.method == http::Method::POST {
-            let wanted = req
-                .uri
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("enabled=")));
-            match wanted {
-                Some("true") => self.upstream.set_offline(true),
-                Some("false") => self.upstream.set_offline(false),
-                _ => {
-                    return json(
-                        400,
-                        serde_json::json!({"error": "use POST /admin/offline?enabled=true or ?enabled=false"}),
-                    )
-                }
-            }
-            log::warn!(
-                "offline mode set to {} via the ops listener",
-                self.upstream.is_offline()
-            );
-        } else if req.method != http::Method::GET {
-            return json(405, serde_json::json!({"error": "GET or POST"}));
-        }
-        json(
-            200,
-            serde_json::json!({"offline": self.upstream.is_offline()}),
-        )
-    }
-}
-
-#[async_trait]
-impl ServeHttp for OpsApp {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match session.req_header().uri.path() {
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4",
-                self.metrics.gather(self.store),
-            ),
-            "/healthz" => json(200, serde_json::json!({"status": "ok"})),
-            "/readyz" => self.readiness().await,
-            "/admin/offline" => self.offline(session).await,
-            _ => json(
-                404,
-                serde_json::json!({"error": "not found; try /metrics, /healthz or /readyz"}),
-            ),
-        }
     }
 }

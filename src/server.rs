@@ -16,8 +16,9 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::hub::upstream::Upstream;
-use crate::metrics::{Metrics, OpsApp};
-use crate::proxy::{EdgeProxy, RequestIds};
+use crate::metrics::Metrics;
+use crate::ops::OpsApp;
+use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::ApiSnapshots;
 use crate::store::BlobStore;
@@ -49,7 +50,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         prometheus::Registry::new(),
         cfg.cache.max_size,
     )?);
-    let upstream = Arc::new(Upstream::new(&cfg.upstream));
+    let upstream = Arc::new(Upstream::new(cfg.upstream.settings()));
     let ops_upstream = upstream.clone();
     let site_auth = match &cfg.upstream.token {
         Some(t) => Some(
@@ -60,35 +61,46 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let access_log = AccessLog::open(&cfg.access_log)
         .with_context(|| format!("log.access: cannot open {}", cfg.access_log))?;
-    let proxy = EdgeProxy {
-        resolver: Arc::new(
-            Resolver::new(
-                upstream.clone(),
-                metrics.clone(),
-                ResolverConfig {
-                    revision_ttl: cfg.cache.revision_ttl,
-                    hold_down: cfg.upstream.failure_hold_down,
-                    auth_ttl: cfg.access.auth_ttl,
-                    offline_restricted: cfg.access.offline_restricted,
-                },
-                Some(&cfg.cache.dir),
+    let resolver = Arc::new(
+        Resolver::new(
+            upstream.clone(),
+            metrics.clone(),
+            ResolverConfig {
+                revision_ttl: cfg.cache.revision_ttl,
+                hold_down: cfg.upstream.failure_hold_down,
+                auth_ttl: cfg.access.auth_ttl,
+                offline_restricted: cfg.access.offline_restricted,
+            },
+            Some(&cfg.cache.dir),
+        )
+        .with_context(|| {
+            format!(
+                "cache.dir: cannot open {}/meta.jsonl",
+                cfg.cache.dir.display()
             )
-            .with_context(|| {
-                format!(
-                    "cache.dir: cannot open {}/meta.jsonl",
-                    cfg.cache.dir.display()
-                )
-            })?,
-        ),
-        access: cfg.access.clone(),
-        snapshots: ApiSnapshots::open(&cfg.cache.dir)
-            .with_context(|| format!("cache.dir: cannot create {}/api", cfg.cache.dir.display()))?,
-        upstream,
-        store,
-        eviction: eviction_dyn,
-        lock,
+        })?,
+    );
+    let snapshots = ApiSnapshots::open(&cfg.cache.dir)
+        .with_context(|| format!("cache.dir: cannot create {}/api", cfg.cache.dir.display()))?;
+    let proxy = EdgeProxy {
+        upstream: upstream.clone(),
+        policy: cfg.access.clone(),
         site_auth,
-        max_blob_size: cfg.cache.max_size,
+        downloads: DownloadFlow {
+            upstream: upstream.clone(),
+            resolver: resolver.clone(),
+            store,
+            eviction: eviction_dyn,
+            lock,
+            max_blob_size: cfg.cache.max_size,
+            metrics: metrics.clone(),
+        },
+        passthrough: PassthroughFlow {
+            upstream,
+            resolver,
+            snapshots,
+            metrics: metrics.clone(),
+        },
         metrics: metrics.clone(),
         access_log,
         request_ids: RequestIds::default(),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::resolver::IdentityKey;
+use crate::access::IdentityKey;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {

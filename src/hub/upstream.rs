@@ -265,6 +265,17 @@ impl UpstreamError {
     }
 }
 
+/// What [`Upstream`] is built from (the config's `upstream.*`, already validated).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hub: Origin,
+    pub cdn_hosts: Vec<HostPattern>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub metadata_timeout: Duration,
+    pub offline: bool,
+}
+
 /// The upstream side of hf-edge: the Hub origin, the CDN allowlist and the connector.
 pub struct Upstream {
     pub hub: Origin,
@@ -278,11 +289,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &crate::config::Upstream) -> Upstream {
+    pub fn new(cfg: Settings) -> Upstream {
         Upstream {
-            hub: cfg.endpoint.clone(),
+            hub: cfg.hub,
             offline: std::sync::atomic::AtomicBool::new(cfg.offline),
-            cdn_hosts: cfg.cdn_hosts.clone(),
+            cdn_hosts: cfg.cdn_hosts,
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             metadata_timeout: cfg.metadata_timeout,

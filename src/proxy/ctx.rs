@@ -1,55 +1,51 @@
-//! Per-request state the proxy phases share.
+//! Per-request state. What every request has is here; what only a download or only a
+//! pass-through has lives in its flow's state ([`Download`], [`Passthrough`]), so a
+//! pass-through cannot hold a body range nor a download a JSON buffer.
 
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
+use http::{header, HeaderValue};
+use pingora::http::RequestHeader;
+use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::download::Download;
+use super::passthrough::Passthrough;
 use crate::hub::grammar::Route;
-use crate::hub::headers::FileMeta;
-use crate::hub::upstream::{HostClass, Url};
+use crate::hub::upstream::{HostClass, Upstream, Url};
 
-/// Where the upstream request goes, and whether it may carry credentials.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub url: Url,
-    pub class: HostClass,
+/// Which way a request travels, chosen in `request_filter`.
+pub enum Flow {
+    /// Answered by hf-edge itself before any upstream body: refusals, bad paths, `HEAD` on a
+    /// file (from metadata alone), errors of the metadata request.
+    Local,
+    /// `GET /{repo}/resolve/{rev}/{path}`: body from the blob store, filled on a miss.
+    Download(Box<Download>),
+    /// Everything else: to the Hub and back, uncached.
+    Passthrough(Box<Passthrough>),
+}
+
+impl Flow {
+    /// Asks upstream for identity bytes: blobs are stored as such, and listings are
+    /// rewritten as plain JSON.
+    pub fn wants_identity(&self) -> bool {
+        match self {
+            Flow::Download(_) => true,
+            Flow::Passthrough(p) => p.rewrites_json,
+            Flow::Local => false,
+        }
+    }
 }
 
 pub struct Ctx {
     pub request_id: String,
     pub started: Instant,
     pub route: Option<Route>,
-    /// The credentials used upstream: the client's own, else the site token.
+    /// The credentials used upstream: the client's own, a site key's, else the site token.
     pub auth: Option<HeaderValue>,
-    /// For a `/resolve` GET: what the Hub said about the file.
-    pub file: Option<FileMeta>,
-    pub file_name: String,
-    pub target: Option<Target>,
-    /// Redirects followed on the body request.
-    pub hops: usize,
-    /// A JSON body being collected to drop `xetHash` (tree and paths-info answers).
-    pub json: Option<Vec<u8>>,
-    /// `scheme://host` as the client reached hf-edge, for rewritten `Link`s.
-    pub public_base: Option<String>,
-    /// The cache result where hf-edge knows it better than Pingora's phase: `coalesced` (a
-    /// fill another request started) or `hit` (served from the store outside the cache phase).
-    pub cache_result_known: Option<&'static str>,
-    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
-    /// under (path and query).
-    pub snapshot_key: Option<String>,
-    /// The rewritten `Link` of the answer being kept.
-    pub snapshot_link: Option<String>,
-    /// The expired download URL was already re-resolved once.
-    pub reresolved: bool,
+    pub flow: Flow,
     pub upstream_sent: Option<Instant>,
-    /// Time to the upstream response header (body request or metadata).
+    /// Time to the upstream response header.
     pub upstream_time: Option<Duration>,
-    /// The part of the file this response carries (blob offsets), once its header is built.
-    pub body_range: Option<std::ops::Range<u64>>,
-    /// The upstream body was cut and the rest came from the store's resumed fill.
-    pub resumed: bool,
-    /// Body requests asked again after failing before any byte was used.
-    pub body_retries: usize,
 }
 
 impl Ctx {
@@ -59,21 +55,68 @@ impl Ctx {
             started: Instant::now(),
             route: None,
             auth: None,
-            file: None,
-            file_name: String::new(),
-            target: None,
-            hops: 0,
-            json: None,
-            public_base: None,
-            cache_result_known: None,
-            snapshot_key: None,
-            snapshot_link: None,
-            reresolved: false,
+            flow: Flow::Local,
             upstream_sent: None,
             upstream_time: None,
-            body_range: None,
-            resumed: false,
-            body_retries: 0,
         }
     }
+
+    /// Where the upstream request goes; `None` for a download with nowhere to fetch from (a
+    /// stale answer whose blob went missing).
+    pub fn target(&self) -> Option<&Target> {
+        match &self.flow {
+            Flow::Download(d) => d.target.as_ref(),
+            Flow::Passthrough(p) => Some(&p.target),
+            Flow::Local => None,
+        }
+    }
+
+    pub fn download(&self) -> Option<&Download> {
+        match &self.flow {
+            Flow::Download(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+/// Where the upstream request goes, and whether it may carry credentials.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: Url,
+    pub class: HostClass,
+}
+
+impl Target {
+    pub fn to(url: Url, upstream: &Upstream) -> Target {
+        Target {
+            class: upstream.classify(&url),
+            url,
+        }
+    }
+
+    /// Points `req` at this target: its path and query, its `Host`, and credentials only if
+    /// it is the Hub (never a CDN: signed URLs need none, and S3 refuses both at once).
+    pub fn apply(&self, req: &mut RequestHeader, auth: Option<&HeaderValue>) -> Result<()> {
+        let uri = self
+            .url
+            .path_and_query
+            .parse()
+            .or_err(ErrorType::InternalError, "invalid upstream URI")?;
+        req.set_uri(uri);
+        req.insert_header(header::HOST, self.url.origin.host_header())?;
+        req.remove_header(&header::AUTHORIZATION);
+        req.remove_header(&header::COOKIE);
+        match (self.class, auth) {
+            (HostClass::Hub, Some(auth)) => req.insert_header(header::AUTHORIZATION, auth.clone()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The upstream peer failed before a target was known: nowhere to fetch from.
+pub fn no_target() -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(504),
+        "the Hub cannot be reached and this file is not cached",
+    )
 }

@@ -12,10 +12,28 @@ use parking_lot::Mutex;
 use super::Target;
 use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::content_length;
-use crate::hub::upstream::{HostClass, Upstream, UpstreamResponse};
+use crate::hub::status;
+use crate::hub::upstream::{HostClass, Upstream, UpstreamError, UpstreamResponse};
 use crate::hub::BlobId;
-use crate::resolver::Resolver;
-use crate::store::{Refetch, RefetchBody};
+use crate::resolver::{ResolveError, Resolver};
+use crate::store::{Refetch, RefetchBody, RefetchError};
+
+/// Why a cut fill could not be continued from its origin.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("signing a new download URL failed: {0}")]
+    Resign(#[from] ResolveError),
+    #[error("range answer {got:?}, expected {want:?}")]
+    WrongRange { got: Option<String>, want: String },
+    #[error("upstream answered {0} to a range request")]
+    Status(u16),
+    #[error("the new download URL is on {0}, which is not the Hub or an allowed CDN host")]
+    ForeignHost(String),
+    #[error("the file changed upstream")]
+    FileChanged,
+}
 
 pub struct UpstreamRefetch {
     pub upstream: Arc<Upstream>,
@@ -31,7 +49,7 @@ pub struct UpstreamRefetch {
 
 #[async_trait]
 impl Refetch for UpstreamRefetch {
-    async fn open(&self, offset: u64) -> Result<Box<dyn RefetchBody>, String> {
+    async fn open(&self, offset: u64) -> Result<Box<dyn RefetchBody>, RefetchError> {
         let mut resigned = false;
         loop {
             let target = self.target.lock().clone();
@@ -43,29 +61,30 @@ impl Refetch for UpstreamRefetch {
                 .upstream
                 .get_from(&target.url, auth, offset)
                 .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.header.status.as_u16();
-            let expired = target.class == HostClass::Cdn && matches!(status, 401 | 403 | 410);
+                .map_err(ResumeError::from)?;
+            let code = resp.header.status.as_u16();
+            let expired = target.class == HostClass::Cdn && status::signature_refused(code);
             if expired && !resigned {
                 resigned = true;
                 self.resign().await?;
                 continue;
             }
-            return match status {
+            return match code {
                 206 => {
                     let want = format!("bytes {offset}-{}/{}", self.size - 1, self.size);
                     let got = resp.header.headers.get(header::CONTENT_RANGE);
                     if got.is_some_and(|v| v.as_bytes() == want.as_bytes()) {
                         Ok(Box::new(Ranged { resp, skip: 0 }))
                     } else {
-                        Err(format!("range answer {got:?}, expected {want:?}"))
+                        let got = got.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                        Err(ResumeError::WrongRange { got, want }.into())
                     }
                 }
                 // An origin without ranges sends it all again: skip what the fill has.
                 200 if content_length(&resp.header.headers) == Some(self.size) => {
                     Ok(Box::new(Ranged { resp, skip: offset }))
                 }
-                s => Err(format!("upstream answered {s} to a range request")),
+                s => Err(ResumeError::Status(s).into()),
             };
         }
     }
@@ -73,22 +92,21 @@ impl Refetch for UpstreamRefetch {
 
 impl UpstreamRefetch {
     /// A fresh download URL for the same blob.
-    async fn resign(&self) -> Result<(), String> {
+    async fn resign(&self) -> Result<(), ResumeError> {
         let meta = self
             .resolver
             .refresh(&self.request, &self.raw_path, self.auth.as_ref())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         match meta.download {
             Some(url) if meta.blob == Some(self.blob) => {
                 let class = self.upstream.classify(&url);
                 if class == HostClass::Foreign {
-                    return Err(format!("download URL on {}", url.origin.host));
+                    return Err(ResumeError::ForeignHost(url.origin.host));
                 }
                 *self.target.lock() = Target { url, class };
                 Ok(())
             }
-            _ => Err("the file changed upstream".into()),
+            _ => Err(ResumeError::FileChanged),
         }
     }
 }
@@ -101,9 +119,9 @@ struct Ranged {
 
 #[async_trait]
 impl RefetchBody for Ranged {
-    async fn chunk(&mut self) -> Result<Option<Bytes>, String> {
+    async fn chunk(&mut self) -> Result<Option<Bytes>, RefetchError> {
         loop {
-            let Some(mut data) = self.resp.chunk().await.map_err(|e| e.to_string())? else {
+            let Some(mut data) = self.resp.chunk().await.map_err(ResumeError::from)? else {
                 return Ok(None);
             };
             if self.skip >= data.len() as u64 {

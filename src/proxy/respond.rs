@@ -6,6 +6,7 @@ use pingora::http::ResponseHeader;
 use pingora::Result;
 use pingora_proxy::Session;
 
+use super::admission::Refusal;
 use crate::access::Denied;
 use crate::hub::headers::{head_response, json_error, FileMeta};
 use crate::resolver::ResolveError;
@@ -41,19 +42,20 @@ pub async fn error(
     write(session, resp, body, request_id).await
 }
 
-/// A request refused by the site's policy. A repo rule answers like the Hub's `GatedRepo`, so
+/// A request refused at admission. A repo rule answers like the Hub's `GatedRepo`, so
 /// clients fail fast instead of retrying.
-pub async fn denied(session: &mut Session, denied: &Denied, request_id: &str) -> Result<bool> {
-    let message = denied.to_string();
-    let (mut resp, body) = json_error(denied.status(), &message);
-    match denied {
-        Denied::RepoRule(_) => {
+pub async fn refusal(session: &mut Session, refusal: &Refusal, request_id: &str) -> Result<bool> {
+    let message = refusal.to_string();
+    let (mut resp, body) = json_error(refusal.status(), &message);
+    match refusal {
+        Refusal::Denied(Denied::RepoRule(_)) => {
             resp.insert_header("x-error-code", "GatedRepo")?;
             resp.insert_header("x-error-message", &message)?;
         }
-        Denied::KeyRequired => {
+        Refusal::Denied(Denied::KeyRequired) => {
             resp.insert_header("www-authenticate", "Bearer realm=\"hf-edge\"")?;
         }
+        _ => {}
     }
     write(session, resp, body, request_id).await
 }

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::IdentityKey;
+use crate::access::IdentityKey;
 use crate::hub::grammar::Repo;
 use crate::hub::headers::FileMeta;
 use crate::hub::BlobId;

@@ -12,15 +12,16 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use parking_lot::Mutex;
 use pingora::http::ResponseHeader;
-use sha2::Digest;
 
 mod journal;
 
+use crate::access::IdentityKey;
 use crate::hub::grammar::{Repo, ResolveRequest};
 use crate::hub::headers::{FileMeta, ERROR_PASSTHROUGH};
+use crate::hub::status::{self, Verdict};
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
 use crate::hub::{normalize_etag, BlobId};
-use crate::metrics::{Metrics, RevisionLookup, UpstreamKind};
+use crate::metrics::{Metrics, RevisionLookup, UpstreamCause, UpstreamKind};
 
 /// Redirect hops followed for one metadata request.
 const MAX_HOPS: usize = 5;
@@ -50,47 +51,27 @@ impl ResolveError {
     fn hub_unavailable(&self) -> bool {
         match self {
             ResolveError::Upstream(_) | ResolveError::Offline => true,
-            ResolveError::Hub { status, .. } => *status == 429 || *status >= 500,
+            ResolveError::Hub { status, .. } => status::unavailable(*status),
         }
     }
 
-    /// Worth retrying at once: connection failures and 5xx other than timeouts.
+    /// Worth retrying at once: connection failures and transient 5xx, not timeouts.
     fn retryable(&self) -> bool {
         match self {
             ResolveError::Upstream(UpstreamError::Unreachable { .. }) => true,
-            ResolveError::Hub { status, .. } => matches!(status, 500 | 502 | 503),
+            ResolveError::Hub { status, .. } => status::retry_at_once(*status),
             _ => false,
         }
     }
-}
 
-/// A hash of the credentials a request is made with (never the credentials themselves).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IdentityKey([u8; 16]);
-
-const ANONYMOUS: Option<&HeaderValue> = None;
-
-impl IdentityKey {
-    pub fn anonymous() -> IdentityKey {
-        IdentityKey::of(ANONYMOUS)
-    }
-
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl IdentityKey {
-    pub fn of(auth: Option<&HeaderValue>) -> IdentityKey {
-        let mut h = sha2::Sha256::new();
-        match auth {
-            Some(v) => {
-                h.update(b"auth:");
-                h.update(v.as_bytes());
-            }
-            None => h.update(b"anonymous"),
+    /// What to count in `hf_edge_upstream_errors_total` (a Hub status is counted as it
+    /// arrives).
+    pub fn cause(&self) -> Option<UpstreamCause> {
+        match self {
+            ResolveError::Upstream(u) if u.status() == 504 => Some(UpstreamCause::Timeout),
+            ResolveError::Upstream(_) => Some(UpstreamCause::Connect),
+            ResolveError::Hub { .. } | ResolveError::Offline => None,
         }
-        IdentityKey(h.finalize()[..16].try_into().expect("16 bytes"))
     }
 }
 
@@ -271,7 +252,7 @@ impl Resolver {
             true => None,
             false => None,
         }
-        .or_else(|| last_known(IdentityKey::of(ANONYMOUS)))?;
+        .or_else(|| last_known(IdentityKey::anonymous()))?;
         Some(FileMeta {
             stale: true,
             ..found
@@ -410,7 +391,8 @@ impl Resolver {
             );
             seen.observe(&resp);
             let status = resp.status.as_u16();
-            if (300..400).contains(&status) {
+            let verdict = status::classify(status);
+            if verdict == Verdict::Redirect {
                 let next = location(&resp, &url)?;
                 if self.upstream.classify(&next) == HostClass::Foreign {
                     return Err(UpstreamError::ForeignRedirect {
@@ -423,7 +405,7 @@ impl Resolver {
                     return seen.into_meta(next);
                 }
                 url = next;
-            } else if (200..300).contains(&status) {
+            } else if verdict == Verdict::Answer {
                 return seen.into_meta(url);
             } else {
                 return Err(hub_error(&resp));
@@ -590,14 +572,5 @@ mod tests {
             matches!(e, ResolveError::Upstream(ref u) if u.status() == 502),
             "{e}"
         );
-    }
-
-    #[test]
-    fn identities_differ() {
-        let a = HeaderValue::from_static("Bearer hf_a");
-        let b = HeaderValue::from_static("Bearer hf_b");
-        assert_ne!(IdentityKey::of(Some(&a)), IdentityKey::of(Some(&b)));
-        assert_ne!(IdentityKey::of(Some(&a)), IdentityKey::of(None));
-        assert_eq!(IdentityKey::of(Some(&a)), IdentityKey::of(Some(&a)));
     }
 }

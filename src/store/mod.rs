@@ -38,7 +38,7 @@ pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
 pub use miss::{BlobWriter, ContentHasher};
 pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
-pub use resume::{FillSource, Refetch, RefetchBody};
+pub use resume::{FillSource, Refetch, RefetchBody, RefetchError};
 
 use crate::hub::BlobId;
 
@@ -87,6 +87,23 @@ pub struct StoreStats {
     pub resumed_bytes: AtomicU64,
     /// Fills given up: cut beyond resuming, write errors, wrong content.
     pub abandoned_fills: AtomicU64,
+}
+
+impl StoreStats {
+    pub fn counts(&self) -> crate::metrics::StoreCounts {
+        let get = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        crate::metrics::StoreCounts {
+            bytes: get(&self.bytes),
+            objects: get(&self.objects),
+            evictions: get(&self.evictions),
+            evicted_bytes: get(&self.evicted_bytes),
+            integrity_failures: get(&self.integrity_failures),
+            write_errors: get(&self.write_errors),
+            resumes: get(&self.resumes),
+            resumed_bytes: get(&self.resumed_bytes),
+            abandoned_fills: get(&self.abandoned_fills),
+        }
+    }
 }
 
 pub struct BlobStore {

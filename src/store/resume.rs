@@ -18,18 +18,22 @@ pub const MAX_IDLE_ATTEMPTS: u32 = 3;
 /// few bytes would otherwise be asked forever).
 pub const MAX_ATTEMPTS: u32 = 64;
 
+/// Why an origin could not continue a fill. The store only logs it and counts the attempt,
+/// so each origin keeps its own typed error behind this.
+pub type RefetchError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Where the rest of a blob comes from: the origin the fill was reading.
 #[async_trait]
 pub trait Refetch: Send + Sync {
     /// The blob's bytes from `offset` to its end.
-    async fn open(&self, offset: u64) -> Result<Box<dyn RefetchBody>, String>;
+    async fn open(&self, offset: u64) -> Result<Box<dyn RefetchBody>, RefetchError>;
 }
 
 /// A body being received.
 #[async_trait]
 pub trait RefetchBody: Send {
     /// The next piece; `None` at the end.
-    async fn chunk(&mut self) -> Result<Option<Bytes>, String>;
+    async fn chunk(&mut self) -> Result<Option<Bytes>, RefetchError>;
 }
 
 /// A fill's origin, carried to the store in the `CacheMeta` extensions.

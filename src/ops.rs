@@ -1,0 +1,124 @@
+//! The operator endpoints on `metrics.listen`: `/metrics`, `/healthz` (alive), `/readyz`
+//! (store writable, upstream reachable) and `/admin/offline`. Never on the client listener.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::hub::upstream::Upstream;
+use crate::metrics::Metrics;
+use crate::store::BlobStore;
+
+/// The HTTP app on `metrics.listen`.
+pub struct OpsApp {
+    pub metrics: Arc<Metrics>,
+    pub store: &'static BlobStore,
+    pub upstream: Arc<Upstream>,
+}
+
+fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .body(body)
+        .expect("valid response")
+}
+
+fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
+impl OpsApp {
+    async fn readiness(&self) -> Response<Vec<u8>> {
+        let probe = self.store.layout().root().join("tmp/.ready-probe");
+        let store = tokio::task::spawn_blocking(move || {
+            std::fs::write(&probe, b"ok").and_then(|_| std::fs::remove_file(&probe))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let hub = &self.upstream.hub;
+        let upstream = if self.upstream.is_offline() {
+            Ok(())
+        } else {
+            let addr = (hub.host.clone(), hub.port);
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_secs(2), connect).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("connect timed out".to_string()),
+            }
+        };
+        let ready = store.is_ok() && upstream.is_ok();
+        json(
+            if ready { 200 } else { 503 },
+            serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
+                "upstream": match (&upstream, self.upstream.is_offline()) {
+                    (_, true) => "offline mode".to_string(),
+                    (Ok(()), false) => "reachable".to_string(),
+                    (Err(e), false) => format!("unreachable: {e}"),
+                },
+            }),
+        )
+    }
+}
+
+impl OpsApp {
+    /// `GET` shows offline mode; `POST ?enabled=true|false` switches it.
+    async fn offline(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        if req.method == http::Method::POST {
+            let wanted = req
+                .uri
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("enabled=")));
+            match wanted {
+                Some("true") => self.upstream.set_offline(true),
+                Some("false") => self.upstream.set_offline(false),
+                _ => {
+                    return json(
+                        400,
+                        serde_json::json!({"error": "use POST /admin/offline?enabled=true or ?enabled=false"}),
+                    )
+                }
+            }
+            log::warn!(
+                "offline mode set to {} via the ops listener",
+                self.upstream.is_offline()
+            );
+        } else if req.method != http::Method::GET {
+            return json(405, serde_json::json!({"error": "GET or POST"}));
+        }
+        json(
+            200,
+            serde_json::json!({"offline": self.upstream.is_offline()}),
+        )
+    }
+}
+
+#[async_trait]
+impl ServeHttp for OpsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.gather(self.store.stats.counts()),
+            ),
+            "/healthz" => json(200, serde_json::json!({"status": "ok"})),
+            "/readyz" => self.readiness().await,
+            "/admin/offline" => self.offline(session).await,
+            _ => json(
+                404,
+                serde_json::json!({"error": "not found; try /metrics, /healthz or /readyz"}),
+            ),
+        }
+    }
+}

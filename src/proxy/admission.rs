@@ -1,0 +1,135 @@
+//! Admission, before anything goes upstream: request sizes no Hub client sends, the Hub's
+//! path grammar, and the site's policy (who the client is upstream, which repos it may name).
+
+use http::{header, HeaderValue};
+use pingora::http::RequestHeader;
+
+use crate::access::{Denied, Policy};
+use crate::hub::grammar::{self, PathError, Route};
+
+/// Longest request target (path + query) accepted. Hub URLs are far shorter.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes (names + values) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why a request was refused; each is answered with its status and a JSON error.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("request URL is too long")]
+    UriTooLong,
+    #[error("request headers are too large")]
+    HeadersTooLarge,
+    #[error(transparent)]
+    BadPath(#[from] PathError),
+    #[error(transparent)]
+    Denied(#[from] Denied),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::UriTooLong => 414,
+            Refusal::HeadersTooLarge => 431,
+            Refusal::BadPath(_) => 400,
+            Refusal::Denied(d) => d.status(),
+        }
+    }
+}
+
+/// An admitted request: its route, and the credentials it is sent upstream with.
+#[derive(Debug)]
+pub struct Admitted {
+    pub route: Route,
+    pub auth: Option<HeaderValue>,
+}
+
+/// Sizes, then the path, then the policy.
+pub fn admit(
+    req: &RequestHeader,
+    policy: &Policy,
+    site_auth: Option<&HeaderValue>,
+) -> Result<Admitted, Refusal> {
+    check_sizes(req)?;
+    let route = grammar::parse(req.uri.path())?;
+    let auth = policy.identify(req.headers.get(header::AUTHORIZATION), site_auth)?;
+    let repos = match &route {
+        Route::Resolve(r) => vec![r.repo.clone()],
+        _ => grammar::candidate_repos(req.uri.path()),
+    };
+    policy.check_repos(&repos)?;
+    Ok(Admitted { route, auth })
+}
+
+fn check_sizes(req: &RequestHeader) -> Result<(), Refusal> {
+    // Framing attacks are Pingora's parser's job: it refuses duplicate Content-Length and bad
+    // Transfer-Encoding, and for Content-Length plus Transfer-Encoding drops the length and
+    // closes the connection after the request (RFC 9112 §6.1), so nothing is smuggled behind it.
+    let uri_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI_BYTES {
+        return Err(Refusal::UriTooLong);
+    }
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(Refusal::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)], path: &str) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    fn status(r: &RequestHeader, policy: &Policy) -> u16 {
+        admit(r, policy, None).map_or_else(|e| e.status(), |_| 200)
+    }
+
+    #[test]
+    fn refuses_oversized_requests() {
+        let open = Policy::default();
+        let long = req(&[], &format!("/{}", "a".repeat(MAX_URI_BYTES)));
+        assert_eq!(status(&long, &open), 414);
+        let big = "b".repeat(MAX_HEADER_BYTES);
+        assert_eq!(status(&req(&[("x-big", &big)], "/a"), &open), 431);
+        assert_eq!(
+            status(&req(&[("content-length", "4")], "/api/x"), &open),
+            200
+        );
+    }
+
+    #[test]
+    fn paths_then_policy() {
+        let open = Policy::default();
+        assert_eq!(status(&req(&[], "/org/m/resolve/main/../x"), &open), 400);
+        let deny = Policy {
+            deny: vec![crate::access::RepoGlob::parse("org/secret").unwrap()],
+            ..Policy::default()
+        };
+        assert_eq!(
+            status(&req(&[], "/org/secret/resolve/main/a.bin"), &deny),
+            403
+        );
+        assert_eq!(
+            status(&req(&[], "/api/models/org/secret/tree/main"), &deny),
+            403
+        );
+        let admitted = admit(&req(&[], "/org/m/resolve/main/a.bin"), &deny, None).unwrap();
+        assert!(matches!(admitted.route, Route::Resolve(_)) && admitted.auth.is_none());
+        let keyed = Policy {
+            require_key: true,
+            ..Policy::default()
+        };
+        assert_eq!(status(&req(&[], "/api/whoami-v2"), &keyed), 401);
+    }
+}

@@ -1,0 +1,544 @@
+//! The download flow: `GET /{repo}/resolve/{rev}/{path}`.
+//!
+//! resolve (metadata from the resolver) → complete hit (served from the store, before
+//! Pingora's cache phase) | coalesced (a fill another request started) | miss (Pingora's cache
+//! phase fetches the body from the CDN or Hub URL the metadata names, streaming it to the
+//! client and into the store at once). The blob is keyed by content address only.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::header;
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorType, Result};
+use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
+use pingora_cache::lock::CacheKeyLockImpl;
+use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora_proxy::Session;
+
+use super::ctx::{Ctx, Flow, Target};
+use super::{from_store, refetch, respond};
+use crate::hub::grammar::ResolveRequest;
+use crate::hub::headers::{self, FileMeta};
+use crate::hub::status;
+use crate::hub::upstream::{HostClass, Upstream, UpstreamError};
+use crate::metrics::{CacheResult, Metrics};
+use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
+use crate::store::{cache_key, BlobReader, BlobStore, FillSource, RefEntry};
+
+/// Redirects followed on a body request (the metadata request follows its own).
+const MAX_BODY_HOPS: usize = 3;
+/// Body requests asked again after a failure before any byte was used.
+const MAX_BODY_RETRIES: usize = 2;
+/// Stored blobs never expire: a content address names the same bytes forever.
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A download's state.
+pub struct Download {
+    pub request: ResolveRequest,
+    /// What the Hub said about the file.
+    pub meta: FileMeta,
+    pub file_name: String,
+    /// Where the body comes from on a miss; `None` when only the store can serve it.
+    pub target: Option<Target>,
+    /// Redirects followed on the body request.
+    pub hops: usize,
+    /// The expired download URL was already signed anew once.
+    pub reresolved: bool,
+    /// The cache result where hf-edge knows it better than Pingora's phase (served from the
+    /// store outside the cache phase, or from a fill another request started).
+    pub cache_result: Option<CacheResult>,
+    /// The blob offsets this response carries, once its header is built.
+    pub body_range: Option<Range<u64>>,
+    /// The upstream body was cut and the rest came from the store's resumed fill.
+    pub resumed: bool,
+    /// Body requests asked again after failing before any byte was used.
+    pub body_retries: usize,
+}
+
+impl Download {
+    /// Pingora's cache key: the blob id only. The signed URL (which changes hourly) and the
+    /// repo path never enter it.
+    pub fn cache_key(&self) -> Result<CacheKey> {
+        self.meta
+            .blob
+            .map(|b| cache_key(&b))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no blob id for cache key"))
+    }
+
+    /// The cache result label of this download.
+    pub fn cache_result(&self, session: &Session) -> CacheResult {
+        self.cache_result
+            .unwrap_or_else(|| match session.cache.phase() {
+                CachePhase::Hit => CacheResult::Hit,
+                CachePhase::Miss => CacheResult::Miss,
+                CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
+                _ => CacheResult::Bypass,
+            })
+    }
+}
+
+/// What the download flow works with.
+pub struct DownloadFlow {
+    pub upstream: Arc<Upstream>,
+    pub resolver: Arc<Resolver>,
+    pub store: &'static BlobStore,
+    pub eviction: &'static (dyn EvictionManager + Sync),
+    pub lock: &'static CacheKeyLockImpl,
+    pub max_blob_size: u64,
+    pub metrics: Arc<Metrics>,
+}
+
+impl DownloadFlow {
+    /// `request_filter` for a file: resolves it, answers a `HEAD`, an uncachable miss or a
+    /// complete hit at once (`true`), or records the download for Pingora's phases.
+    pub async fn start(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        request: ResolveRequest,
+    ) -> Result<bool> {
+        let Some(meta) = self.resolve(session, ctx, &request).await? else {
+            return Ok(true);
+        };
+        let file_name = request.file_name().to_string();
+        if session.req_header().method == http::Method::HEAD {
+            return respond::head(session, &meta, &file_name, &ctx.request_id).await;
+        }
+        let stored = meta.blob.is_some_and(|b| self.store.contains(&b));
+        if (meta.download.is_none() || self.upstream.is_offline()) && !stored {
+            let msg = format!(
+                "the Hub cannot be reached and {} is not cached",
+                request.path
+            );
+            return respond::error(session, 504, &msg, &ctx.request_id).await;
+        }
+        let mut download = Download {
+            target: meta.download.clone().map(|u| Target::to(u, &self.upstream)),
+            request,
+            meta,
+            file_name,
+            hops: 0,
+            reresolved: false,
+            cache_result: None,
+            body_range: None,
+            resumed: false,
+            body_retries: 0,
+        };
+        if stored {
+            download.cache_result = self.serve_complete_hit(session, &download, ctx).await?;
+        }
+        let served = download.cache_result.is_some();
+        ctx.flow = Flow::Download(Box::new(download));
+        Ok(served)
+    }
+
+    /// Metadata for a GET or HEAD; on `Ok(None)` an error response was already written.
+    async fn resolve(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+        request: &ResolveRequest,
+    ) -> Result<Option<FileMeta>> {
+        let raw_path = session.req_header().uri.path().to_string();
+        let auth = ctx.auth.as_ref();
+        let mut meta = self.resolver.resolve(request, &raw_path, auth).await;
+        // A cached answer whose blob must be fetched needs a fresh signed URL.
+        if let Ok(m) = &meta {
+            if self.needs_fresh_url(m) {
+                meta = self.resolver.refresh(request, &raw_path, auth).await;
+            }
+        }
+        match meta {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                if let Some(cause) = e.cause() {
+                    self.metrics.upstream_error(cause);
+                }
+                respond::resolve_error(session, &e, &ctx.request_id).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn needs_fresh_url(&self, m: &FileMeta) -> bool {
+        let stored = m.blob.is_some_and(|b| self.store.contains(&b));
+        let url_fresh = m.download.is_some() && m.resolved_at.elapsed() < DOWNLOAD_URL_TTL;
+        !stored && !url_fresh && !m.stale
+    }
+
+    /// Serves a complete blob straight from the store, skipping Pingora's cache phase (its
+    /// lock, lookup and meta handling are per-request work a content-addressed hit does not
+    /// need). Keeps the eviction manager's LRU order, which Pingora would have updated.
+    async fn serve_complete_hit(
+        &self,
+        session: &mut Session,
+        download: &Download,
+        ctx: &Ctx,
+    ) -> Result<Option<CacheResult>> {
+        let Some(blob) = download.meta.blob else {
+            return Ok(None);
+        };
+        let served = from_store::serve(session, self.store, download, &ctx.request_id).await?;
+        if served.is_some() {
+            let key = CacheEntryKey::key_only(cache_key(&blob).to_compact());
+            self.eviction.access(
+                &key,
+                download.meta.size as usize,
+                SystemTime::now() + FOREVER,
+            );
+        }
+        Ok(served)
+    }
+
+    /// `request_cache_filter`: the store takes blobs with a content address up to `max_size`.
+    pub fn enable_cache(&self, session: &mut Session, download: &Download) {
+        let meta = &download.meta;
+        if meta.blob.is_some() && meta.size <= self.max_blob_size {
+            session
+                .cache
+                .enable(self.store, Some(self.eviction), None, Some(self.lock), None);
+            session
+                .cache
+                .set_max_file_size_bytes(self.max_blob_size as usize);
+        }
+    }
+
+    /// `proxy_upstream_filter`: late coalescing; `true` sends the request upstream. `false`
+    /// makes Pingora drop this request's cache lock; the response was written here.
+    pub async fn coalesce_late(
+        &self,
+        session: &mut Session,
+        download: &mut Download,
+        request_id: &str,
+    ) -> Result<bool> {
+        if !session.cache.enabled() {
+            return Ok(true);
+        }
+        let served = from_store::serve(session, self.store, download, request_id).await?;
+        download.cache_result = served;
+        Ok(served.is_none())
+    }
+
+    /// `upstream_response_filter`: the body answer must be the file the metadata named.
+    pub async fn on_response(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        download: &mut Download,
+        auth: Option<&http::HeaderValue>,
+    ) -> Result<()> {
+        if resp.status.is_redirection() {
+            return self.follow_body_redirect(resp, download);
+        }
+        let to_cdn = download
+            .target
+            .as_ref()
+            .is_some_and(|t| t.class == HostClass::Cdn);
+        if to_cdn && status::signature_refused(resp.status.as_u16()) && !download.reresolved {
+            return self.reresolve(session, download, auth).await;
+        }
+        check_body_response(resp, &download.meta)?;
+        keep_only_body_headers(resp);
+        Ok(())
+    }
+
+    /// A body request that redirects again (the Hub moved the file since the metadata
+    /// request): retarget and let Pingora retry the request against the new peer.
+    fn follow_body_redirect(&self, resp: &ResponseHeader, download: &mut Download) -> Result<()> {
+        let next = download.target.as_ref().and_then(|t| {
+            resp.headers
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| t.url.join(l).ok())
+        });
+        let next = match next {
+            Some(u) if download.hops < MAX_BODY_HOPS => u,
+            _ => return Error::e_explain(ErrorType::HTTPStatus(502), "upstream redirect loop"),
+        };
+        let target = Target::to(next, &self.upstream);
+        if target.class == HostClass::Foreign {
+            let e = UpstreamError::ForeignRedirect {
+                host: target.url.origin.host,
+            };
+            return Error::e_explain(ErrorType::HTTPStatus(502), e.to_string());
+        }
+        download.target = Some(target);
+        download.hops += 1;
+        retry_with("following upstream redirect")
+    }
+
+    /// Signs a fresh download URL (cached metadata outlived the old one) and retries.
+    async fn reresolve(
+        &self,
+        session: &Session,
+        download: &mut Download,
+        auth: Option<&http::HeaderValue>,
+    ) -> Result<()> {
+        download.reresolved = true;
+        let raw = session.req_header().uri.path();
+        let fresh = self.resolver.refresh(&download.request, raw, auth).await;
+        match fresh {
+            Ok(m) if m.blob == download.meta.blob && m.download.is_some() => {
+                download.target = m.download.map(|u| Target::to(u, &self.upstream));
+                retry_with("download URL expired")
+            }
+            Ok(_) => Error::e_explain(ErrorType::HTTPStatus(502), "the file changed upstream"),
+            Err(e) => Err(Error::because(
+                ErrorType::HTTPStatus(502),
+                "signing a new download URL failed",
+                e,
+            )),
+        }
+    }
+
+    /// `response_cache_filter`: a whole body of the promised size is stored, with the origin
+    /// its fill resumes from if it is cut.
+    pub fn cacheability(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        download: &Download,
+        auth: Option<&http::HeaderValue>,
+    ) -> RespCacheable {
+        let whole = resp.status.as_u16() == 200
+            && headers::content_length(&resp.headers) == Some(download.meta.size);
+        if !whole {
+            return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        let now = SystemTime::now();
+        let mut cache_meta = CacheMeta::new(now + FOREVER, now, 0, 0, resp.clone());
+        if let Some(source) = self.fill_source(session, download, auth) {
+            cache_meta.extensions_mut().insert(source);
+        }
+        RespCacheable::Cacheable(cache_meta)
+    }
+
+    /// Where a fill of this response resumes from if its body is cut.
+    fn fill_source(
+        &self,
+        session: &Session,
+        download: &Download,
+        auth: Option<&http::HeaderValue>,
+    ) -> Option<FillSource> {
+        Some(FillSource(Arc::new(refetch::UpstreamRefetch {
+            upstream: self.upstream.clone(),
+            resolver: self.resolver.clone(),
+            target: parking_lot::Mutex::new(download.target.clone()?),
+            auth: auth.cloned(),
+            request: download.request.clone(),
+            raw_path: session.req_header().uri.path().to_string(),
+            blob: download.meta.blob?,
+            size: download.meta.size,
+        })))
+    }
+
+    /// `fail_to_proxy`: the response from the store instead, where the fill this request
+    /// started is resuming (or another request's copy is). `None`: nothing there, the fill
+    /// was given up.
+    pub async fn recover(
+        &self,
+        session: &mut Session,
+        download: &mut Download,
+        request_id: &str,
+    ) -> Option<CacheResult> {
+        let result = match session.response_written().map(|r| r.status.as_u16()) {
+            None => from_store::serve(session, self.store, download, request_id)
+                .await
+                .ok()
+                .flatten(),
+            Some(200 | 206) => {
+                from_store::finish_cut_response(session, self.store, download, request_id)
+                    .await
+                    .then_some(CacheResult::Miss)
+            }
+            Some(_) => None,
+        }?;
+        download.resumed = true;
+        download.cache_result = Some(result);
+        Some(result)
+    }
+
+    /// `error_while_proxy`: a body cut before anything reached the client or the store is
+    /// simply asked for again; a timeout is not (the client would wait several for a 504).
+    pub fn retry_untouched(
+        &self,
+        session: &mut Session,
+        download: &mut Download,
+        e: &Error,
+    ) -> bool {
+        let timed_out = matches!(
+            e.etype(),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        // (`miss_handler` panics outside the miss phases.)
+        let filling = matches!(
+            session.cache.phase(),
+            CachePhase::Miss | CachePhase::Expired
+        ) && session.cache.miss_handler().is_some();
+        let untouched = session.response_written().is_none() && !filling;
+        let retry = untouched && !timed_out && download.body_retries < MAX_BODY_RETRIES;
+        if retry {
+            download.body_retries += 1;
+        }
+        retry
+    }
+
+    /// `logging`: what a served download leaves behind: its name in `refs.jsonl`, and the
+    /// bytes it moved.
+    pub fn finish(&self, session: &Session, download: &Download, status: u16) {
+        if status == 200 || status == 206 {
+            self.record_ref(download);
+        }
+        let from_store = download.cache_result(session).from_store();
+        self.metrics
+            .sent(from_store, session.as_downstream().body_bytes_sent());
+        self.metrics
+            .upstream_received(session.upstream_body_bytes_received());
+    }
+
+    fn record_ref(&self, download: &Download) {
+        let (r, meta) = (&download.request, &download.meta);
+        let Some(blob) = meta.blob else { return };
+        let time = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.store.record_ref(&RefEntry {
+            repo: r.repo.to_string(),
+            revision: r.revision.clone(),
+            commit: meta.commit.clone(),
+            path: r.path.clone(),
+            blob: blob.to_string(),
+            size: meta.size,
+            time,
+        });
+    }
+}
+
+/// `cache_hit_filter`: a hit on a fill in progress is a coalesced read.
+pub fn on_hit(hit: &pingora_cache::HitHandler, download: &mut Download) {
+    let filling = hit
+        .as_any()
+        .downcast_ref::<BlobReader>()
+        .is_some_and(BlobReader::is_filling);
+    if filling {
+        download.cache_result = Some(CacheResult::Coalesced);
+    }
+}
+
+/// `response_filter`: the Hub's headers for this file, whatever the body's source.
+pub fn decorate(resp: &mut ResponseHeader, download: &Download, result: CacheResult) -> Result<()> {
+    headers::apply_resolve_headers(resp, &download.meta, &download.file_name);
+    resp.insert_header("x-hf-edge-cache", result.label())
+}
+
+/// An error Pingora retries (against the target now recorded in the download).
+fn retry_with(why: &'static str) -> Result<()> {
+    let mut e = Error::explain(ErrorType::HTTPStatus(502), why);
+    e.set_retry(true);
+    Err(e)
+}
+
+/// The body the metadata promised, or a 502: a short or different body must never be stored
+/// or passed off as the file.
+fn check_body_response(resp: &ResponseHeader, meta: &FileMeta) -> Result<()> {
+    let status = resp.status.as_u16();
+    let expected = match status {
+        200 => headers::content_length(&resp.headers) == Some(meta.size),
+        // Only uncacheable files are requested with the client's Range.
+        206 => meta.blob.is_none(),
+        _ => false,
+    };
+    if expected {
+        Ok(())
+    } else {
+        Error::e_explain(
+            ErrorType::HTTPStatus(502),
+            format!(
+                "upstream answered {status} with {:?} bytes for a file of {} bytes",
+                headers::content_length(&resp.headers),
+                meta.size
+            ),
+        )
+    }
+}
+
+/// Drops the CDN's own headers (cookies, storage ids, its ETag); hf-edge sets the Hub's.
+fn keep_only_body_headers(resp: &mut ResponseHeader) {
+    const KEEP: &[header::HeaderName] = &[
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::TRANSFER_ENCODING,
+    ];
+    let drop: Vec<header::HeaderName> = resp
+        .headers
+        .keys()
+        .filter(|k| !KEEP.contains(k))
+        .cloned()
+        .collect();
+    for k in drop {
+        resp.remove_header(&k);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::BlobId;
+
+    fn meta(size: u64, blob: bool) -> FileMeta {
+        FileMeta {
+            commit: "0".repeat(40),
+            blob: blob.then(|| BlobId::from_etag(&"a".repeat(64)).unwrap()),
+            etag: "a".repeat(64),
+            size,
+            lfs: true,
+            content_type: None,
+            download: None,
+            resolved_at: std::time::Instant::now(),
+            stale: false,
+        }
+    }
+
+    fn resp(status: u16, headers: &[(&'static str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn only_the_promised_body_is_accepted() {
+        let whole = resp(200, &[("content-length", "10")]);
+        assert!(check_body_response(&whole, &meta(10, true)).is_ok());
+        let short = resp(200, &[("content-length", "9")]);
+        let e = check_body_response(&short, &meta(10, true)).unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(502));
+        assert!(e.to_string().contains("9"), "{e}");
+        let no_length = resp(200, &[]);
+        assert!(check_body_response(&no_length, &meta(10, true)).is_err());
+        // A range answer is only asked for (and so only accepted) for uncacheable files.
+        let partial = resp(206, &[("content-range", "bytes 0-1/10")]);
+        assert!(check_body_response(&partial, &meta(10, true)).is_err());
+        assert!(check_body_response(&partial, &meta(10, false)).is_ok());
+        assert!(check_body_response(&resp(404, &[]), &meta(10, true)).is_err());
+    }
+
+    #[test]
+    fn cdn_headers_are_dropped() {
+        let mut r = resp(
+            200,
+            &[
+                ("content-length", "10"),
+                ("set-cookie", "a=b"),
+                ("etag", "\"cdn\""),
+                ("x-amz-request-id", "1"),
+            ],
+        );
+        keep_only_body_headers(&mut r);
+        let names: Vec<_> = r.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+    }
+}

@@ -1,0 +1,276 @@
+//! The pass-through flow: `/api/...`, LFS batch, git, and everything that is not a file
+//! download goes to the Hub and back, uncached. On the way back: next-page `Link`s point at
+//! hf-edge; `xetHash` leaves tree and paths-info listings (so Xet-backed repos download over
+//! HTTP through hf-edge); and the last good answers `snapshot_download` needs are kept, to be
+//! served, marked stale, when the Hub cannot answer.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType, Result};
+use pingora_proxy::Session;
+
+use super::ctx::{Ctx, Flow, Target};
+use super::respond;
+use crate::access::IdentityKey;
+use crate::hub::grammar::{ApiKind, Route};
+use crate::hub::headers;
+use crate::hub::status;
+use crate::hub::upstream::{Upstream, Url};
+use crate::metrics::{Metrics, RevisionLookup};
+use crate::resolver::Resolver;
+use crate::snapshots::{ApiSnapshots, Snapshot};
+
+/// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
+const MAX_JSON_BODY: usize = 32 << 20;
+
+/// A pass-through's state.
+pub struct Passthrough {
+    pub target: Target,
+    /// `scheme://host` as the client reached hf-edge, for rewritten `Link`s.
+    pub public_base: Option<String>,
+    /// A listing whose JSON is rewritten (tree, paths-info, revision info).
+    pub rewrites_json: bool,
+    /// The JSON body being collected, once the answer is known to be rewritten.
+    pub json: Option<Vec<u8>>,
+    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
+    /// under (path and query).
+    pub snapshot_key: Option<String>,
+    /// The rewritten `Link` of the answer being kept.
+    pub snapshot_link: Option<String>,
+}
+
+/// The listings whose JSON carries `xetHash`.
+fn rewrites_json(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Api(ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision)
+    )
+}
+
+/// The answers `snapshot_download` needs to start, kept for outages.
+fn keeps_snapshot(route: &Route, method: &Method) -> bool {
+    *method == Method::GET && matches!(route, Route::Api(ApiKind::Tree | ApiKind::Revision))
+}
+
+/// What the pass-through flow works with.
+pub struct PassthroughFlow {
+    pub upstream: Arc<Upstream>,
+    pub resolver: Arc<Resolver>,
+    pub snapshots: ApiSnapshots,
+    pub metrics: Arc<Metrics>,
+}
+
+impl PassthroughFlow {
+    /// `request_filter`: records the pass-through; in offline mode answers it from its last
+    /// good answer, or with a 504.
+    pub async fn start(&self, session: &mut Session, ctx: &mut Ctx, route: &Route) -> Result<bool> {
+        let req = session.req_header();
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let pass = Passthrough {
+            target: Target::to(Url::on(&self.upstream.hub, pq), &self.upstream),
+            public_base: public_base(req),
+            rewrites_json: rewrites_json(route),
+            json: None,
+            snapshot_key: keeps_snapshot(route, &req.method).then(|| pq.to_string()),
+            snapshot_link: None,
+        };
+        let offline = self.upstream.is_offline();
+        ctx.flow = Flow::Passthrough(Box::new(pass));
+        if !offline {
+            return Ok(false);
+        }
+        if self.serve_snapshot(session, ctx).await? {
+            return Ok(true);
+        }
+        let msg = "hf-edge is offline: the Hub is not contacted and no earlier answer is kept";
+        respond::error(session, 504, msg, &ctx.request_id).await
+    }
+
+    /// `upstream_response_filter`: `Link`s to hf-edge, and a JSON listing set aside to be
+    /// rewritten. A failure with a last good answer kept becomes an error, which
+    /// `fail_to_proxy` answers with that answer.
+    pub fn on_response(
+        &self,
+        resp: &mut ResponseHeader,
+        pass: &mut Passthrough,
+        auth: Option<&HeaderValue>,
+    ) -> Result<()> {
+        let code = resp.status.as_u16();
+        if status::unavailable(code) && self.snapshot_for(pass, auth).is_some() {
+            return Error::e_explain(ErrorType::HTTPStatus(code), "upstream failed");
+        }
+        if let (Some(base), Some(link)) = (&pass.public_base, resp.headers.get(header::LINK)) {
+            if let Ok(v) = link.to_str() {
+                let rewritten = headers::rewrite_links(v, &self.upstream.hub, base);
+                resp.insert_header(header::LINK, &rewritten)?;
+                pass.snapshot_link = Some(rewritten);
+            }
+        }
+        let json = resp
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if json && resp.status.is_success() && pass.rewrites_json {
+            resp.remove_header(&header::CONTENT_LENGTH);
+            resp.remove_header(&header::ETAG);
+            pass.json = Some(Vec::new());
+        }
+        Ok(())
+    }
+
+    /// `response_body_filter`: a listing is collected, stripped of `xetHash` and kept as the
+    /// last good answer when it is one `snapshot_download` needs.
+    pub fn on_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        pass: &mut Passthrough,
+        auth: Option<&HeaderValue>,
+    ) -> Result<()> {
+        let Some(buf) = pass.json.as_mut() else {
+            return Ok(());
+        };
+        if let Some(chunk) = body.take() {
+            if buf.len() + chunk.len() > MAX_JSON_BODY {
+                return Error::e_explain(ErrorType::InternalError, "tree listing too large");
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if !end_of_stream {
+            return Ok(());
+        }
+        let out = strip_xet_hashes(std::mem::take(buf));
+        if let Some(key) = &pass.snapshot_key {
+            let snap = Snapshot {
+                content_type: "application/json".into(),
+                link: pass.snapshot_link.clone(),
+                body: String::from_utf8_lossy(&out).into_owned(),
+            };
+            self.snapshots.save(IdentityKey::of(auth), key, &snap);
+        }
+        *body = Some(out);
+        Ok(())
+    }
+
+    /// The last good answer to this API request that this client may be given: its own,
+    /// while its identity may be served stale, else the public one.
+    fn snapshot_for(&self, pass: &Passthrough, auth: Option<&HeaderValue>) -> Option<Snapshot> {
+        let key = pass.snapshot_key.as_deref()?;
+        let own = self
+            .resolver
+            .may_serve_stale(auth)
+            .then(|| self.snapshots.load(IdentityKey::of(auth), key))
+            .flatten();
+        own.or_else(|| self.snapshots.load(IdentityKey::anonymous(), key))
+    }
+
+    /// Answers with the last good answer, marked stale; `false` if there is none.
+    pub async fn serve_snapshot(&self, session: &mut Session, ctx: &Ctx) -> Result<bool> {
+        let Flow::Passthrough(pass) = &ctx.flow else {
+            return Ok(false);
+        };
+        let Some(snap) = self.snapshot_for(pass, ctx.auth.as_ref()) else {
+            return Ok(false);
+        };
+        self.metrics.revision_lookup(RevisionLookup::StaleServed);
+        let mut resp = ResponseHeader::build(200, Some(6))?;
+        resp.insert_header(header::CONTENT_TYPE, snap.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, snap.body.len().to_string())?;
+        resp.insert_header("warning", headers::STALE_WARNING)?;
+        resp.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(link) = snap.link {
+            resp.insert_header(header::LINK, link)?;
+        }
+        let head = session.req_header().method == Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(snap.body)), true)
+                .await?;
+        }
+        Ok(true)
+    }
+}
+
+/// A listing without `xetHash`; a body that is not JSON after all passes as it came.
+fn strip_xet_hashes(raw: Vec<u8>) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(&raw) {
+        Ok(mut v) => {
+            headers::strip_xet_hash(&mut v);
+            Bytes::from(serde_json::to_vec(&v).expect("JSON value serializes"))
+        }
+        Err(_) => Bytes::from(raw),
+    }
+}
+
+/// `scheme://host` the client used, for `Link` rewriting.
+fn public_base(req: &RequestHeader) -> Option<String> {
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    let proto = req
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|p| p.to_str().ok())
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    Some(format!("{proto}://{host}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::grammar;
+
+    fn req(path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn public_base_is_what_the_client_used() {
+        let r = req("/api/models/a/b", &[("host", "edge:8080")]);
+        assert_eq!(public_base(&r).as_deref(), Some("http://edge:8080"));
+        let r = req(
+            "/x",
+            &[("host", "edge.site"), ("x-forwarded-proto", "https")],
+        );
+        assert_eq!(public_base(&r).as_deref(), Some("https://edge.site"));
+        // Only http and https: anything else is not a scheme a client can follow.
+        let r = req("/x", &[("host", "edge"), ("x-forwarded-proto", "gopher")]);
+        assert_eq!(public_base(&r).as_deref(), Some("http://edge"));
+        assert_eq!(public_base(&req("/x", &[])), None);
+    }
+
+    #[test]
+    fn listings_are_rewritten_and_kept_only_where_clients_need_it() {
+        let route = |p: &str| grammar::parse(p).unwrap();
+        let tree = route("/api/models/org/m/tree/main");
+        assert!(rewrites_json(&tree));
+        assert!(keeps_snapshot(&tree, &Method::GET));
+        assert!(!keeps_snapshot(&tree, &Method::POST));
+        let paths_info = route("/api/models/org/m/paths-info/main");
+        assert!(rewrites_json(&paths_info) && !keeps_snapshot(&paths_info, &Method::POST));
+        let whoami = route("/api/whoami-v2");
+        assert!(!rewrites_json(&whoami) && !keeps_snapshot(&whoami, &Method::GET));
+    }
+
+    #[test]
+    fn xet_hashes_leave_listings_and_other_bodies_pass() {
+        let listing = br#"[{"path":"a","xetHash":"x","size":1}]"#.to_vec();
+        assert_eq!(
+            &strip_xet_hashes(listing)[..],
+            br#"[{"path":"a","size":1}]"#
+        );
+        let html = b"<html>not json</html>".to_vec();
+        assert_eq!(&strip_xet_hashes(html.clone())[..], &html[..]);
+    }
+}

@@ -1,17 +1,22 @@
 //! Per-request state. What every request has is here; what only a download or only a
 //! pass-through has lives in its flow's state ([`Download`], [`Passthrough`]), so a
-//! pass-through cannot hold a body range nor a download a JSON buffer.
+//! pass-through cannot hold a body range nor a download a JSON buffer. The flows' code is
+//! in `download.rs` and `passthrough.rs`.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
+use pingora_cache::{CacheKey, CachePhase};
+use pingora_proxy::Session;
 
-use super::download::Download;
-use super::passthrough::Passthrough;
-use crate::hub::grammar::Route;
+use crate::hub::grammar::{ResolveRequest, Route};
+use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};
+use crate::metrics::CacheResult;
+use crate::store::cache_key;
 
 /// Which way a request travels, chosen in `request_filter`.
 pub enum Flow {
@@ -119,4 +124,65 @@ pub fn no_target() -> Box<Error> {
         ErrorType::HTTPStatus(504),
         "the Hub cannot be reached and this file is not cached",
     )
+}
+
+/// A download's state.
+pub struct Download {
+    pub request: ResolveRequest,
+    /// What the Hub said about the file.
+    pub meta: FileMeta,
+    pub file_name: String,
+    /// Where the body comes from on a miss; `None` when only the store can serve it.
+    pub target: Option<Target>,
+    /// Redirects followed on the body request.
+    pub hops: usize,
+    /// The expired download URL was already signed anew once.
+    pub reresolved: bool,
+    /// The cache result where hf-edge knows it better than Pingora's phase (served from the
+    /// store outside the cache phase, or from a fill another request started).
+    pub cache_result: Option<CacheResult>,
+    /// The blob offsets this response carries, once its header is built.
+    pub body_range: Option<Range<u64>>,
+    /// The upstream body was cut and the rest came from the store's resumed fill.
+    pub resumed: bool,
+    /// Body requests asked again after failing before any byte was used.
+    pub body_retries: usize,
+}
+
+impl Download {
+    /// Pingora's cache key: the blob id only. The signed URL (which changes hourly) and the
+    /// repo path never enter it.
+    pub fn cache_key(&self) -> Result<CacheKey> {
+        self.meta
+            .blob
+            .map(|b| cache_key(&b))
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no blob id for cache key"))
+    }
+
+    /// The cache result label of this download.
+    pub fn cache_result(&self, session: &Session) -> CacheResult {
+        self.cache_result
+            .unwrap_or_else(|| match session.cache.phase() {
+                CachePhase::Hit => CacheResult::Hit,
+                CachePhase::Miss => CacheResult::Miss,
+                CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
+                _ => CacheResult::Bypass,
+            })
+    }
+}
+
+/// A pass-through's state.
+pub struct Passthrough {
+    pub target: Target,
+    /// `scheme://host` as the client reached hf-edge, for rewritten `Link`s.
+    pub public_base: Option<String>,
+    /// A listing whose JSON is rewritten (tree, paths-info, revision info).
+    pub rewrites_json: bool,
+    /// The JSON body being collected, once the answer is known to be rewritten.
+    pub json: Option<Vec<u8>>,
+    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
+    /// under (path and query).
+    pub snapshot_key: Option<String>,
+    /// The rewritten `Link` of the answer being kept.
+    pub snapshot_link: Option<String>,
 }

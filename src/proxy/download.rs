@@ -5,7 +5,6 @@
 //! phase fetches the body from the CDN or Hub URL the metadata names, streaming it to the
 //! client and into the store at once). The blob is keyed by content address only.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,10 +13,10 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora_cache::lock::CacheKeyLockImpl;
-use pingora_cache::{CacheKey, CacheMeta, CachePhase, NoCacheReason, RespCacheable};
+use pingora_cache::{CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::Session;
 
-use super::ctx::{Ctx, Flow, Target};
+use super::ctx::{Ctx, Download, Flow, Target};
 use super::{from_store, refetch, respond};
 use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::{self, FileMeta};
@@ -33,51 +32,6 @@ const MAX_BODY_HOPS: usize = 3;
 const MAX_BODY_RETRIES: usize = 2;
 /// Stored blobs never expire: a content address names the same bytes forever.
 const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-/// A download's state.
-pub struct Download {
-    pub request: ResolveRequest,
-    /// What the Hub said about the file.
-    pub meta: FileMeta,
-    pub file_name: String,
-    /// Where the body comes from on a miss; `None` when only the store can serve it.
-    pub target: Option<Target>,
-    /// Redirects followed on the body request.
-    pub hops: usize,
-    /// The expired download URL was already signed anew once.
-    pub reresolved: bool,
-    /// The cache result where hf-edge knows it better than Pingora's phase (served from the
-    /// store outside the cache phase, or from a fill another request started).
-    pub cache_result: Option<CacheResult>,
-    /// The blob offsets this response carries, once its header is built.
-    pub body_range: Option<Range<u64>>,
-    /// The upstream body was cut and the rest came from the store's resumed fill.
-    pub resumed: bool,
-    /// Body requests asked again after failing before any byte was used.
-    pub body_retries: usize,
-}
-
-impl Download {
-    /// Pingora's cache key: the blob id only. The signed URL (which changes hourly) and the
-    /// repo path never enter it.
-    pub fn cache_key(&self) -> Result<CacheKey> {
-        self.meta
-            .blob
-            .map(|b| cache_key(&b))
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no blob id for cache key"))
-    }
-
-    /// The cache result label of this download.
-    pub fn cache_result(&self, session: &Session) -> CacheResult {
-        self.cache_result
-            .unwrap_or_else(|| match session.cache.phase() {
-                CachePhase::Hit => CacheResult::Hit,
-                CachePhase::Miss => CacheResult::Miss,
-                CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
-                _ => CacheResult::Bypass,
-            })
-    }
-}
 
 /// What the download flow works with.
 pub struct DownloadFlow {

@@ -14,7 +14,7 @@ use pingora_cache::trace::Span;
 use pingora_cache::Storage;
 use pingora_proxy::{RangeType, Session};
 
-use super::download::Download;
+use super::ctx::Download;
 use super::range;
 use crate::hub::headers::apply_resolve_headers;
 use crate::metrics::CacheResult;

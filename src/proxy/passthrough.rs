@@ -12,7 +12,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
-use super::ctx::{Ctx, Flow, Target};
+use super::ctx::{Ctx, Flow, Passthrough, Target};
 use super::respond;
 use crate::access::IdentityKey;
 use crate::hub::grammar::{ApiKind, Route};
@@ -25,22 +25,6 @@ use crate::snapshots::{ApiSnapshots, Snapshot};
 
 /// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
 const MAX_JSON_BODY: usize = 32 << 20;
-
-/// A pass-through's state.
-pub struct Passthrough {
-    pub target: Target,
-    /// `scheme://host` as the client reached hf-edge, for rewritten `Link`s.
-    pub public_base: Option<String>,
-    /// A listing whose JSON is rewritten (tree, paths-info, revision info).
-    pub rewrites_json: bool,
-    /// The JSON body being collected, once the answer is known to be rewritten.
-    pub json: Option<Vec<u8>>,
-    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
-    /// under (path and query).
-    pub snapshot_key: Option<String>,
-    /// The rewritten `Link` of the answer being kept.
-    pub snapshot_link: Option<String>,
-}
 
 /// The listings whose JSON carries `xetHash`.
 fn rewrites_json(route: &Route) -> bool {

@@ -46,7 +46,7 @@ impl RepoGlob {
                 b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b'*')
             });
         if ok {
-            Ok(RepoGlob(s.to_string()))
+            Ok(RepoGlob(s.to_ascii_lowercase()))
         } else {
             Err(format!(
                 "{s:?} is not a repo pattern like org/* or datasets/org/name"
@@ -54,7 +54,9 @@ impl RepoGlob {
         }
     }
 
+    /// Case-insensitive, as the Hub compares repo ids: `ACME/Gated` is `acme/gated`.
     pub fn matches(&self, repo: &Repo) -> bool {
+        let repo = repo.folded();
         let typed = format!("{}/{}", repo.kind.api_plural(), repo.id);
         let has_type = ["models/", "datasets/", "spaces/", "kernels/"]
             .iter()
@@ -83,13 +85,15 @@ pub enum Denied {
     KeyRequired,
     #[error("access to {0} is not allowed by this hf-edge site's policy")]
     RepoRule(String),
+    #[error("this hf-edge site allows listed repos only, and this path names none it can tell")]
+    UnknownRepo,
 }
 
 impl Denied {
     pub fn status(&self) -> u16 {
         match self {
             Denied::KeyRequired => 401,
-            Denied::RepoRule(_) => 403,
+            Denied::RepoRule(_) | Denied::UnknownRepo => 403,
         }
     }
 }
@@ -122,6 +126,28 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     sha2::Sha256::digest(key.trim().as_bytes()).into()
 }
 
+/// The credentials a request may go upstream with, and whose they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Anonymous,
+    /// The client's own token: its identity, for everything it does.
+    Own(HeaderValue),
+    /// The site's: `upstream.token` or a site key's token, shared by many users.
+    Site(HeaderValue),
+}
+
+impl Credentials {
+    /// What a request signs with: the site's credentials sign reads only, so that no user
+    /// can write as the site account (the Hub answers such a write as anonymous).
+    pub fn for_request(self, reads_only: bool) -> Option<HeaderValue> {
+        match self {
+            Credentials::Own(v) => Some(v),
+            Credentials::Site(v) if reads_only => Some(v),
+            Credentials::Site(_) | Credentials::Anonymous => None,
+        }
+    }
+}
+
 impl Policy {
     /// The credentials to use upstream for a client: a site key's upstream token, else the
     /// client's own token, else the site token (`upstream.token`), else none.
@@ -129,7 +155,7 @@ impl Policy {
         &self,
         client: Option<&HeaderValue>,
         site_token: Option<&HeaderValue>,
-    ) -> Result<Option<HeaderValue>, Denied> {
+    ) -> Result<Credentials, Denied> {
         let bearer = client
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -140,35 +166,44 @@ impl Policy {
         if let Some(token) = bearer.filter(|_| !self.keys.is_empty()) {
             let h = hash_key(token);
             if let Some(key) = self.keys.iter().find(|k| k.sha256 == h) {
-                return Ok(key.upstream.clone());
+                return Ok(key
+                    .upstream
+                    .clone()
+                    .map_or(Credentials::Anonymous, Credentials::Site));
             }
         }
         if self.require_key {
             return Err(Denied::KeyRequired);
         }
-        Ok(client.cloned().or_else(|| site_token.cloned()))
+        Ok(match (client, site_token) {
+            (Some(own), _) => Credentials::Own(own.clone()),
+            (None, Some(site)) => Credentials::Site(site.clone()),
+            (None, None) => Credentials::Anonymous,
+        })
     }
 
-    /// Checks every repo a request could name against the rules.
-    pub fn check_repos(&self, candidates: &[Repo]) -> Result<(), Denied> {
-        for r in candidates {
-            if self.deny.iter().any(|g| g.matches(r)) {
-                return Err(Denied::RepoRule(r.to_string()));
-            }
+    /// Checks the repos a request could name (every reading of an ambiguous path) against
+    /// the rules: refused if any reading is denied, or, with an allow list, if any reading is
+    /// not allowed or no repo can be told at all.
+    pub fn check_repos(&self, readings: &[Repo]) -> Result<(), Denied> {
+        if let Some(r) = readings
+            .iter()
+            .find(|r| self.deny.iter().any(|g| g.matches(r)))
+        {
+            return Err(Denied::RepoRule(r.to_string()));
         }
         if self.allow.is_empty() {
             return Ok(());
         }
-        match candidates.first() {
-            None => Ok(()),
-            Some(_)
-                if candidates
-                    .iter()
-                    .any(|r| self.allow.iter().any(|g| g.matches(r))) =>
-            {
-                Ok(())
-            }
+        if readings.is_empty() {
+            return Err(Denied::UnknownRepo);
+        }
+        match readings
+            .iter()
+            .find(|r| !self.allow.iter().any(|g| g.matches(r)))
+        {
             Some(r) => Err(Denied::RepoRule(r.to_string())),
+            None => Ok(()),
         }
     }
 }
@@ -243,16 +278,38 @@ mod tests {
             .check_repos(&[repo(RepoType::Model, "org/private-m")])
             .is_err());
         assert!(p.check_repos(&[repo(RepoType::Model, "other/m")]).is_err());
-        assert!(
-            p.check_repos(&[]).is_ok(),
-            "no repo named: nothing to check"
-        );
-        // An ambiguous path is denied if any reading is denied.
+        // With an allow list, a path whose repo cannot be told is refused.
+        assert_eq!(p.check_repos(&[]), Err(Denied::UnknownRepo));
+        let open = Policy {
+            deny: vec![RepoGlob::parse("acme/gated").unwrap()],
+            ..Policy::default()
+        };
+        assert!(open.check_repos(&[]).is_ok());
+        // An ambiguous path is denied if any reading is denied, and allowed only if every
+        // reading is allowed.
         let both = [
-            repo(RepoType::Model, "org"),
+            repo(RepoType::Model, "org/m"),
             repo(RepoType::Model, "org/private-m"),
         ];
         assert!(p.check_repos(&both).is_err());
+        let half = [repo(RepoType::Model, "org"), repo(RepoType::Model, "org/m")];
+        assert!(p.check_repos(&half).is_err());
+    }
+
+    #[test]
+    fn repo_rules_hold_against_every_spelling() {
+        let p = Policy {
+            deny: vec![RepoGlob::parse("acme/gated").unwrap()],
+            ..Policy::default()
+        };
+        for id in ["acme/gated", "ACME/Gated", "Acme/GATED"] {
+            assert!(p.check_repos(&[repo(RepoType::Model, id)]).is_err(), "{id}");
+        }
+        let allow = Policy {
+            allow: vec![RepoGlob::parse("Org/*").unwrap()],
+            ..Policy::default()
+        };
+        assert!(allow.check_repos(&[repo(RepoType::Model, "org/M")]).is_ok());
     }
 
     #[test]
@@ -275,12 +332,16 @@ mod tests {
             ..Policy::default()
         };
         let ci = HeaderValue::from_static("Bearer hfe_ci_key");
+        let ci_token = HeaderValue::from_static("Bearer hf_ci");
         assert_eq!(
             p.identify(Some(&ci), Some(&site)).unwrap(),
-            Some(HeaderValue::from_static("Bearer hf_ci"))
+            Credentials::Site(ci_token.clone())
         );
         let guest = HeaderValue::from_static("Bearer hfe_guest");
-        assert_eq!(p.identify(Some(&guest), Some(&site)).unwrap(), None);
+        assert_eq!(
+            p.identify(Some(&guest), Some(&site)).unwrap(),
+            Credentials::Anonymous
+        );
         let other = HeaderValue::from_static("Bearer hf_someone");
         assert_eq!(p.identify(Some(&other), None), Err(Denied::KeyRequired));
         assert_eq!(p.identify(None, Some(&site)), Err(Denied::KeyRequired));
@@ -291,9 +352,25 @@ mod tests {
         };
         assert_eq!(
             open.identify(Some(&other), Some(&site)).unwrap(),
-            Some(other)
+            Credentials::Own(other.clone())
         );
-        assert_eq!(open.identify(None, Some(&site)).unwrap(), Some(site));
+        assert_eq!(
+            open.identify(None, Some(&site)).unwrap(),
+            Credentials::Site(site.clone())
+        );
+    }
+
+    #[test]
+    fn shared_credentials_sign_reads_only() {
+        let own = HeaderValue::from_static("Bearer hf_own");
+        let site = HeaderValue::from_static("Bearer hf_site");
+        assert_eq!(Credentials::Own(own.clone()).for_request(false), Some(own));
+        assert_eq!(
+            Credentials::Site(site.clone()).for_request(true),
+            Some(site.clone())
+        );
+        assert_eq!(Credentials::Site(site).for_request(false), None);
+        assert_eq!(Credentials::Anonymous.for_request(true), None);
     }
 
     #[test]

@@ -66,6 +66,23 @@ impl Repo {
     }
 }
 
+impl Repo {
+    fn of(kind: RepoType, parts: &[String]) -> Repo {
+        Repo {
+            kind,
+            id: parts.join("/"),
+        }
+    }
+
+    /// The id as the Hub compares it: case-insensitively.
+    pub fn folded(&self) -> Repo {
+        Repo {
+            kind: self.kind,
+            id: self.id.to_ascii_lowercase(),
+        }
+    }
+}
+
 impl fmt::Display for Repo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}", self.kind.url_prefix(), self.id)
@@ -322,8 +339,10 @@ const API_SUBRESOURCES: &[&str] = &[
     "refs",
     "commits",
     "commit",
+    "compare",
     "preupload",
     "xet-read-token",
+    "xet-write-token",
     "treesize",
     "discussions",
     "settings",
@@ -331,11 +350,33 @@ const API_SUBRESOURCES: &[&str] = &[
     "tag",
     "super-squash",
     "resolve",
+    "parquet",
+    "croissant",
+    "lfs-files",
+    "notebook",
+    "jwt",
 ];
 
-/// Every repo a path could be naming, for access rules on routes hf-edge passes through.
-/// Where the grammar is ambiguous (one- or two-segment ids), all readings are returned so a
-/// rule cannot be sidestepped by the reading the Hub picks.
+/// Sub-resources of `/{repo}/...` (web and git paths).
+const PATH_SUBRESOURCES: &[&str] = &[
+    "resolve",
+    "raw",
+    "blob",
+    "tree",
+    "commit",
+    "commits",
+    "discussions",
+    "info",
+    "git-upload-pack",
+    "git-receive-pack",
+    "HEAD",
+    "objects",
+];
+
+/// Every repo a path could be naming, for access rules on routes hf-edge passes through. A
+/// one- or two-segment id is decided by the known sub-resource that follows it; where none
+/// decides it (an unknown segment follows), both readings are returned, so that a rule
+/// cannot be sidestepped by the reading the Hub picks. Repo ids are compared case-folded.
 pub fn candidate_repos(raw_path: &str) -> Vec<Repo> {
     let segs: Vec<String> = raw_path
         .trim_start_matches('/')
@@ -349,48 +390,77 @@ pub fn candidate_repos(raw_path: &str) -> Vec<Repo> {
         "kernels" => Some(RepoType::Kernel),
         _ => None,
     };
-    let repo = |kind, parts: &[String]| Repo {
-        kind,
-        id: parts.join("/"),
-    };
-    let mut out = Vec::new();
     if segs.first().map(String::as_str) == Some("api") {
         let rest = &segs[1..];
         if rest.first().map(String::as_str) == Some("resolve-cache") {
             // /api/resolve-cache/{type}s/{id...}/{commit}/{path}
-            if let Some(kind) = rest.get(1).and_then(|p| kind_of(p)) {
-                if let Some(at) = rest.iter().skip(2).position(|s| is_commit(s)) {
-                    out.push(repo(kind, &rest[2..2 + at]));
+            let kind = rest.get(1).and_then(|p| kind_of(p));
+            let at = rest.iter().skip(2).position(|s| is_commit(s));
+            return match (kind, at) {
+                (Some(kind), Some(at)) if (1..=2).contains(&at) => {
+                    vec![Repo::of(kind, &rest[2..2 + at])]
                 }
-            }
-        } else if let Some(kind) = rest.first().and_then(|p| kind_of(p)) {
-            let ids = &rest[1..];
-            if let Some(a) = ids.first() {
-                out.push(repo(kind, std::slice::from_ref(a)));
-                if ids.len() >= 2 && !API_SUBRESOURCES.contains(&ids[1].as_str()) {
-                    out.push(repo(kind, &ids[..2]));
-                }
-            }
+                _ => Vec::new(),
+            };
         }
-        return out;
+        return match rest.first().and_then(|p| kind_of(p)) {
+            Some(kind) => readings(kind, &rest[1..], API_SUBRESOURCES, false),
+            None => Vec::new(),
+        };
     }
     let (kind, rest) = match segs.first().and_then(|p| kind_of(p)) {
         Some(k) if k != RepoType::Model => (k, &segs[1..]),
         _ => (RepoType::Model, &segs[..]),
     };
-    for n in [1, 2] {
-        if rest.len() >= n {
-            let mut parts = rest[..n].to_vec();
-            let last = parts.last_mut().expect("n >= 1");
-            if let Some(stripped) = last.strip_suffix(".git") {
-                *last = stripped.to_string();
-            }
-            if parts.iter().all(|p| !p.is_empty()) {
-                out.push(repo(kind, &parts));
-            }
+    readings(kind, rest, PATH_SUBRESOURCES, true)
+}
+
+/// The repo ids `ids` can start with: one segment when a known sub-resource follows it, two
+/// when one follows them (or the second ends in `.git`), and both when nothing known decides.
+fn readings(kind: RepoType, ids: &[String], subresources: &[&str], git: bool) -> Vec<Repo> {
+    let known = |i: usize| {
+        ids.get(i)
+            .is_some_and(|s| subresources.contains(&s.as_str()))
+    };
+    let strip = |s: &str| -> String {
+        match s.strip_suffix(".git") {
+            Some(stripped) if git => stripped.to_string(),
+            _ => s.to_string(),
         }
+    };
+    let (a, b) = match ids {
+        [a, ..] if a.is_empty() => return Vec::new(),
+        [a] => return vec![Repo { kind, id: strip(a) }],
+        [a, ..] if git && a.ends_with(".git") => return vec![Repo { kind, id: strip(a) }],
+        [a, b, ..] => (a, b),
+        [] => return Vec::new(),
+    };
+    let one = Repo {
+        kind,
+        id: a.clone(),
+    };
+    let two = Repo {
+        kind,
+        id: format!("{a}/{}", strip(b)),
+    };
+    let two_certain = git && b.ends_with(".git");
+    let mut out = Vec::new();
+    if !two_certain && (known(1) || (ids.len() > 2 && !known(2))) {
+        out.push(one);
+    }
+    if b.is_empty() {
+        return out;
+    }
+    if two_certain || !known(1) || ids.len() == 2 || known(2) {
+        out.push(two);
     }
     out
+}
+
+/// Paths that name no repo and are safe to pass whatever the repo rules: who the caller is,
+/// and the Hub's home page.
+pub fn names_no_repo(raw_path: &str) -> bool {
+    matches!(raw_path, "/" | "/api/whoami-v2" | "/api/whoami")
 }
 
 /// True for a full 40-hex git commit id.
@@ -515,14 +585,23 @@ mod tests {
         let table: Vec<(&str, Vec<Repo>)> =
             vec![
             ("/api/models/gpt2/revision/main", vec![r(Model, "gpt2")]),
-            ("/api/models/org/m/tree/main", vec![r(Model, "org"), r(Model, "org/m")]),
-            ("/api/datasets/org/d", vec![r(Dataset, "org"), r(Dataset, "org/d")]),
+            ("/api/models/org/m/tree/main", vec![r(Model, "org/m")]),
+            ("/api/models/Org/M/tree/main", vec![r(Model, "Org/M")]),
+            ("/api/datasets/org/d", vec![r(Dataset, "org/d")]),
+            // Nothing known decides: both readings.
+            ("/api/models/org/tree", vec![r(Model, "org"), r(Model, "org/tree")]),
+            ("/api/models/org/m/new-thing/x", vec![r(Model, "org"), r(Model, "org/m")]),
+            ("/api/repos/create", vec![]),
+            ("/api/models", vec![]),
+            ("/org/m/info/refs", vec![r(Model, "org/m")]),
+            ("/gpt2.git/info/refs", vec![r(Model, "gpt2")]),
+            ("/org/m/git-upload-pack", vec![r(Model, "org/m")]),
             (
                 "/api/resolve-cache/models/org/m/1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b/x.json",
                 vec![r(Model, "org/m")],
             ),
-            ("/org/m.git/info/lfs/objects/batch", vec![r(Model, "org"), r(Model, "org/m")]),
-            ("/datasets/org/d/raw/main/x", vec![r(Dataset, "org"), r(Dataset, "org/d")]),
+            ("/org/m.git/info/lfs/objects/batch", vec![r(Model, "org/m")]),
+            ("/datasets/org/d/raw/main/x", vec![r(Dataset, "org/d")]),
             ("/api/whoami-v2", vec![]),
         ];
         for (path, want) in table {

@@ -9,6 +9,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use serde_json::Value;
 
+use super::grammar::Repo;
 use super::upstream::{Origin, Url};
 use super::BlobId;
 
@@ -30,6 +31,9 @@ pub struct FileMeta {
     pub resolved_at: Instant,
     /// Answered from what hf-edge knew before, because the Hub could not be asked.
     pub stale: bool,
+    /// The repo the Hub redirected to, when it is not the one asked for (a renamed or
+    /// transferred repo): the site's repo rules are checked against it too.
+    pub moved_to: Option<Repo>,
 }
 
 /// Marks an answer given from earlier knowledge while the Hub was unreachable (RFC 7234's
@@ -238,6 +242,7 @@ mod tests {
             download: Some(Url::parse("https://cdn.hf.co/x?sig=1").unwrap()),
             resolved_at: Instant::now(),
             stale: false,
+            moved_to: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod grammar;
 pub mod headers;
+pub mod intent;
 pub mod status;
 pub mod upstream;
 

@@ -58,6 +58,11 @@ impl Origin {
         }
     }
 
+    /// Same scheme, host and port (the path, if any, aside).
+    pub fn same_origin(&self, other: &Origin) -> bool {
+        (self.tls, &self.host, self.port) == (other.tls, &other.host, other.port)
+    }
+
     fn without_path(&self) -> Origin {
         Origin {
             path: String::new(),
@@ -216,9 +221,10 @@ impl HostPattern {
 /// Where a URL points, which decides what credentials it may receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostClass {
-    /// The configured Hub (any port): gets the request's `Authorization`.
+    /// The configured Hub's exact origin: gets the request's `Authorization`.
     Hub,
-    /// A Hub CDN host: signed URLs, never `Authorization`.
+    /// A Hub CDN host, or the Hub's host on another port or scheme: followed, signed URLs,
+    /// never `Authorization`.
     Cdn,
     /// Anywhere else: not followed.
     Foreign,
@@ -310,10 +316,15 @@ impl Upstream {
             .store(offline, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Credentials go only to the Hub's exact origin. Its host on another port or scheme is
+    /// followed like a CDN, without them: self-hosted Hubs put their storage (an S3 server)
+    /// beside the Hub, and S3 refuses a presigned URL that also carries `Authorization`.
     pub fn classify(&self, url: &Url) -> HostClass {
-        if url.origin.host == self.hub.host {
+        if url.origin.same_origin(&self.hub) {
             HostClass::Hub
-        } else if self.cdn_hosts.iter().any(|p| p.matches(&url.origin.host)) {
+        } else if url.origin.host == self.hub.host
+            || self.cdn_hosts.iter().any(|p| p.matches(&url.origin.host))
+        {
             HostClass::Cdn
         } else {
             HostClass::Foreign
@@ -508,5 +519,25 @@ mod tests {
         assert!(!exact.matches("127.0.0.20"));
         assert!(HostPattern::parse("a*b").is_err());
         assert!(HostPattern::parse("").is_err());
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_hubs_exact_origin() {
+        let up = Upstream::new(Settings {
+            hub: Origin::parse("https://hub.test").unwrap(),
+            cdn_hosts: vec![HostPattern::parse("*.hf.co").unwrap()],
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            metadata_timeout: Duration::from_secs(1),
+            offline: false,
+        });
+        let class = |u: &str| up.classify(&Url::parse(u).unwrap());
+        assert_eq!(class("https://hub.test/api/x"), HostClass::Hub);
+        assert_eq!(class("https://HUB.test:443/api/x"), HostClass::Hub);
+        // The same name on another port or scheme: followed, never given credentials.
+        assert_eq!(class("https://hub.test:9000/bucket/x?sig"), HostClass::Cdn);
+        assert_eq!(class("http://hub.test/x"), HostClass::Cdn);
+        assert_eq!(class("https://cdn-lfs.hf.co/x"), HostClass::Cdn);
+        assert_eq!(class("https://evil.test/x"), HostClass::Foreign);
     }
 }

@@ -3,9 +3,11 @@
 
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
+use pingora_proxy::Session;
 
-use crate::access::{Denied, Policy};
+use crate::access::{Credentials, Denied, Policy};
 use crate::hub::grammar::{self, PathError, Route};
+use crate::hub::intent::{self, Intent};
 
 /// Longest request target (path + query) accepted. Hub URLs are far shorter.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -23,6 +25,10 @@ pub enum Refusal {
     BadPath(#[from] PathError),
     #[error(transparent)]
     Denied(#[from] Denied),
+    #[error("LFS batch request body over {MAX_LFS_BATCH_BYTES} bytes")]
+    LfsBatchTooLarge,
+    #[error("reading the request body failed")]
+    BodyUnreadable,
 }
 
 impl Refusal {
@@ -32,15 +38,22 @@ impl Refusal {
             Refusal::HeadersTooLarge => 431,
             Refusal::BadPath(_) => 400,
             Refusal::Denied(d) => d.status(),
+            Refusal::LfsBatchTooLarge => 413,
+            Refusal::BodyUnreadable => 400,
         }
     }
 }
 
-/// An admitted request: its route, and the credentials it is sent upstream with.
+/// Largest LFS batch body read to tell a download from an upload (what Pingora keeps to
+/// send on; git-lfs asks for 100 objects per batch, about 10 KB).
+const MAX_LFS_BATCH_BYTES: usize = 64 * 1024;
+
+/// An admitted request: its route, the credentials it may use, and what it does.
 #[derive(Debug)]
 pub struct Admitted {
     pub route: Route,
-    pub auth: Option<HeaderValue>,
+    pub credentials: Credentials,
+    pub intent: Intent,
 }
 
 /// Sizes, then the path, then the policy.
@@ -51,13 +64,53 @@ pub fn admit(
 ) -> Result<Admitted, Refusal> {
     check_sizes(req)?;
     let route = grammar::parse(req.uri.path())?;
-    let auth = policy.identify(req.headers.get(header::AUTHORIZATION), site_auth)?;
-    let repos = match &route {
+    let credentials = policy.identify(req.headers.get(header::AUTHORIZATION), site_auth)?;
+    let intent = intent::of(&req.method, &route, req.uri.path(), req.uri.query());
+    let path = req.uri.path();
+    let readings = match &route {
         Route::Resolve(r) => vec![r.repo.clone()],
-        _ => grammar::candidate_repos(req.uri.path()),
+        _ => grammar::candidate_repos(path),
     };
-    policy.check_repos(&repos)?;
-    Ok(Admitted { route, auth })
+    if !(readings.is_empty() && grammar::names_no_repo(path)) {
+        policy.check_repos(&readings)?;
+    }
+    Ok(Admitted {
+        route,
+        credentials,
+        intent,
+    })
+}
+
+/// The `Authorization` the request goes upstream with: the site's credentials only on reads.
+/// An LFS batch signed with them is read first (at most [`MAX_LFS_BATCH_BYTES`], kept by
+/// Pingora to send on) to see whether it downloads.
+pub async fn sign(
+    session: &mut Session,
+    admitted: &Admitted,
+) -> Result<Option<HeaderValue>, Refusal> {
+    let reads_only = match (&admitted.credentials, admitted.intent) {
+        (Credentials::Site(_), Intent::LfsBatch) => {
+            intent::lfs_batch_reads(&read_body(session).await?)
+        }
+        (_, intent) => intent == Intent::Read,
+    };
+    Ok(admitted.credentials.clone().for_request(reads_only))
+}
+
+async fn read_body(session: &mut Session) -> Result<Vec<u8>, Refusal> {
+    session.enable_retry_buffering();
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|_| Refusal::BodyUnreadable)?
+    {
+        if body.len() + chunk.len() > MAX_LFS_BATCH_BYTES {
+            return Err(Refusal::LfsBatchTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn check_sizes(req: &RequestHeader) -> Result<(), Refusal> {
@@ -125,7 +178,8 @@ mod tests {
             403
         );
         let admitted = admit(&req(&[], "/org/m/resolve/main/a.bin"), &deny, None).unwrap();
-        assert!(matches!(admitted.route, Route::Resolve(_)) && admitted.auth.is_none());
+        assert!(matches!(admitted.route, Route::Resolve(_)));
+        assert_eq!(admitted.credentials, Credentials::Anonymous);
         let keyed = Policy {
             require_key: true,
             ..Policy::default()

@@ -18,6 +18,7 @@ use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Download, Flow, Target};
 use super::{from_store, refetch, respond};
+use crate::access::Policy;
 use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::{self, FileMeta};
 use crate::hub::status;
@@ -52,10 +53,17 @@ impl DownloadFlow {
         session: &mut Session,
         ctx: &mut Ctx,
         request: ResolveRequest,
+        policy: &Policy,
     ) -> Result<bool> {
         let Some(meta) = self.resolve(session, ctx, &request).await? else {
             return Ok(true);
         };
+        // A renamed or transferred repo: the rules hold for where the Hub sent us too.
+        if let Some(moved) = &meta.moved_to {
+            if let Err(denied) = policy.check_repos(std::slice::from_ref(moved)) {
+                return respond::refusal(session, &denied.into(), &ctx.request_id).await;
+            }
+        }
         let file_name = request.file_name().to_string();
         if session.req_header().method == http::Method::HEAD {
             return respond::head(session, &meta, &file_name, &ctx.request_id).await;
@@ -452,6 +460,7 @@ mod tests {
             download: None,
             resolved_at: std::time::Instant::now(),
             stale: false,
+            moved_to: None,
         }
     }
 

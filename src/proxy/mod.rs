@@ -69,10 +69,15 @@ impl ProxyHttp for EdgeProxy {
             Err(r) => return respond::refusal(session, &r, &ctx.request_id).await,
         };
         let is_file_read = matches!(req.method, Method::GET | Method::HEAD);
-        ctx.auth = admitted.auth;
+        ctx.auth = match admission::sign(session, &admitted).await {
+            Ok(auth) => auth,
+            Err(r) => return respond::refusal(session, &r, &ctx.request_id).await,
+        };
         ctx.route = Some(admitted.route.clone());
         match admitted.route {
-            Route::Resolve(r) if is_file_read => self.downloads.start(session, ctx, r).await,
+            Route::Resolve(r) if is_file_read => {
+                self.downloads.start(session, ctx, r, &self.policy).await
+            }
             route => self.passthrough.start(session, ctx, &route).await,
         }
     }

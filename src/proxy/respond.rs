@@ -48,7 +48,7 @@ pub async fn refusal(session: &mut Session, refusal: &Refusal, request_id: &str)
     let message = refusal.to_string();
     let (mut resp, body) = json_error(refusal.status(), &message);
     match refusal {
-        Refusal::Denied(Denied::RepoRule(_)) => {
+        Refusal::Denied(Denied::RepoRule(_) | Denied::UnknownRepo) => {
             resp.insert_header("x-error-code", "GatedRepo")?;
             resp.insert_header("x-error-message", &message)?;
         }

@@ -30,6 +30,8 @@ pub struct Entry {
     pub lfs: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
     pub time: u64,
 }
 
@@ -45,6 +47,7 @@ impl Entry {
             size: m.size,
             lfs: m.lfs,
             content_type: m.content_type.clone(),
+            moved_to: m.moved_to.as_ref().map(Repo::to_string),
             time: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -65,6 +68,7 @@ impl Entry {
             download: None,
             resolved_at: Instant::now(),
             stale: false,
+            moved_to: self.moved_to.as_deref().and_then(Repo::parse_display),
         };
         Some((who, repo, meta))
     }

@@ -7,6 +7,7 @@
 //! reused for another.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderValue;
@@ -95,6 +96,9 @@ pub struct Resolver {
     revisions: Mutex<HashMap<RevKey, (String, Option<Instant>)>>,
     files: Mutex<HashMap<FileKey, FileMeta>>,
     approvals: Mutex<HashMap<RepoKey, Instant>>,
+    /// One approval recheck at a time per (identity, repo): clients fetching many files of a
+    /// repo whose approval expired cost the Hub one metadata request, not one per file.
+    rechecks: Mutex<HashMap<RepoKey, Arc<tokio::sync::Mutex<()>>>>,
     /// When the Hub last failed to answer (unreachable, timeout, 5xx, 429); cleared by an answer.
     hub_failed_at: Mutex<Option<Instant>>,
     journal: Option<journal::Journal>,
@@ -137,11 +141,14 @@ impl Resolver {
             };
             if !crate::hub::grammar::is_commit(&e.revision) {
                 revisions.insert(
-                    (who, repo.clone(), e.revision.clone()),
+                    (who, repo.folded(), e.revision.clone()),
                     (meta.commit.clone(), None),
                 );
             }
-            files.insert((who, repo, meta.commit.clone(), e.path.clone()), meta);
+            files.insert(
+                (who, repo.folded(), meta.commit.clone(), e.path.clone()),
+                meta,
+            );
         }
         if let Some(j) = &journal {
             log::info!(
@@ -160,6 +167,7 @@ impl Resolver {
             revisions: Mutex::new(revisions),
             files: Mutex::new(files),
             approvals: Mutex::new(HashMap::new()),
+            rechecks: Mutex::new(HashMap::new()),
             hub_failed_at: Mutex::new(None),
             journal,
         })
@@ -167,10 +175,11 @@ impl Resolver {
 
     /// Metadata from the caches when they can answer, else from the Hub.
     ///
-    /// Anonymous answers are public content and follow the caches' own lifetimes. An answer
-    /// given to credentials may be for gated or private content, so it is reused only while
-    /// the Hub's yes to that identity for that repo is younger than `access.auth_ttl`; past
-    /// that the Hub is asked again, and if it cannot be asked the request fails closed.
+    /// A cached answer is reused only while the Hub's yes to that identity (anonymous
+    /// included) for that repo is younger than `access.auth_ttl`: a repo that turns private,
+    /// gated or disabled stops being served within that time, commit-pinned files included.
+    /// Past it the Hub is asked again, once per identity and repo; if it cannot be asked,
+    /// public answers are served as they were, and restricted ones fail closed.
     pub async fn resolve(
         &self,
         req: &ResolveRequest,
@@ -178,17 +187,31 @@ impl Resolver {
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
         let who = IdentityKey::of(auth);
-        if auth.is_none() || self.approved(who, &req.repo) {
-            if let Some(meta) = self.cached(who, req) {
-                return Ok(meta);
-            }
+        let repo = req.repo.folded();
+        let cached = self.cached(who, req, true);
+        if let Some(meta) = cached.as_ref().filter(|_| self.approved(who, &repo)) {
+            return Ok(meta.clone());
         }
         if self.hub_held_down() {
             if let Some(meta) = self.stale(who, req, auth.is_some()) {
-                self.metrics.revision_lookup(RevisionLookup::StaleServed);
                 return Ok(meta);
             }
         }
+        // With a cached answer, only the approval is in question: one recheck at a time per
+        // (identity, repo), and whoever waited finds it answered.
+        let _recheck = match cached {
+            Some(_) => {
+                let gate = self.recheck_gate(who, &repo);
+                let guard = gate.lock_owned().await;
+                if self.approved(who, &repo) {
+                    if let Some(meta) = self.cached(who, req, false) {
+                        return Ok(meta);
+                    }
+                }
+                Some(guard)
+            }
+            None => None,
+        };
         let answer = if self.upstream.is_offline() {
             Err(ResolveError::Offline)
         } else {
@@ -202,13 +225,20 @@ impl Resolver {
                         req.repo,
                         req.path
                     );
-                    self.metrics.revision_lookup(RevisionLookup::StaleServed);
                     Ok(meta)
                 }
                 None => Err(e),
             },
             other => other,
         }
+    }
+
+    fn recheck_gate(&self, who: IdentityKey, repo: &Repo) -> Arc<tokio::sync::Mutex<()>> {
+        let mut gates = self.rechecks.lock();
+        if gates.len() >= MAX_ENTRIES {
+            gates.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        gates.entry((who, repo.clone())).or_default().clone()
     }
 
     /// Whether the Hub failed to answer within the last `upstream.failure_hold_down`.
@@ -224,7 +254,8 @@ impl Resolver {
         }
     }
 
-    /// The last answer known for this request, whatever its age, marked stale. Credentialed
+    /// The last answer known for this request, whatever its age, marked stale (counted in
+    /// `stale_served`); a commit-pinned file is never stale, only unconfirmed. Credentialed
     /// identities get it only if it is public (anonymous saw it too) or
     /// `access.offline_restricted` allows it: restricted content fails closed.
     fn stale(
@@ -233,18 +264,19 @@ impl Resolver {
         req: &ResolveRequest,
         credentialed: bool,
     ) -> Option<FileMeta> {
+        let repo = req.repo.folded();
         let last_known = |who: IdentityKey| -> Option<FileMeta> {
             let commit = if req.is_commit_pinned() {
                 req.revision.to_ascii_lowercase()
             } else {
                 let revs = self.revisions.lock();
-                revs.get(&(who, req.repo.clone(), req.revision.clone()))?
+                revs.get(&(who, repo.clone(), req.revision.clone()))?
                     .0
                     .clone()
             };
             self.files
                 .lock()
-                .get(&(who, req.repo.clone(), commit, req.path.clone()))
+                .get(&(who, repo.clone(), commit, req.path.clone()))
                 .cloned()
         };
         let found = match credentialed {
@@ -253,10 +285,11 @@ impl Resolver {
             false => None,
         }
         .or_else(|| last_known(IdentityKey::anonymous()))?;
-        Some(FileMeta {
-            stale: true,
-            ..found
-        })
+        let stale = !req.is_commit_pinned();
+        if stale {
+            self.metrics.revision_lookup(RevisionLookup::StaleServed);
+        }
+        Some(FileMeta { stale, ..found })
     }
 
     fn approved(&self, who: IdentityKey, repo: &Repo) -> bool {
@@ -264,6 +297,18 @@ impl Resolver {
             .lock()
             .get(&(who, repo.clone()))
             .is_some_and(|at| at.elapsed() < self.auth_ttl)
+    }
+
+    /// The Hub said no to `who` for `repo`: whatever it allowed before is void, and what was
+    /// known through that identity is forgotten (a repo made private is not served stale).
+    fn forget(&self, who: IdentityKey, repo: &Repo) {
+        self.approvals.lock().remove(&(who, repo.clone()));
+        self.revisions
+            .lock()
+            .retain(|(w, r, _), _| !(*w == who && r == repo));
+        self.files
+            .lock()
+            .retain(|(w, r, _, _), _| !(*w == who && r == repo));
     }
 
     /// Asks the Hub (one metadata `HEAD`, following its redirects), then caches the answer.
@@ -274,7 +319,7 @@ impl Resolver {
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
         let who = IdentityKey::of(auth);
-        let meta = match self.fetch(raw_path, auth).await {
+        let meta = match self.fetch(&req.repo, raw_path, auth).await {
             Ok(m) => {
                 *self.hub_failed_at.lock() = None;
                 m
@@ -283,9 +328,10 @@ impl Resolver {
                 if e.hub_unavailable() {
                     *self.hub_failed_at.lock() = Some(Instant::now());
                 }
-                if let ResolveError::Hub { .. } = e {
-                    // The Hub said no: whatever it allowed this identity before is void.
-                    self.approvals.lock().remove(&(who, req.repo.clone()));
+                if let ResolveError::Hub { status, .. } = e {
+                    if status::classify(status) == Verdict::Refused {
+                        self.forget(who, &req.repo.folded());
+                    }
                 }
                 return Err(e);
             }
@@ -296,7 +342,7 @@ impl Resolver {
             if approvals.len() >= MAX_ENTRIES {
                 approvals.clear();
             }
-            approvals.insert((who, req.repo.clone()), now);
+            approvals.insert((who, req.repo.folded()), now);
         }
         if !req.is_commit_pinned() {
             let mut revs = self.revisions.lock();
@@ -304,7 +350,7 @@ impl Resolver {
                 revs.clear();
             }
             revs.insert(
-                (who, req.repo.clone(), req.revision.clone()),
+                (who, req.repo.folded(), req.revision.clone()),
                 (meta.commit.clone(), Some(now)),
             );
         }
@@ -313,7 +359,12 @@ impl Resolver {
             files.clear();
         }
         files.insert(
-            (who, req.repo.clone(), meta.commit.clone(), req.path.clone()),
+            (
+                who,
+                req.repo.folded(),
+                meta.commit.clone(),
+                req.path.clone(),
+            ),
             meta.clone(),
         );
         if let Some(j) = &self.journal {
@@ -328,24 +379,28 @@ impl Resolver {
         Ok(meta)
     }
 
-    fn cached(&self, who: IdentityKey, req: &ResolveRequest) -> Option<FileMeta> {
+    /// The cached answer, if its revision is fresh; `count` records how a branch or tag was
+    /// answered (once per request).
+    fn cached(&self, who: IdentityKey, req: &ResolveRequest, count: bool) -> Option<FileMeta> {
         let commit = if req.is_commit_pinned() {
             req.revision.to_ascii_lowercase()
         } else {
             let revs = self.revisions.lock();
             let fresh = revs
-                .get(&(who, req.repo.clone(), req.revision.clone()))
+                .get(&(who, req.repo.folded(), req.revision.clone()))
                 .filter(|(_, at)| at.is_some_and(|at| at.elapsed() < self.revision_ttl));
-            let Some((commit, _)) = fresh else {
-                self.metrics.revision_lookup(RevisionLookup::Refreshed);
-                return None;
+            let lookup = match fresh {
+                Some(_) => RevisionLookup::Fresh,
+                None => RevisionLookup::Refreshed,
             };
-            self.metrics.revision_lookup(RevisionLookup::Fresh);
-            commit.clone()
+            if count {
+                self.metrics.revision_lookup(lookup);
+            }
+            fresh?.0.clone()
         };
         self.files
             .lock()
-            .get(&(who, req.repo.clone(), commit, req.path.clone()))
+            .get(&(who, req.repo.folded(), commit, req.path.clone()))
             .cloned()
     }
 
@@ -354,13 +409,14 @@ impl Resolver {
     /// Hub is known to be failing (clients retry on their own schedule).
     async fn fetch(
         &self,
+        repo: &Repo,
         raw_path: &str,
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
         let retries = if self.hub_held_down() { 0 } else { RETRIES };
         let mut attempt = 0;
         loop {
-            match self.fetch_once(raw_path, auth).await {
+            match self.fetch_once(repo, raw_path, auth).await {
                 Err(e) if e.retryable() && attempt < retries => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
@@ -374,6 +430,7 @@ impl Resolver {
     /// stops at an absolute redirect to a CDN (whose signed URL becomes the download URL).
     async fn fetch_once(
         &self,
+        repo: &Repo,
         raw_path: &str,
         auth: Option<&HeaderValue>,
     ) -> Result<FileMeta, ResolveError> {
@@ -399,6 +456,9 @@ impl Resolver {
                         host: next.origin.host,
                     }
                     .into());
+                }
+                if next.origin.same_origin(&self.upstream.hub) {
+                    seen.moved_to = seen.moved_to.or_else(|| moved_to(repo, next.path()));
                 }
                 if seen.linked.is_some() {
                     // An LFS redirect carries everything; the CDN is only asked for bytes.
@@ -432,6 +492,7 @@ struct Seen {
     etag: Option<String>,
     length: Option<u64>,
     content_type: Option<String>,
+    moved_to: Option<Repo>,
 }
 
 impl Seen {
@@ -481,7 +542,22 @@ impl Seen {
             download: Some(download),
             resolved_at: Instant::now(),
             stale: false,
+            moved_to: self.moved_to,
         })
+    }
+}
+
+/// The repo a Hub redirect names, when it is not `asked` (compared as the Hub does,
+/// case-folded): a renamed or transferred repo.
+fn moved_to(asked: &Repo, path: &str) -> Option<Repo> {
+    let named = match crate::hub::grammar::parse(path) {
+        Ok(crate::hub::grammar::Route::Resolve(r)) => vec![r.repo],
+        _ => crate::hub::grammar::candidate_repos(path),
+    };
+    let asked = asked.folded();
+    match named.iter().any(|r| r.folded() == asked) {
+        true => None,
+        false => named.into_iter().next(),
     }
 }
 
@@ -571,6 +647,25 @@ mod tests {
         assert!(
             matches!(e, ResolveError::Upstream(ref u) if u.status() == 502),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_redirect_to_another_repo_is_noticed() {
+        use crate::hub::grammar::RepoType;
+        let asked = Repo {
+            kind: RepoType::Model,
+            id: "Old/m".into(),
+        };
+        let moved = moved_to(&asked, "/new/m/resolve/main/x.bin").unwrap();
+        assert_eq!(moved.to_string(), "new/m");
+        assert_eq!(moved_to(&asked, "/old/M/resolve/main/x.bin"), None);
+        let cache = format!("/api/resolve-cache/models/old/m/{COMMIT}/x.json");
+        assert_eq!(moved_to(&asked, &cache), None);
+        let elsewhere = format!("/api/resolve-cache/models/acme/gated/{COMMIT}/x.json");
+        assert_eq!(
+            moved_to(&asked, &elsewhere).unwrap().to_string(),
+            "acme/gated"
         );
     }
 }

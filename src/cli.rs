@@ -166,6 +166,7 @@ fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
         Err(code) => return code,
     };
     let dir = cfg.cache.dir.as_path();
+    crate::durable::restrict_new_files(cfg.cache.group_access);
     let done = match command {
         CacheCommand::Stats => {
             admin::stats(dir, cfg.cache.max_size).map(|r| emit(args.json, &r, render_stats))

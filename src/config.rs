@@ -64,6 +64,17 @@ pub struct Config {
     /// Access log: `stderr`, `off`, or a file path.
     pub access_log: String,
     pub access: Policy,
+    /// The base URL clients reach hf-edge at, for the `Link` and `Location` headers it
+    /// rewrites; unset: each request's own `Host`.
+    pub public_url: Option<Origin>,
+    pub ops: Ops,
+}
+
+/// The operator endpoints' own settings.
+#[derive(Debug, Clone, Default)]
+pub struct Ops {
+    /// Bearer token `/admin/*` requires; with none, admin endpoints are refused.
+    pub admin_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +116,8 @@ pub struct Cache {
     pub max_size: u64,
     /// How long a branch or tag → commit answer is trusted.
     pub revision_ttl: Duration,
+    /// Store files readable by the group too (0640/0750 instead of 0600/0700).
+    pub group_access: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +142,19 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     access: RawAccess,
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default)]
+    ops: RawOps,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    #[serde(default)]
+    admin_token: Option<String>,
+    #[serde(default)]
+    admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -214,6 +240,8 @@ struct RawCache {
     max_size: RawValue,
     #[serde(default = "default_revision_ttl")]
     revision_ttl: RawValue,
+    #[serde(default)]
+    group_access: bool,
 }
 
 #[derive(Deserialize)]
@@ -382,6 +410,7 @@ impl RawConfig {
             dir: c.dir,
             max_size,
             revision_ttl: duration("cache.revision_ttl", &c.revision_ttl)?,
+            group_access: c.group_access,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,
@@ -393,7 +422,25 @@ impl RawConfig {
         if self.log.access.trim().is_empty() {
             return Err(bad("log.access", "must be stderr, off, or a file path"));
         }
+        let public_url = match self.public_url {
+            Some(u) => Some(
+                Origin::parse(&u)
+                    .map_err(|m| bad("public_url", m))
+                    .and_then(|o| match o.has_path() {
+                        true => Err(bad("public_url", "must be an origin, without a path")),
+                        false => Ok(o),
+                    })?,
+            ),
+            None => None,
+        };
+        let admin_token = secret(
+            "ops.admin_token",
+            self.ops.admin_token,
+            self.ops.admin_token_file,
+        )?;
         Ok(Config {
+            public_url,
+            ops: Ops { admin_token },
             listen,
             threads,
             shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
@@ -404,6 +451,31 @@ impl RawConfig {
             access,
         })
     }
+}
+
+/// A secret given inline or in a file (`{key}_file`), not both; trimmed; empty is unset.
+fn secret(
+    key: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<Secret>, Invalid> {
+    let value = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                &format!("{key}_file"),
+                format!("set {key} or {key}_file, not both"),
+            ))
+        }
+        (Some(v), None) => v,
+        (None, Some(path)) => std::fs::read_to_string(&path)
+            .map_err(|e| bad(&format!("{key}_file"), format!("{}: {e}", path.display())))?,
+        (None, None) => return Ok(None),
+    };
+    let value = value.trim();
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad(key, "must not contain whitespace"));
+    }
+    Ok((!value.is_empty()).then(|| Secret::new(value.to_string())))
 }
 
 impl RawAccess {

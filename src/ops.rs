@@ -1,5 +1,7 @@
 //! The operator endpoints on `metrics.listen`: `/metrics`, `/healthz` (alive), `/readyz`
-//! (store writable, upstream reachable) and `/admin/offline`. Never on the client listener.
+//! (store writable, upstream reachable), open; and `/admin/*`, which needs the bearer
+//! `ops.admin_token` (a cross-site "simple request" cannot carry one). Never on the client
+//! listener.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,61 @@ pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
     pub upstream: Arc<Upstream>,
+    /// `ops.admin_token`; `None`: admin endpoints are refused.
+    pub admin_token: Option<String>,
+}
+
+/// Why an admin request was refused.
+#[derive(Debug, PartialEq, Eq)]
+enum AdminRefusal {
+    /// No admin token configured.
+    Off,
+    /// No bearer token, or another one.
+    Unauthorized,
+    /// Sent by a browser page (it carries `Origin`): never an operator's tool.
+    CrossSite,
+}
+
+/// Checks an admin request's credentials (comparing in constant time).
+fn admit_admin(
+    token: Option<&str>,
+    authorization: Option<&[u8]>,
+    origin: bool,
+) -> Result<(), AdminRefusal> {
+    let token = token.ok_or(AdminRefusal::Off)?;
+    if origin {
+        return Err(AdminRefusal::CrossSite);
+    }
+    let given = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .ok_or(AdminRefusal::Unauthorized)?;
+    let want = token.as_bytes();
+    let same = given.len() == want.len()
+        && given
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    same.then_some(()).ok_or(AdminRefusal::Unauthorized)
+}
+
+fn admin_refused(r: AdminRefusal) -> Response<Vec<u8>> {
+    let (status, message) = match r {
+        AdminRefusal::Off => (403, "admin endpoints are off: set ops.admin_token"),
+        AdminRefusal::Unauthorized => (
+            401,
+            "admin endpoints need Authorization: Bearer <ops.admin_token>",
+        ),
+        AdminRefusal::CrossSite => (403, "admin endpoints refuse requests from web pages"),
+    };
+    let mut resp = json(status, serde_json::json!({ "error": message }));
+    if status == 401 {
+        resp.headers_mut().insert(
+            "www-authenticate",
+            http::HeaderValue::from_static("Bearer realm=\"hf-edge admin\""),
+        );
+    }
+    resp
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -114,11 +171,50 @@ impl ServeHttp for OpsApp {
             ),
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
-            "/admin/offline" => self.offline(session).await,
+            path if path.starts_with("/admin/") => {
+                let req = session.req_header();
+                let auth = req.headers.get(http::header::AUTHORIZATION);
+                let origin = req.headers.contains_key(http::header::ORIGIN);
+                if let Err(r) = admit_admin(
+                    self.admin_token.as_deref(),
+                    auth.map(|v| v.as_bytes()),
+                    origin,
+                ) {
+                    return admin_refused(r);
+                }
+                match path {
+                    "/admin/offline" => self.offline(session).await,
+                    _ => json(404, serde_json::json!({"error": "no such admin endpoint"})),
+                }
+            }
             _ => json(
                 404,
                 serde_json::json!({"error": "not found; try /metrics, /healthz or /readyz"}),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_needs_the_configured_bearer_and_no_browser() {
+        use AdminRefusal::*;
+        let t = Some("s3cret");
+        assert_eq!(admit_admin(None, Some(b"Bearer s3cret"), false), Err(Off));
+        assert_eq!(admit_admin(t, None, false), Err(Unauthorized));
+        assert_eq!(
+            admit_admin(t, Some(b"Bearer s3cre"), false),
+            Err(Unauthorized)
+        );
+        assert_eq!(
+            admit_admin(t, Some(b"Bearer s3creT"), false),
+            Err(Unauthorized)
+        );
+        assert_eq!(admit_admin(t, Some(b"s3cret"), false), Err(Unauthorized));
+        assert_eq!(admit_admin(t, Some(b"Bearer s3cret"), true), Err(CrossSite));
+        assert_eq!(admit_admin(t, Some(b"Bearer s3cret"), false), Ok(()));
     }
 }

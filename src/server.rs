@@ -29,8 +29,11 @@ const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Starts hf-edge and serves until a signal stops it.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    crate::durable::restrict_new_files(cfg.cache.group_access);
     let (store, found) = BlobStore::open(&cfg.cache.dir)
         .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
+    crate::durable::restrict_dir(&cfg.cache.dir, cfg.cache.group_access)
+        .with_context(|| format!("cache.dir: cannot restrict {}", cfg.cache.dir.display()))?;
     log::info!(
         "cache {}: {} blob(s), {} bytes",
         cfg.cache.dir.display(),
@@ -96,6 +99,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             metrics: metrics.clone(),
         },
         passthrough: PassthroughFlow {
+            public_url: cfg.public_url.as_ref().map(ToString::to_string),
             upstream,
             resolver,
             snapshots,
@@ -135,6 +139,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             metrics,
             store,
             upstream: ops_upstream,
+            admin_token: cfg.ops.admin_token.as_ref().map(|t| t.expose().to_string()),
         }),
     );
     ops.add_tcp(&cfg.metrics.listen.to_string());

@@ -14,7 +14,7 @@ use crate::access::IdentityKey;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
     pub content_type: String,
-    /// The `Link` header as sent to the client (already pointing at hf-edge).
+    /// The `Link` header with paths only: the base URL is added per request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
     pub body: String,
@@ -33,23 +33,22 @@ impl ApiSnapshots {
 
     fn file(&self, who: IdentityKey, path_and_query: &str) -> PathBuf {
         let mut h = sha2::Sha256::new();
+        // v2: links kept as paths (earlier files held a client's host, and are never read).
+        h.update(b"v2\n");
         h.update(who.hex());
         h.update(b"\n");
         h.update(path_and_query.as_bytes());
         self.dir.join(format!("{}.json", hex::encode(h.finalize())))
     }
 
-    /// Keeps `snap` as the answer to `path_and_query` for `who` (temp file + rename).
+    /// Keeps `snap` as the answer to `path_and_query` for `who` (replaced atomically).
     pub fn save(&self, who: IdentityKey, path_and_query: &str, snap: &Snapshot) {
         let path = self.file(who, path_and_query);
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
         let res = serde_json::to_vec(snap)
             .map_err(io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|bytes| crate::durable::replace_atomic(&path, &bytes));
         if let Err(e) = res {
             log::warn!("cannot keep an API snapshot in {}: {e}", path.display());
-            let _ = std::fs::remove_file(&tmp);
         }
     }
 

@@ -151,7 +151,7 @@ pub fn rewrite_links(value: &str, hub: &Origin, public_base: &str) -> String {
                 return entry;
             };
             let url = match Url::parse(url) {
-                Ok(u) if u.origin.host == hub.host => format!("{public_base}{}", u.path_and_query),
+                Ok(u) if u.origin.same_origin(hub) => format!("{public_base}{}", u.path_and_query),
                 _ if url.starts_with('/') => format!("{public_base}{url}"),
                 _ => url.to_string(),
             };
@@ -159,6 +159,15 @@ pub fn rewrite_links(value: &str, hub: &Origin, public_base: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A `Location` on the Hub's own origin, pointed at hf-edge instead (clients follow it
+/// verbatim, and would otherwise leave hf-edge); `None` for anything else.
+pub fn rewrite_location(location: &str, hub: &Origin, public_base: &str) -> Option<String> {
+    let url = Url::parse(location).ok()?;
+    url.origin
+        .same_origin(hub)
+        .then(|| format!("{public_base}{}", url.path_and_query))
 }
 
 /// Removes `xetHash` from `/tree` and `/paths-info` entries, so clients fall back to
@@ -298,6 +307,35 @@ mod tests {
         );
         let other = "<https://elsewhere.org/x>; rel=\"help\"";
         assert_eq!(rewrite_links(other, &hub, "http://edge:8080"), other);
+        // Kept as paths, given each request's own base later.
+        let paths = rewrite_links(v, &hub, "");
+        assert_eq!(
+            paths,
+            "</api/models/a/b/tree/main?recursive=true&cursor=ZXk%3D>; rel=\"next\""
+        );
+        assert_eq!(
+            rewrite_links(&paths, &hub, "https://edge.site"),
+            "<https://edge.site/api/models/a/b/tree/main?recursive=true&cursor=ZXk%3D>; rel=\"next\""
+        );
+    }
+
+    #[test]
+    fn locations_on_the_hub_point_at_the_edge() {
+        let hub = Origin::parse("https://huggingface.co").unwrap();
+        let base = "http://edge:8080";
+        assert_eq!(
+            rewrite_location("https://huggingface.co/api/models/new/m", &hub, base).as_deref(),
+            Some("http://edge:8080/api/models/new/m")
+        );
+        assert_eq!(rewrite_location("/api/models/new/m", &hub, base), None);
+        assert_eq!(
+            rewrite_location("https://cdn-lfs.hf.co/x?sig", &hub, base),
+            None
+        );
+        assert_eq!(
+            rewrite_location("https://huggingface.co:8443/x", &hub, base),
+            None
+        );
     }
 
     #[test]

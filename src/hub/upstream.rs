@@ -93,15 +93,21 @@ impl Url {
         } else if let Some(r) = s.strip_prefix("http://") {
             (false, r)
         } else {
-            return Err(format!("{s:?} is not an http:// or https:// URL"));
+            return Err(format!(
+                "{:?} is not an http:// or https:// URL",
+                without_query(s)
+            ));
         };
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split);
         if authority.contains('@') {
-            return Err(format!("{s:?}: credentials in URLs are not supported"));
+            return Err(format!(
+                "{:?}: credentials in URLs are not supported",
+                without_query(s)
+            ));
         }
         let (host, port) = split_host_port(authority)
-            .ok_or_else(|| format!("{s:?} has an invalid host or port"))?;
+            .ok_or_else(|| format!("{:?} has an invalid host or port", without_query(s)))?;
         let default = if tls { 443 } else { 80 };
         let path = if path.starts_with('?') {
             format!("/{path}")
@@ -153,6 +159,14 @@ impl Url {
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}", self.origin, self.path_and_query)
+    }
+}
+
+/// A URL for a message: a signed URL's query is a credential, never logged or shown.
+fn without_query(s: &str) -> String {
+    match s.split_once('?') {
+        Some((head, _)) => format!("{head}?…"),
+        None => s.to_string(),
     }
 }
 
@@ -539,5 +553,13 @@ mod tests {
         assert_eq!(class("http://hub.test/x"), HostClass::Cdn);
         assert_eq!(class("https://cdn-lfs.hf.co/x"), HostClass::Cdn);
         assert_eq!(class("https://evil.test/x"), HostClass::Foreign);
+    }
+
+    #[test]
+    fn url_errors_never_show_a_signature() {
+        let e = Url::parse("ftp://cdn.test/x?Signature=s3cr3t").unwrap_err();
+        assert!(!e.contains("s3cr3t"), "{e}");
+        let e = Url::parse("https://bad host/x?Signature=s3cr3t").unwrap_err();
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 }

@@ -41,6 +41,8 @@ fn keeps_snapshot(route: &Route, method: &Method) -> bool {
 
 /// What the pass-through flow works with.
 pub struct PassthroughFlow {
+    /// `public_url`, when configured: the base of rewritten `Link`s and `Location`s.
+    pub public_url: Option<String>,
     pub upstream: Arc<Upstream>,
     pub resolver: Arc<Resolver>,
     pub snapshots: ApiSnapshots,
@@ -55,7 +57,7 @@ impl PassthroughFlow {
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let pass = Passthrough {
             target: Target::to(Url::on(&self.upstream.hub, pq), &self.upstream),
-            public_base: public_base(req),
+            public_base: self.public_url.clone().or_else(|| public_base(req)),
             rewrites_json: rewrites_json(route),
             json: None,
             snapshot_key: keeps_snapshot(route, &req.method).then(|| pq.to_string()),
@@ -86,11 +88,22 @@ impl PassthroughFlow {
         if status::unavailable(code) && self.snapshot_for(pass, auth).is_some() {
             return Error::e_explain(ErrorType::HTTPStatus(code), "upstream failed");
         }
-        if let (Some(base), Some(link)) = (&pass.public_base, resp.headers.get(header::LINK)) {
-            if let Ok(v) = link.to_str() {
-                let rewritten = headers::rewrite_links(v, &self.upstream.hub, base);
-                resp.insert_header(header::LINK, &rewritten)?;
-                pass.snapshot_link = Some(rewritten);
+        let hub = &self.upstream.hub;
+        if let Some(link) = resp.headers.get(header::LINK).and_then(|v| v.to_str().ok()) {
+            // Kept as paths: the base is this request's, never stored for another's.
+            let paths = headers::rewrite_links(link, hub, "");
+            if let Some(base) = &pass.public_base {
+                resp.insert_header(header::LINK, headers::rewrite_links(&paths, hub, base))?;
+            }
+            pass.snapshot_link = Some(paths);
+        }
+        let location = resp
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok());
+        if let (Some(base), Some(location)) = (&pass.public_base, location) {
+            if let Some(moved) = headers::rewrite_location(location, hub, base) {
+                resp.insert_header(header::LOCATION, moved)?;
             }
         }
         let json = resp
@@ -165,7 +178,8 @@ impl PassthroughFlow {
         resp.insert_header(header::CONTENT_LENGTH, snap.body.len().to_string())?;
         resp.insert_header("warning", headers::STALE_WARNING)?;
         resp.insert_header("x-request-id", &ctx.request_id)?;
-        if let Some(link) = snap.link {
+        if let (Some(paths), Some(base)) = (snap.link, &pass.public_base) {
+            let link = headers::rewrite_links(&paths, &self.upstream.hub, base);
             resp.insert_header(header::LINK, link)?;
         }
         let head = session.req_header().method == Method::HEAD;

@@ -3,13 +3,13 @@
 //!
 //! They work on the directory alone, so they can run beside a live `hf-edge serve` on the same
 //! store. Removing a blob is deleting its file: open readers keep their handle, and the server
-//! refetches a blob it finds missing. `refs.jsonl` is compacted in place rather than replaced,
-//! because the server appends to it through a handle opened at boot, which a rename would leave
-//! writing to a deleted file. Fills in progress (`tmp/`) are never looked at.
+//! refetches a blob it finds missing. `refs.jsonl` is replaced atomically under its lock, which
+//! the server's appends take too (reopening the replaced file), so neither a crash nor a
+//! concurrent append loses a line. Fills in progress (`tmp/`) are never looked at.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -474,28 +474,11 @@ fn remove_blob(path: &Path) -> Result<bool> {
 /// after, never inside.
 fn drop_refs(root: &Path, drop: impl Fn(&RefEntry) -> bool) -> Result<()> {
     let path = refs_path(root);
-    let mut file = match OpenOptions::new().read(true).append(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
-    };
-    let mut rewrite = || -> io::Result<()> {
-        let mut text = Vec::new();
-        file.read_to_end(&mut text)?;
-        let kept = loop {
-            let kept = keep_lines(&text, &drop);
-            if file.read_to_end(&mut text)? == 0 {
-                break kept;
-            }
-        };
-        if kept.len() == text.len() {
-            return Ok(());
-        }
-        file.set_len(0)?;
-        file.write_all(&kept)?;
-        file.sync_data()
-    };
-    rewrite().with_context(|| format!("cannot rewrite {}", path.display()))
+    crate::jsonl::rewrite_with(&path, |text| {
+        let kept = keep_lines(&text, &drop);
+        (kept.len() != text.len()).then_some(kept)
+    })
+    .with_context(|| format!("cannot rewrite {}", path.display()))
 }
 
 fn keep_lines(text: &[u8], drop: &impl Fn(&RefEntry) -> bool) -> Vec<u8> {
@@ -572,7 +555,8 @@ mod tests {
                 .append(true)
                 .open(refs_path(self.root()))
                 .unwrap();
-            writeln!(f, "{}", serde_json::to_string(&e).unwrap()).unwrap();
+            let line = serde_json::to_string(&e).unwrap() + "\n";
+            std::io::Write::write_all(&mut f, line.as_bytes()).unwrap();
         }
 
         fn path(&self, id: &BlobId) -> PathBuf {

@@ -358,6 +358,8 @@ impl HandleMiss for BlobWriter {
             st.file.sync_all()?;
             std::fs::create_dir_all(dest.parent().expect("blob path has a parent"))?;
             std::fs::rename(&temp, &dest)?;
+            // Without it a crash can lose the rename of a blob already served as complete.
+            crate::durable::sync_parent(&dest)?;
             Ok(None)
         })
         .await

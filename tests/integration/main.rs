@@ -12,3 +12,4 @@ mod fills;
 mod passthrough;
 mod resilience;
 mod resolve;
+mod security;

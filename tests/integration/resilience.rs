@@ -131,16 +131,50 @@ fn rate_limits_without_an_earlier_answer_pass_through() {
 #[test]
 fn offline_mode_serves_the_cache_and_nothing_else() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start_with(&hub, "", "ops:\n  admin_token: t0ken-admin\n");
     let tree = "/api/models/gpt2/tree/main?recursive=true";
     assert_eq!(edge.get(CONFIG, &[]).status, 200);
     let online_tree = edge.get(tree, &[]);
     assert_eq!(online_tree.status, 200);
+    let admin = ("Authorization", "Bearer t0ken-admin");
     let toggle = |on: bool| {
         let path = format!("/admin/offline?enabled={on}");
-        let r = request_with_body(edge.metrics, "POST", &path, &[], b"");
+        let r = request_with_body(edge.metrics, "POST", &path, &[admin], b"");
         assert_eq!(r.json()["offline"], on);
     };
+    // Unauthenticated, or from a web page (a cross-site form post carries Origin): refused.
+    let anonymous = request_with_body(
+        edge.metrics,
+        "POST",
+        "/admin/offline?enabled=true",
+        &[],
+        b"",
+    );
+    assert_eq!(anonymous.status, 401);
+    let wrong = ("Authorization", "Bearer t0ken-admiN");
+    let guessed = request_with_body(
+        edge.metrics,
+        "POST",
+        "/admin/offline?enabled=true",
+        &[wrong],
+        b"",
+    );
+    assert_eq!(guessed.status, 401);
+    let page = ("Origin", "http://evil.test");
+    let cross = request_with_body(
+        edge.metrics,
+        "POST",
+        "/admin/offline?enabled=true",
+        &[page],
+        b"",
+    );
+    assert_eq!(cross.status, 403);
+    let state = request(edge.metrics, "GET", "/admin/offline", &[admin]);
+    assert_eq!(
+        state.json()["offline"],
+        false,
+        "nothing refused switched it"
+    );
     toggle(true);
     hub.clear_log();
     let cached = edge.get(CONFIG, &[]);

@@ -61,10 +61,11 @@ def free_port() -> int:
 class FakeHub:
     hub: str
     cdn: str
+    control: str  # the fake's test control API (/_fake/*), on a listener of its own that faults never touch
 
     def _call(self, method: str, path: str, payload=None):
         body = json.dumps(payload).encode() if payload is not None else None
-        status, _, data = http(method, self.hub + path, body, {"Content-Type": "application/json"})
+        status, _, data = http(method, self.control + path, body, {"Content-Type": "application/json"})
         assert status == 200, f"{method} {path}: {status} {data[:500]!r}"
         return json.loads(data)
 

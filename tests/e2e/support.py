@@ -1,6 +1,7 @@
 """Helpers for the end-to-end tests: plain HTTP, the fake Hub's control API, and client processes."""
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -41,6 +42,27 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
+
+
+def get_following(url: str, headers: dict | None = None, hops: int = 5):
+    """(status, headers, body) of a GET that follows redirects (relative or absolute), as a client does."""
+    for _ in range(hops):
+        status, response_headers, body = http("GET", url, headers=headers)
+        if status not in (301, 302, 303, 307, 308):
+            break
+        url = urllib.parse.urljoin(url, response_headers["Location"])
+    return status, response_headers, body
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decoded(headers, body: bytes) -> bytes:
+    """A response body with its Content-Encoding (gzip or none: what the fake Hub sends) undone."""
+    encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+    assert encoding in ("gzip", "identity"), f"unexpected Content-Encoding {encoding!r}"
+    return gzip.decompress(body) if encoding == "gzip" else body
 
 
 def sha256_file(path: Path) -> str:

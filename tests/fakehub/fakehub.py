@@ -24,6 +24,7 @@ Standard library only: Rust integration tests start it with the system python3.
 import argparse
 import base64
 import bisect
+import gzip
 import hashlib
 import hmac
 import importlib.util
@@ -477,6 +478,45 @@ def blob_response(req: Request, blob: Blob, headers: list[tuple[str, str]]) -> R
     start, end = byte_range
     headers.append(("Content-Range", f"bytes {start}-{end - 1}/{blob.size}"))
     return Response(206, headers, blob=blob, start=start, end=end)
+
+
+COMPRESSIBLE_TYPES = ("application/json", "text/")
+MAX_COMPRESSED = 4 << 20  # bodies up to this size are compressed in memory; bigger ones (none are text) are not
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an `Accept-Encoding` value admits gzip (RFC 9110 12.5.3). No header: identity only, as the Hub's
+    front end does."""
+    for item in (accept_encoding or "").split(","):
+        coding, _, params = item.partition(";")
+        quality = re.search(r"q\s*=\s*([0-9.]+)", params)
+        try:
+            q = float(quality[1]) if quality else 1.0
+        except ValueError:
+            q = 0.0
+        if coding.strip().lower() in ("gzip", "x-gzip", "*") and q > 0:
+            return True
+    return False
+
+
+def compressed(req: Request, resp: Response) -> Response:
+    """`resp` gzipped when the client accepts it and the body is JSON or text, as the Hub's front end answers:
+    then Content-Length is the compressed size, not the file's. Ranges (206) are never compressed."""
+    headers = {k.lower(): v for k, v in resp.headers}
+    if (resp.status in (204, 206, 304, 416)
+            or "content-encoding" in headers or not headers.get("content-type", "").startswith(COMPRESSIBLE_TYPES)
+            or not accepts_gzip(req.headers.get("accept-encoding")) or resp.length > MAX_COMPRESSED):
+        return resp
+    if resp.blob is not None:
+        if resp.blob.data is None:
+            return resp
+        body = resp.blob.data[resp.start:resp.end]
+    else:
+        body = resp.body
+    if not body:
+        return resp
+    return Response(resp.status, [*resp.headers, ("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")],
+                    gzip.compress(body, mtime=0))
 
 
 def content_disposition(path: str) -> str:
@@ -967,6 +1007,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send(req, hub.handle_control(req, self.connection))
             return
         entry = hub.record(req)
+        if req.headers.get("host", "").lower() != self.server.authority:
+            # The Hub and its CDN route by Host: another authority is another site, or none.
+            status, message = (404, "NoSuchHost") if req.server == "cdn" else (421, "Misdirected Request")
+            self.send(req, json_response(status, {"error": f"{message}: this is {self.server.authority}, "
+                                                           f"not {req.headers.get('host')!r}"}), entry)
+            return
         fault = hub.take_fault(req)
         if fault:
             entry["fault"] = fault.mode
@@ -987,8 +1033,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send(req, resp, entry, fault)
 
     def send(self, req: Request, resp: Response, entry: dict | None = None, fault: Fault | None = None):
+        resp = compressed(req, resp)
         if entry is not None:
             entry["status"] = resp.status
+            entry["encoding"] = dict((k.lower(), v) for k, v in resp.headers).get("content-encoding")
         self.send_response(resp.status)
         if req.server == "hub":
             self.send_header("X-Request-Id", f"Root=1-{secrets.token_hex(12)}")

@@ -1,0 +1,67 @@
+"""The fake Hub is at least as strict as the real one: what it refuses, and how it answers, checked with raw
+requests straight to it (these run in both E2E_TARGET modes). Each strictness is what makes a test through
+hf-edge able to fail: hf-edge sends the Hub's own Host, asks for identity bodies where it needs byte counts or
+rewrites JSON, and hands signed CDN URLs on byte for byte."""
+
+import gzip
+import json
+
+from support import decoded, http
+
+GPT2 = "gpt2"
+
+
+def signed_url(fakehub, filename: str = "pytorch_model.bin") -> str:
+    status, headers, _ = http("HEAD", f"{fakehub.hub}/{GPT2}/resolve/main/{filename}")
+    assert status == 302, status
+    return headers["Location"]
+
+
+def test_the_hub_answers_421_to_another_host(fakehub):
+    url = f"{fakehub.hub}/api/models/{GPT2}"
+    assert http("GET", url)[0] == 200
+    for host in ("huggingface.co", fakehub.cdn.split("://")[1], "127.0.0.1"):
+        status, _, body = http("GET", url, headers={"Host": host})
+        assert status == 421, (host, status, body[:200])
+
+
+def test_the_cdn_answers_404_to_another_host(fakehub):
+    url = signed_url(fakehub)
+    assert http("GET", url, headers={"Range": "bytes=0-9"})[0] == 206
+    status, _, _ = http("GET", url, headers={"Host": fakehub.hub.split("://")[1], "Range": "bytes=0-9"})
+    assert status == 404
+
+
+def test_json_and_text_are_gzipped_when_the_client_accepts_it(fakehub):
+    url = f"{fakehub.hub}/api/models/{GPT2}/tree/main"
+    status, headers, body = http("GET", url, headers={"Accept-Encoding": "gzip, deflate"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert int(headers["Content-Length"]) == len(body)
+    listing = json.loads(gzip.decompress(body))
+    assert {e["path"] for e in listing} >= {"config.json", "pytorch_model.bin"}
+
+    for accept in ({}, {"Accept-Encoding": "identity"}, {"Accept-Encoding": "gzip;q=0, identity"}):
+        status, headers, body = http("GET", url, headers=accept)
+        assert status == 200 and "Content-Encoding" not in headers, accept
+        assert json.loads(body) == listing
+
+
+def test_a_regular_file_is_gzipped_and_its_content_length_is_then_not_the_files(fakehub):
+    """What a proxy that forwarded the client's Accept-Encoding would take as the file: the compressed bytes."""
+    expected = fakehub.expected(GPT2)["files"]["config.json"]
+    status, headers, _ = http("GET", f"{fakehub.hub}/{GPT2}/resolve/main/config.json")
+    assert status == 307
+    url = fakehub.hub + headers["Location"]
+
+    status, headers, body = http("GET", url, headers={"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert int(headers["Content-Length"]) != expected["size"]
+    status, head_headers, _ = http("HEAD", url, headers={"Accept-Encoding": "gzip"})
+    assert head_headers["Content-Length"] == headers["Content-Length"], "a HEAD announces what a GET sends"
+    plain = decoded(headers, body)
+    assert len(plain) == expected["size"]
+
+    status, headers, body = http("GET", url, headers={"Accept-Encoding": "identity"})
+    assert status == 200 and "Content-Encoding" not in headers and body == plain
+    status, headers, body = http("GET", url, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-3"})
+    assert status == 206 and "Content-Encoding" not in headers and body == plain[:4]

@@ -65,3 +65,25 @@ def test_a_regular_file_is_gzipped_and_its_content_length_is_then_not_the_files(
     assert status == 200 and "Content-Encoding" not in headers and body == plain
     status, headers, body = http("GET", url, headers={"Accept-Encoding": "gzip", "Range": "bytes=0-3"})
     assert status == 206 and "Content-Encoding" not in headers and body == plain[:4]
+
+
+def test_signed_cdn_urls_are_percent_encoded_and_checked_byte_for_byte(fakehub):
+    url = signed_url(fakehub)
+    query = url.split("?", 1)[1]
+    assert all(encoded in query for encoded in ("%2F", "%2B", "%3D", "%3B", "+")), query
+    assert http("GET", url, headers={"Range": "bytes=0-9"})[0] == 206
+
+    first, second = query.split("&", 1)
+    variants = {
+        "slash decoded": url.replace("%2F", "/"),
+        "plus decoded": url.replace("%2B", "+"),
+        "equals decoded": url.replace("%3D", "="),
+        "lower-case escapes": url.replace("%2F", "%2f").replace("%3D", "%3d"),
+        "space as %20": url.replace("+", "%20"),
+        "reordered": url.split("?")[0] + "?" + second + "&" + first,
+        "signature dropped": url.split("&Signature=")[0] + "&Key-Pair-Id=" + url.split("&Key-Pair-Id=")[1],
+    }
+    for name, variant in variants.items():
+        assert variant != url, name
+        status, _, body = http("GET", variant, headers={"Range": "bytes=0-9"})
+        assert status == 403, (name, status, body[:200])

@@ -43,7 +43,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode
+from urllib.parse import parse_qs, parse_qsl, quote, quote_plus, unquote, urlencode
 
 CHUNK_SIZE = 1 << 20
 LFS_EXTENSIONS = (".safetensors", ".bin", ".onnx", ".h5", ".msgpack", ".pt", ".parquet")
@@ -480,6 +480,15 @@ def blob_response(req: Request, blob: Blob, headers: list[tuple[str, str]]) -> R
     return Response(206, headers, blob=blob, start=start, end=end)
 
 
+CDN_KEY_PAIR_ID = "K3RPWS32NSSJCE"
+SIGNED_PARAMS = ["response-content-disposition", "Expires", "Policy", "Signature", "Key-Pair-Id"]
+
+
+def encode_query(params: list[tuple[str, str]]) -> str:
+    """The one encoding the CDN accepts: every reserved byte percent-encoded in upper case, a space as `+`."""
+    return "&".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in params)
+
+
 COMPRESSIBLE_TYPES = ("application/json", "text/")
 MAX_COMPRESSED = 4 << 20  # bodies up to this size are compressed in memory; bigger ones (none are text) are not
 
@@ -627,8 +636,10 @@ class Hub:
                     return fault
         return None
 
-    def sign(self, path: str, expires: int) -> str:
-        return hmac.new(self.secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def sign(self, path: str, params: list[tuple[str, str]]) -> str:
+        """Standard base64 (with `+`, `/` and `=`) of an HMAC over the path and the decoded query values."""
+        message = path + "".join(f"\n{k}={v}" for k, v in params if k != "Signature")
+        return base64.b64encode(hmac.new(self.secret, message.encode(), hashlib.sha256).digest()).decode()
 
     # ---- access control, in the order the Hub checks
 
@@ -707,7 +718,7 @@ class Hub:
             headers += [("ETag", f'"{blob.oid}"'), ("Location", location)]
             return Response(307, [*headers, ("Content-Type", "text/plain; charset=utf-8")],
                             f"Temporary Redirect. Redirecting to {location}".encode())
-        location = self.signed_url(blob)
+        location = self.signed_url(blob, file_path)
         headers += [
             ("X-Linked-Etag", f'"{blob.sha256}"'),
             ("X-Linked-Size", str(blob.size)),
@@ -731,10 +742,39 @@ class Hub:
             raise HubError(404, "Entry not found", "EntryNotFound", commit=commit.sha)
         return blob
 
-    def signed_url(self, blob: Blob) -> str:
+    def signed_url(self, blob: Blob, file_path: str) -> str:
+        """A URL signed as the Hub's CDN URLs are: values percent-encoded (`%2F`, `%2B`, `%3D`, `%3B`, `+` for a
+        space) in a fixed order. The CDN checks the query byte for byte, so any re-encoding on the way voids it."""
         path = f"/blobs/{blob.sha256}"
         expires = int(time.time()) + self.cdn_url_ttl
-        return f"{self.cdn_url}{path}?Expires={expires}&Signature={self.sign(path, expires)}"
+        for nonce in range(256):  # a signature with both `+` and `/`, so both are in the URL, encoded
+            policy = json.dumps({"Statement": [{"Resource": f"{self.cdn_url}{path}*", "Nonce": nonce,
+                                                "Condition": {"DateLessThan": {"AWS:EpochTime": expires}}}]})
+            params = [("response-content-disposition", content_disposition(file_path) + ";"),
+                      ("Expires", str(expires)), ("Policy", base64.b64encode(policy.encode()).decode()),
+                      ("Key-Pair-Id", CDN_KEY_PAIR_ID)]
+            signature = self.sign(path, params)
+            if "+" in signature and "/" in signature:
+                break
+        params.insert(3, ("Signature", signature))
+        return f"{self.cdn_url}{path}?{encode_query(params)}"
+
+    def check_signature(self, req: Request) -> str | None:
+        """Why the CDN refuses the request's query (None: it is a valid, unexpired signature)."""
+        try:
+            params = parse_qsl(req.query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            return "malformed query"
+        if encode_query(params) != req.query:
+            return "the query is not encoded as it was signed"
+        values = dict(params)
+        if [k for k, _ in params] != SIGNED_PARAMS or not values["Expires"].isdigit():
+            return "not a signed URL"
+        if not hmac.compare_digest(values["Signature"], self.sign(req.path, params)):
+            return "signature does not match"
+        if int(values["Expires"]) < time.time():
+            return "Request has expired"
+        return None
 
     def resolve_cache(self, req: Request, kind: str, rest: str) -> Response:
         segments = rest.split("/")
@@ -890,11 +930,9 @@ class Hub:
         match = re.fullmatch(r"/blobs/([0-9a-f]{64})", req.path)
         if not match or req.method not in ("GET", "HEAD"):
             return json_response(404, {"error": "Not Found"})
-        params = req.params
-        expires, signature = params.get("Expires", ""), params.get("Signature", "")
-        valid = expires.isdigit() and hmac.compare_digest(signature, self.sign(req.path, int(expires)))
-        if not valid or int(expires) < time.time():
-            return json_response(403, {"error": "Request has expired"})
+        refused = self.check_signature(req)
+        if refused:
+            return json_response(403, {"error": refused})
         blob = self.blobs.get(match[1])
         if blob is None:
             return json_response(404, {"error": "Not Found"})

@@ -48,8 +48,8 @@ from urllib.parse import parse_qs, parse_qsl, quote, quote_plus, unquote, urlenc
 CHUNK_SIZE = 1 << 20
 LFS_EXTENSIONS = (".safetensors", ".bin", ".onnx", ".h5", ".msgpack", ".pt", ".parquet")
 LFS_MIN_SIZE = 1 << 20  # files larger than this are LFS whatever their extension
-KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}
-RESOLVE_PREFIXES = (("datasets/", "dataset"), ("spaces/", "space"))
+KINDS = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}
+RESOLVE_PREFIXES = (("datasets/", "dataset"), ("spaces/", "space"), ("kernels/", "kernel"))
 API_ACTIONS = {"revision", "tree", "paths-info", "refs", "commits", "xet-read-token"}
 HEX40 = re.compile(r"[0-9a-f]{40}")
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -214,7 +214,7 @@ class Commit:
 
 @dataclass
 class Repo:
-    kind: str  # "model" | "dataset" | "space"
+    kind: str  # "model" | "dataset" | "space" | "kernel"
     id: str
     private: bool = False
     gated: bool = False
@@ -324,6 +324,29 @@ def dataset_repo() -> Repo:
     )
 
 
+def space_repo() -> Repo:
+    return make_repo(
+        Repo("space", "fake-org/tiny-space"),
+        v1={"app.py": b"import gradio\n", "README.md": b"---\nsdk: gradio\n---\n"},
+        main={"app.py": b"import gradio as gr\ngr.Interface(lambda x: x).launch()\n",
+              "requirements.txt": b"gradio\n", "assets/demo.bin": generated("space demo", 40 * 1024)},
+        pr={"app.py": b"import gradio as gr  # proposed\n"},
+    )
+
+
+def kernel_repo() -> Repo:
+    """Laid out as kernels-community repos are: a build/ variant per torch/CUDA, a compiled module (LFS)."""
+    variant = "build/torch28-cxx11-cu128-x86_64-linux/tiny_kernel"
+    return make_repo(
+        Repo("kernel", "fake-org/tiny-kernel"),
+        v1={"build.toml": b"[general]\nname = \"tiny_kernel\"\n",
+            "build/torch-universal/tiny_kernel/__init__.py": b"def add(a, b):\n    return a + b\n"},
+        main={f"{variant}/__init__.py": b"from ._ops import ops\n",
+              f"{variant}/_tiny_kernel.abi3.so": generated("tiny kernel so", (1 << 20) + 4096)},  # LFS by size
+        pr={"build.toml": b"[general]\nname = \"tiny_kernel\"\nversion = 2\n"},
+    )
+
+
 def many_files_repo() -> Repo:
     files = {f"shard-{i // 100:02d}/file-{i:04d}.txt": b"file %d\n" % i for i in range(2500)}
     return make_repo(
@@ -361,6 +384,8 @@ def build_repos(model_dir: Path, hashes: HashCache) -> list[Repo]:
         minilm_repo(model_dir, hashes),
         gpt2_repo(),
         dataset_repo(),
+        space_repo(),
+        kernel_repo(),
         many_files_repo(),
         xet_repo(),
         restricted_repo("gated-model", gated=True),
@@ -690,11 +715,11 @@ class Hub:
         path = req.path
         if path.startswith("/_fake/cas/") or path == "/_fake/cas":
             return json_response(500, {"error": "fake CAS: Xet traffic must never reach the hub"})
-        if match := re.fullmatch(r"/api/resolve-cache/(models|datasets|spaces)/(.+)", path):
+        if match := re.fullmatch(r"/api/resolve-cache/(models|datasets|spaces|kernels)/(.+)", path):
             return self.resolve_cache(req, KINDS[match[1]], match[2])
         if path == "/api/whoami-v2":
             return self.whoami(req)
-        if match := re.fullmatch(r"/api/(models|datasets|spaces)/(.+)", path):
+        if match := re.fullmatch(r"/api/(models|datasets|spaces|kernels)/(.+)", path):
             return self.api(req, KINDS[match[1]], match[2])
         if "/resolve/" in path and req.method in ("GET", "HEAD"):
             return self.resolve(req)

@@ -336,15 +336,20 @@ impl Upstream {
         Ok(peer)
     }
 
-    /// Sends a `HEAD` (no redirects followed) and returns the response header.
+    /// Sends a `HEAD` (no redirects followed) and returns the response header, all of it,
+    /// connecting included, within `metadata_timeout`: a Hub that drops connection attempts
+    /// must not cost clients `connect_timeout`, which may be longer than their own patience.
     pub async fn head(
         &self,
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
-        let (peer, mut resp) = self
-            .send("HEAD", url, auth, None, self.metadata_timeout)
-            .await?;
+        let sent = self.send("HEAD", url, auth, None, self.metadata_timeout);
+        let (peer, mut resp) = tokio::time::timeout(self.metadata_timeout, sent)
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                host: url.origin.host.clone(),
+            })??;
         // Drain (a HEAD has no body) so the connection can go back to the pool.
         while let Ok(Some(_)) = resp.session.read_response_body().await {}
         self.connector
@@ -482,6 +487,41 @@ mod tests {
         assert!(Url::parse("http://x:0/").is_err());
         assert!(Url::parse("http://x:99999/").is_err());
         assert!(Url::parse("http:///x").is_err());
+    }
+
+    /// A listener that never accepts, with a listen queue of one that is already full: the
+    /// kernel drops further connection attempts, as a blackholed host does.
+    fn blackhole() -> (std::net::TcpListener, std::net::TcpStream) {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) on a socket this function owns.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let filler = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, filler)
+    }
+
+    #[tokio::test]
+    async fn a_metadata_request_connects_within_metadata_timeout() {
+        let (listener, _filler) = blackhole();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nupstream:\n  endpoint: {endpoint}\n  connect_timeout: 10s\n  \
+             metadata_timeout: 300ms\ncache:\n  dir: /nonexistent\n  max_size: 1GiB\n\
+             metrics:\n  listen: 127.0.0.1:0\n"
+        );
+        let cfg = crate::config::Config::from_yaml(&yaml, "test", |_| None).unwrap();
+        let upstream = Upstream::new(&cfg.upstream);
+        let started = std::time::Instant::now();
+        let url = Url::on(&upstream.hub, "/gpt2/resolve/main/config.json");
+
+        let result = upstream.head(&url, None).await;
+
+        assert!(
+            matches!(result, Err(UpstreamError::Timeout { .. })),
+            "{result:?}"
+        );
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "waited {waited:?}");
     }
 
     #[test]

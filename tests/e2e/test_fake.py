@@ -5,6 +5,10 @@ rewrites JSON, and hands signed CDN URLs on byte for byte."""
 
 import gzip
 import json
+import socket
+import time
+
+import pytest
 
 from support import decoded, http
 
@@ -87,3 +91,47 @@ def test_signed_cdn_urls_are_percent_encoded_and_checked_byte_for_byte(fakehub):
         assert variant != url, name
         status, _, body = http("GET", variant, headers={"Range": "bytes=0-9"})
         assert status == 403, (name, status, body[:200])
+
+
+def test_a_blackholed_listener_drops_connection_attempts(other_fakehub):
+    """Not a refused port: the connection attempt gets no answer at all, until the fault is cleared."""
+    hub = other_fakehub()
+    host, port = hub.hub.split("://")[1].rsplit(":", 1)
+    cdn_url = signed_url(hub)
+    hub.fault({"mode": "blackhole", "server": "hub"})
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        socket.create_connection((host, int(port)), timeout=1.0)
+    assert time.monotonic() - started >= 0.9, "the attempt must hang, not be refused"
+    assert http("GET", cdn_url, headers={"Range": "bytes=0-9"})[0] == 206, "the CDN is not blackholed"
+
+    hub.clear_faults()
+    assert http("GET", f"{hub.hub}/api/models/{GPT2}")[0] == 200
+
+
+def test_the_redirect_fault_points_at_a_third_host_that_would_serve_the_file(fakehub):
+    """So a proxy that refuses to follow it refuses something that would have worked."""
+    fakehub.clear_log()
+    fakehub.fault({"mode": "redirect", "server": "hub", "path": "/resolve/", "times": 2})
+    try:
+        status, headers, _ = http("HEAD", f"{fakehub.hub}/{GPT2}/resolve/main/pytorch_model.bin")
+        assert status == 302 and headers["X-Repo-Commit"] == fakehub.expected(GPT2)["commit"]
+        third = headers["Location"].split("/blobs/")[0]
+        assert third not in (fakehub.hub, fakehub.cdn) and third.startswith("http://127.0.0.3:")
+        assert http("GET", headers["Location"], headers={"Range": "bytes=0-9"})[0] == 206
+
+        status, headers, _ = http("HEAD", f"{fakehub.hub}/{GPT2}/resolve/main/config.json")
+        assert status == 307 and headers["Location"].startswith(third + "/api/resolve-cache/")
+        assert http("GET", headers["Location"])[0] == 200
+    finally:
+        fakehub.clear_faults()
+    assert {e["server"] for e in fakehub.log()} == {"hub", "third"}
+
+
+def test_the_corrupt_fault_keeps_the_length_and_changes_the_content(fakehub):
+    url = signed_url(fakehub)
+    status, _, good = http("GET", url)
+    fakehub.fault({"mode": "corrupt", "server": "cdn", "times": 1})
+    status, headers, bad = http("GET", url)
+    assert status == 200 and int(headers["Content-Length"]) == len(bad) == len(good) and bad != good

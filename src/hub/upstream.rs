@@ -259,10 +259,32 @@ impl UpstreamError {
             }
             _ => UpstreamError::Unreachable {
                 host,
-                reason: e.etype().as_str().to_string(),
+                reason: explain(e),
             },
         }
     }
+}
+
+/// The error's type and the contexts and causes under it, e.g. `TLSHandshakeFailure: TLS
+/// connect() failed: ... invalid peer certificate: UnknownIssuer, SNI: ...`: an operator must
+/// see why an upstream was refused, not only that it was.
+fn explain(e: &pingora::Error) -> String {
+    let mut parts = vec![e.etype().as_str().to_string()];
+    let mut level = Some(e);
+    for _ in 0..8 {
+        let Some(err) = level.take() else { break };
+        parts.extend(err.context.as_ref().map(|c| c.as_str().trim().to_string()));
+        if let Some(cause) = err.cause.as_deref() {
+            match cause.downcast_ref::<Box<pingora::Error>>() {
+                Some(inner) => level = Some(inner),
+                // Pingora's placeholder cause of a failed TLS handshake says only where from.
+                None => parts.push(cause.to_string()),
+            }
+        }
+    }
+    parts.retain(|p| !p.is_empty() && !p.starts_with("local address "));
+    parts.dedup();
+    parts.join(": ")
 }
 
 /// The upstream side of hf-edge: the Hub origin, the CDN allowlist and the connector.
@@ -553,6 +575,39 @@ mod tests {
         assert_eq!(hub.total_connection_timeout, secs(4));
         assert_eq!(cdn.connection_timeout, secs(10));
         assert_eq!(cdn.total_connection_timeout, secs(20));
+    }
+
+    #[test]
+    fn pingora_errors_are_explained() {
+        let tls = pingora::Error::because(
+            ErrorType::TLSHandshakeFailure,
+            "TLS connect() failed: invalid peer certificate: UnknownIssuer, SNI: hub.example",
+            std::io::Error::other("local address 127.0.0.1:40000"),
+        );
+        assert_eq!(
+            UpstreamError::from_pingora("hub.example", &tls).to_string(),
+            "cannot reach upstream hub.example: TLSHandshakeFailure: TLS connect() failed: \
+             invalid peer certificate: UnknownIssuer, SNI: hub.example"
+        );
+        let refused = pingora::Error::because(
+            ErrorType::ConnectRefused,
+            "connecting",
+            std::io::Error::other("Connection refused (os error 111)"),
+        )
+        .more_context("upstream hub.example");
+        assert_eq!(
+            UpstreamError::from_pingora("hub.example", &refused).to_string(),
+            "cannot reach upstream hub.example: ConnectRefused: upstream hub.example: connecting: \
+             Connection refused (os error 111)"
+        );
+        let bare = pingora::Error::new(ErrorType::ConnectRefused);
+        let up = UpstreamError::from_pingora("hub.example", &bare);
+        assert_eq!(
+            up.to_string(),
+            "cannot reach upstream hub.example: ConnectRefused"
+        );
+        let timeout = pingora::Error::explain(ErrorType::ConnectTimedout, "slow");
+        assert_eq!(UpstreamError::from_pingora("h", &timeout).status(), 504);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +15,10 @@ use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::tls::CaType;
+use pingora::tls::{load_native_certs, CertificateDer, RootCertStore};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
 use pingora::ErrorType;
 
 /// `scheme://host[:port]` (plus a path when parsed from a full URL).
@@ -287,6 +292,166 @@ fn explain(e: &pingora::Error) -> String {
     parts.join(": ")
 }
 
+/// Certificate authorities trusted for upstream TLS besides the system's (`upstream.ca_file`):
+/// the DER certificates of a PEM bundle, each checked to be usable as a trust anchor.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    certs: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+impl CaBundle {
+    /// Reads a PEM bundle: one or more `CERTIFICATE` blocks (text around them is ignored; any
+    /// other block, a private key say, is an error).
+    pub fn load(path: &Path) -> Result<CaBundle, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = pem_certificates(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: no certificate (-----BEGIN CERTIFICATE-----) in it",
+                path.display()
+            ));
+        }
+        for (i, der) in certs.iter().enumerate() {
+            let usable = RootCertStore::empty()
+                .add(CertificateDer::from(der.as_slice()))
+                .map_err(|e| e.to_string())
+                .and_then(|()| parse(der).map(drop));
+            usable.map_err(|e| format!("{}: certificate {}: {e}", path.display(), i + 1))?;
+        }
+        Ok(CaBundle {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+}
+
+/// A certificate in the form Pingora's per-peer trust takes. Its parser panics on what it
+/// cannot read, hence the catch: certificates are parsed once, at startup.
+fn parse(der: &[u8]) -> Result<WrappedX509, String> {
+    let der = der.to_vec();
+    std::panic::catch_unwind(move || WrappedX509::new(der, parse_x509))
+        .map_err(|_| "not a certificate X.509 parsing accepts".to_string())
+}
+
+/// The trust roots for upstream TLS with a CA bundle: the system's (which honour
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`) and the bundle's.
+fn trust_roots(bundle: &CaBundle) -> Arc<CaType> {
+    let system = load_native_certs().unwrap_or_else(|e| {
+        log::warn!(
+            "upstream TLS: cannot load the system's certificates ({e}); trusting only {}",
+            bundle.path.display()
+        );
+        Vec::new()
+    });
+    let system = system.iter().filter_map(|der| {
+        RootCertStore::empty().add(der.clone()).ok()?;
+        parse(der.as_ref()).ok()
+    });
+    let roots: Vec<WrappedX509> = system
+        .chain(bundle.certs.iter().filter_map(|der| parse(der).ok()))
+        .collect();
+    log::info!(
+        "upstream TLS: {} trusted certificates, {} of them from {}",
+        roots.len(),
+        bundle.len(),
+        bundle.path.display()
+    );
+    roots.into()
+}
+
+/// The DER bytes of each `CERTIFICATE` block of a PEM text.
+fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut certs = Vec::new();
+    let mut block: Option<(String, String)> = None; // (label, base64 so far)
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            if block.is_some() {
+                return Err(format!("line {}: BEGIN inside a PEM block", n + 1));
+            }
+            if label != "CERTIFICATE" {
+                return Err(format!(
+                    "line {}: a {label} block; only CERTIFICATE blocks belong in a CA file",
+                    n + 1
+                ));
+            }
+            block = Some((label.to_string(), String::new()));
+        } else if let Some(label) = line
+            .strip_prefix("-----END ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            match block.take() {
+                Some((begun, data)) if begun == label => {
+                    certs.push(base64_decode(&data).ok_or_else(|| {
+                        format!("line {}: invalid base64 in a certificate", n + 1)
+                    })?)
+                }
+                _ => return Err(format!("line {}: END without a matching BEGIN", n + 1)),
+            }
+        } else if let Some((_, data)) = block.as_mut() {
+            data.push_str(line);
+        }
+    }
+    if block.is_some() {
+        return Err("a PEM block without its END line".into());
+    }
+    Ok(certs)
+}
+
+/// Standard base64 with `=` padding (whitespace already removed by the caller's line joins).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let (mut acc, mut bits, mut padding) = (0u32, 0u32, 0usize);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                padding += 1;
+                continue;
+            }
+            _ => return None,
+        };
+        if padding > 0 {
+            return None;
+        }
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    (padding <= 2 && (s.len() - padding) % 4 != 1).then_some(out)
+}
+
 /// The upstream side of hf-edge: the Hub origin, the CDN allowlist and the connector.
 pub struct Upstream {
     pub hub: Origin,
@@ -296,6 +461,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     read_timeout: Duration,
     metadata_timeout: Duration,
+    /// With `upstream.ca_file`: the system's trust roots and the file's, for every TLS peer.
+    trust: Option<Arc<CaType>>,
     connector: Connector,
 }
 
@@ -308,6 +475,7 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             metadata_timeout: cfg.metadata_timeout,
+            trust: cfg.ca_file.as_ref().map(trust_roots),
             connector: Connector::new(None),
         }
     }
@@ -363,6 +531,9 @@ impl Upstream {
         peer.options.total_connection_timeout = Some(connect * 2);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
+        if origin.tls {
+            peer.options.ca = self.trust.clone();
+        }
         Ok(peer)
     }
 
@@ -575,6 +746,85 @@ mod tests {
         assert_eq!(hub.total_connection_timeout, secs(4));
         assert_eq!(cdn.connection_timeout, secs(10));
         assert_eq!(cdn.total_connection_timeout, secs(20));
+    }
+
+    /// A self-signed CA certificate (P-256, valid until 2126), only for parsing.
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBpTCCAUugAwIBAgIUE4OykVHy9YGGQZTQXh5LaKFI6CkwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUaGYtZWRnZSB1bml0IHRlc3QgQ0EwIBcNMjYxMTMwMTQ1MDEy
+WhgPMjEyNjExMDYxNDUwMTJaMB8xHTAbBgNVBAMMFGhmLWVkZ2UgdW5pdCB0ZXN0
+IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEe1/4ytZXraajvXCDmbtE4MH5
+KABOpDCfaFmsRWIzgZYZk9zCZ6vUV9HYpe/HkqmLE0RazG0ARPvJk0EqaEOwAKNj
+MGEwHQYDVR0OBBYEFHxswSZPbEP3woPylpQH1XqRGHf4MB8GA1UdIwQYMBaAFHxs
+wSZPbEP3woPylpQH1XqRGHf4MA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQD
+AgIEMAoGCCqGSM49BAMCA0gAMEUCICG5Ydn1RwdvnvV9Lq3mthQTeSNzvfT+x6Ph
+IV1UdhgVAiEA0wF6uRFZgtgfmv0IPs5N3w0oJPAzh0Ur8kU/HkqV4cs=
+-----END CERTIFICATE-----
+";
+    /// sha256 of its DER bytes (`openssl x509 -outform der | sha256sum`).
+    const TEST_CA_SHA256: &str = "9e0480c655806a3eb283b23973f77614f467c617b8dcb3200c9bf52d78eeb9d9";
+
+    fn sha256_hex(b: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b))
+    }
+
+    #[test]
+    fn base64() {
+        assert_eq!(base64_decode("aGYtZWRnZQ==").unwrap(), b"hf-edge");
+        assert_eq!(base64_decode("aGYtZWRnZTE=").unwrap(), b"hf-edge1");
+        assert_eq!(base64_decode("aGYtZWRnZTEy").unwrap(), b"hf-edge12");
+        assert_eq!(base64_decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("aGY=tZ").is_none(), "data after padding");
+        assert!(base64_decode("aGY*").is_none());
+        assert!(base64_decode("a").is_none());
+    }
+
+    #[test]
+    fn pem_bundles() {
+        let two = format!("# a comment\n{TEST_CA}\nsome text\n{TEST_CA}\n");
+        let certs = pem_certificates(&two).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(sha256_hex(&certs[0]), TEST_CA_SHA256);
+        assert_eq!(pem_certificates("no PEM at all").unwrap().len(), 0);
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+        assert!(pem_certificates(key).unwrap_err().contains("PRIVATE KEY"));
+        let cut = TEST_CA.replace("-----END CERTIFICATE-----", "");
+        assert!(pem_certificates(&cut).is_err());
+        let bad = TEST_CA.replace("MIIB", "MI*B");
+        assert!(pem_certificates(&bad).unwrap_err().contains("base64"));
+    }
+
+    #[test]
+    fn ca_bundles_are_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = CaBundle::load(&write("good.pem", TEST_CA)).unwrap();
+        assert_eq!(good.len(), 1);
+        assert!(format!("{good:?}").contains("1 certificates"));
+        let trust = trust_roots(&good);
+        let ours = trust
+            .iter()
+            .filter(|c| sha256_hex(c.borrow_raw_cert()) == TEST_CA_SHA256);
+        assert_eq!(
+            ours.count(),
+            1,
+            "the bundle's certificate is among the trust roots"
+        );
+
+        let missing = CaBundle::load(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(missing.contains("missing.pem"), "{missing}");
+        let empty = CaBundle::load(&write("empty.pem", "nothing here\n")).unwrap_err();
+        assert!(empty.contains("no certificate"), "{empty}");
+        let garbage = TEST_CA.replace("MIIBpTCCAUugAwIBAgIU", "MIIBpTCCAUugAwIBAgIA");
+        let not_x509 = CaBundle::load(&write("garbage.pem", &garbage)).unwrap_err();
+        assert!(not_x509.contains("certificate 1"), "{not_x509}");
     }
 
     #[test]

@@ -12,17 +12,16 @@ import contextlib
 import importlib.util
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, STARTUP_TIMEOUT, Client, Edge, FakeHub, read_line, running_edge, stop
+from support import REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop
+from tlsca import TestPKI
 
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
-TARGET = os.environ.get("E2E_TARGET", "edge")
 
 
 def pytest_configure(config):
@@ -92,6 +91,12 @@ def other_fakehub(model_dir, hash_cache, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> TestPKI:
+    """A CA made for this run and the server certificates the TLS fake Hubs use (see tlsca.py)."""
+    return TestPKI.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
 def edge(fakehub, tmp_path_factory) -> Edge:
     """The hf-edge the clients of edge_only tests talk to."""
     with running_edge(fakehub.hub, tmp_path_factory.mktemp("hf-edge")) as running:
@@ -100,8 +105,9 @@ def edge(fakehub, tmp_path_factory) -> Edge:
 
 @pytest.fixture
 def other_edge(tmp_path):
-    """Starts further hf-edge instances: other_edge(hub_url, upstream={...}, cache={...}) -> Edge (the dicts
-    add or override config keys of those sections); all are stopped after the test."""
+    """Starts further hf-edge instances: other_edge(hub_url, upstream={...}, cache={...}, env={...}) -> Edge (the
+    dicts add or override config keys of those sections, and environment variables); all are stopped after the
+    test."""
     workdirs = (tmp_path / f"edge-{n}" for n in itertools.count(1))
     with contextlib.ExitStack() as stack:
         def start(hub_url: str, **sections) -> Edge:

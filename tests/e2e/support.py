@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TARGET = os.environ.get("E2E_TARGET", "edge")  # what clients talk to: "edge" (hf-edge) or "hub" (the fake itself)
 CLIENT_RUNNER = Path(__file__).with_name("client_runner.py")
 CLIENT_TIMEOUT = 180.0
 
@@ -162,15 +163,18 @@ class ClientError(AssertionError):
 class Client:
     """A huggingface_hub user with an empty cache of their own, talking to `endpoint`."""
 
-    def __init__(self, endpoint: str, home: Path):
+    def __init__(self, endpoint: str, home: Path, env: dict[str, str] | None = None):
         self.endpoint = endpoint
         self.home = home
         self.cache = home / "hub"
+        self.extra_env = env or {}  # e.g. SSL_CERT_FILE, for a client that talks to a TLS fake Hub itself
 
     def env(self, token: str | None = None) -> dict[str, str]:
         # Nothing from the outer environment: no token, no cache, no proxy between the client and loopback.
         env = {k: v for k, v in os.environ.items()
-               if not k.upper().startswith(("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))}
+               if not k.upper().startswith(("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                            "SSL_CERT_"))}
+        env.update(self.extra_env)
         env.update(
             HF_ENDPOINT=self.endpoint,
             HF_HOME=str(self.home),
@@ -229,13 +233,16 @@ def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
 
 
 @contextlib.contextmanager
-def running_edge(hub_url: str, workdir: Path, **sections):
-    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config."""
+def running_edge(hub_url: str, workdir: Path, env: dict[str, str] | None = None, **sections):
+    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config, `env` added to its
+    environment."""
     binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
     if not binary.is_file():
         pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
     # No HF_TOKEN from the outer environment: it would become the upstream token of an instance meant to have none.
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HF_", "HUGGINGFACE_"))}
+    # Nor SSL_CERT_FILE / SSL_CERT_DIR: what hf-edge trusts upstream is for each test to say.
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith(("HF_", "HUGGINGFACE_", "SSL_CERT_"))} | (env or {})
     port, metrics_port = free_port(), free_port()
     config = workdir / "config.yaml"
     config.write_text(edge_config(hub_url, workdir, port, metrics_port, **sections))

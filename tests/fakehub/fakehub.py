@@ -2,11 +2,12 @@
 """A fake Hugging Face Hub and CDN, for hf-edge's tests.
 
 hf-edge sits between real clients (huggingface_hub, transformers, the `hf` CLI) and the Hub, so its tests need
-an upstream that behaves like the Hub on the wire, with no network. This server models what clients and
-hf-edge depend on (see shared/docs/hf-hub-protocol.md):
+an upstream that behaves like the Hub on the wire, with no network, and is at least as strict as the real one.
+This server models what clients and hf-edge depend on (see shared/docs/hf-hub-protocol.md):
 
 * git semantics: commits with deterministic 40-hex shas, branch `main`, tag `v1.0` (older content),
-  `refs/pr/1`; regular files keyed by their git blob sha1, LFS files by their sha256;
+  `refs/pr/1`; regular files keyed by their git blob sha1, LFS files by their sha256; model, dataset, space
+  and kernel repos (`kernels/` prefix);
 * `/resolve/`: a relative 307 to `/api/resolve-cache/...` for regular files, a 302 to a signed URL on a
   separate CDN listener (another loopback host) for LFS files, Xet hints on the Xet-backed repo;
 * access control with the Hub's status codes and `X-Error-Code`s (gated, private, missing, invalid token);
@@ -14,11 +15,21 @@ hf-edge depend on (see shared/docs/hf-hub-protocol.md):
   xet-read-token;
 * a CDN that rejects `Authorization` and expired or forged signatures, and serves byte ranges.
 
-Tests drive it through `/_fake/*` control endpoints on a control listener of its own (also answered on the hub
-listener, for older harnesses): the request log of both listeners,
-pushing a commit, fault injection, and the expected content of a revision.
+Strict where the real Hub is: `Host` must be the listener's own authority (else 421 from the Hub, 404 from the
+CDN); JSON and text are gzipped when the request's Accept-Encoding allows it (Content-Length is then the
+compressed size); signed CDN URLs carry percent-encoded values (`%2F`, `%2B`, `%3D`, ...) and the CDN checks the
+query byte for byte; with --tls-cert the Hub, CDN and third host speak only HTTPS.
 
-Standard library only: Rust integration tests start it with the system python3.
+A third host (--third-host, neither the Hub nor the CDN) serves what either would, and records what reaches it:
+the `redirect` fault points there. Faults (see `Fault`) also cut, delay, corrupt or refuse answers, or blackhole
+a listener (connection attempts get no answer).
+
+Tests drive it through `/_fake/*` control endpoints on a control listener of its own (plain HTTP, never faulty;
+also answered on the hub listener, for older harnesses): the request log of all listeners, pushing a commit,
+fault injection, and the expected content of a revision.
+
+Standard library only: Rust integration tests start it with the system python3. --hash-cache keeps the sha256 of
+the big model files across the fakes a test run starts.
 """
 
 import argparse

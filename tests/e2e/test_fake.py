@@ -135,3 +135,18 @@ def test_the_corrupt_fault_keeps_the_length_and_changes_the_content(fakehub):
     fakehub.fault({"mode": "corrupt", "server": "cdn", "times": 1})
     status, headers, bad = http("GET", url)
     assert status == 200 and int(headers["Content-Length"]) == len(bad) == len(good) and bad != good
+
+
+def test_model_files_are_hashed_once_per_run(fakehub, other_fakehub, hash_cache, model_dir, tmp_path):
+    """Every fake of a run reads the big model files' sha256 from the run's hash cache while their size and mtime
+    are unchanged: a fake given a cache that lies about model.safetensors believes it."""
+    entries = json.loads(hash_cache.read_text())
+    weights = str((model_dir / "model.safetensors").resolve())
+    assert weights in entries, "the session's fake filled the cache"
+    lying = tmp_path / "hashes.json"
+    lying.write_text(json.dumps({**entries, weights: {**entries[weights], "sha256": "0" * 64}}))
+
+    hub = other_fakehub("--hash-cache", str(lying))
+
+    files = hub.expected("sentence-transformers/all-MiniLM-L6-v2")["files"]
+    assert files["model.safetensors"]["sha256"] == "0" * 64

@@ -232,13 +232,18 @@ def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
+def edge_binary() -> Path:
+    binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
+    if not binary.is_file():
+        pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
+    return binary
+
+
 @contextlib.contextmanager
 def running_edge(hub_url: str, workdir: Path, env: dict[str, str] | None = None, **sections):
     """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config, `env` added to its
     environment."""
-    binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
-    if not binary.is_file():
-        pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
+    binary = edge_binary()
     # No HF_TOKEN from the outer environment: it would become the upstream token of an instance meant to have none.
     # Nor SSL_CERT_FILE / SSL_CERT_DIR: what hf-edge trusts upstream is for each test to say.
     env = {k: v for k, v in os.environ.items()

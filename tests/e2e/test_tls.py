@@ -7,11 +7,12 @@ With E2E_TARGET=hub the real client talks HTTPS to the fake itself, trusting the
 TLS fake is checked against the real client first."""
 
 import json
+import subprocess
 
 import pytest
 
 from snippets import FETCH, SNAPSHOT_AT
-from support import TARGET, Client, http
+from support import TARGET, Client, edge_binary, edge_config, free_port, http
 from tlsca import ServerCert
 
 REPO = "gpt2"
@@ -109,3 +110,29 @@ def test_the_tls_fake_serves_only_tls_and_its_certificate_verifies(other_fakehub
         http("GET", hub.hub.replace("https://", "http://") + f"/api/models/{REPO}", timeout=5)
     with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
         http("GET", f"{hub.hub}/api/models/{REPO}", timeout=5)  # the run's CA is not the system's
+
+
+@pytest.mark.edge_only
+def test_check_config_names_a_bad_ca_file(pki, tmp_path):
+    """upstream.ca_file is read when the config is: `hf-edge check-config` fails (exit 2) with one line that
+    names the key and what is wrong, before anything is served."""
+    (tmp_path / "empty.pem").write_text("no PEM here\n")
+    cases = {
+        str(pki.ca.cert): None,
+        str(tmp_path / "missing.pem"): "missing.pem: No such file",
+        str(tmp_path / "empty.pem"): "no certificate",
+        str(pki.good.key): "PRIVATE KEY",  # a key where the CA bundle belongs
+    }
+    for ca_file, error in cases.items():
+        config = tmp_path / "config.yaml"
+        config.write_text(edge_config("https://127.0.0.1:1", tmp_path, free_port(), free_port(),
+                                      upstream={"ca_file": ca_file}))
+
+        done = subprocess.run([str(edge_binary()), "check-config", str(config)], capture_output=True, timeout=30)
+
+        stderr = done.stderr.decode()
+        if error is None:
+            assert done.returncode == 0, stderr
+        else:
+            assert done.returncode == 2 and "upstream.ca_file: " in stderr and error in stderr, (ca_file, stderr)
+            assert len(stderr.strip().splitlines()) == 1, stderr

@@ -67,7 +67,7 @@ def running_fakehub(model_dir: Path, hash_cache: Path, workdir: Path, *options: 
         if not line:
             pytest.fail(f"fake hub did not start within {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
         urls = json.loads(line)
-        yield FakeHub(urls["hub"], urls["cdn"], urls["control"])
+        yield FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
     finally:
         stop(process)
 

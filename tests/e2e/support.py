@@ -85,6 +85,7 @@ class FakeHub:
     hub: str
     cdn: str
     control: str  # the fake's test control API (/_fake/*), on a listener of its own that faults never touch
+    third: str  # a host that is neither the Hub nor a CDN host: where the `redirect` fault points
 
     def _call(self, method: str, path: str, payload=None):
         body = json.dumps(payload).encode() if payload is not None else None

@@ -609,6 +609,8 @@ class Fault:
     def from_json(cls, spec: dict) -> "Fault":
         if spec.get("mode") not in cls.MODES:
             raise ValueError(f"mode must be one of {cls.MODES}")
+        if spec.get("server") not in (None, "hub", "cdn", "third"):
+            raise ValueError("server must be hub, cdn or third (the control listener is never faulty)")
         return cls(
             mode=spec["mode"],
             path=re.compile(spec.get("path", "")),

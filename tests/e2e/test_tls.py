@@ -61,21 +61,21 @@ def test_snapshot_download_from_a_tls_hub_and_cdn(other_fakehub, other_edge, pki
     assert any(e["server"] == "cdn" and e["method"] == "GET" and e["status"] == 200 for e in log)
 
 
-# name: (the certificate the fake serves, what the error says about it)
+# name: (the certificate the fake serves, what the error says about it, how hf-edge trusts the run's CA)
 CERTIFICATE_FAILURES = {
-    "from an untrusted CA": (lambda pki: pki.untrusted, "invalid peer certificate: UnknownIssuer"),
-    "for another host name": (lambda pki: pki.wrong_name, 'certificate not valid for name "127.0.0.1"'),
+    "from an untrusted CA": (lambda pki: pki.untrusted, "invalid peer certificate: UnknownIssuer", "SSL_CERT_FILE"),
+    "for another host name": (lambda pki: pki.wrong_name, 'certificate not valid for name "127.0.0.1"',
+                              "upstream.ca_file"),
 }
 
 
 @pytest.mark.edge_only
-@pytest.mark.parametrize("trust", ["SSL_CERT_FILE", "upstream.ca_file"])
 @pytest.mark.parametrize("failure", CERTIFICATE_FAILURES)
-def test_a_certificate_that_does_not_verify_is_a_clear_502(other_fakehub, other_edge, pki, tmp_path, failure, trust):
+def test_a_certificate_that_does_not_verify_is_a_clear_502(other_fakehub, other_edge, pki, tmp_path, failure):
     """The Hub's certificate does not verify: every request that needs the Hub gets a 502 (never a 4xx the client
     would take as final), whose JSON error names the TLS failure; no HTTP request reaches the Hub. The real
     client takes it as a connection problem: it retries, then raises LocalEntryNotFoundError from the 502."""
-    cert, reason = CERTIFICATE_FAILURES[failure]
+    cert, reason, trust = CERTIFICATE_FAILURES[failure]
     hub = tls_fakehub(other_fakehub, cert(pki))
     edge = tls_edge(other_edge, hub, pki, trust)
 

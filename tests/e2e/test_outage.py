@@ -44,7 +44,7 @@ def test_a_cold_client_snapshots_a_cached_revision_while_the_hub_is_gone(other_f
 
     assert got == {"commit": want["commit"], "files": expected}, "the last commit hf-edge saw, not the pushed one"
     assert files["config.json"] == {"sha256": expected["config.json"], "commit": want["commit"]}
-    assert elapsed < 8, f"{elapsed:.1f} s: the revision, tree and first file requests took connect_timeout each"
+    assert elapsed < 12, f"{elapsed:.1f} s: the revision, tree and file requests each waited connect_timeout (10 s)"
 
 
 def test_a_body_cut_mid_stream_is_resumed_by_hf_edge(hub, other_edge, tmp_path):

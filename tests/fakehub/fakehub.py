@@ -817,7 +817,7 @@ class Hub:
         values = dict(params)
         if [k for k, _ in params] != SIGNED_PARAMS or not values["Expires"].isdigit():
             return "not a signed URL"
-        if not hmac.compare_digest(values["Signature"], self.sign(req.path, params)):
+        if not hmac.compare_digest(values["Signature"].encode(), self.sign(req.path, params).encode()):
             return "signature does not match"
         if int(values["Expires"]) < time.time():
             return "Request has expired"

@@ -2,6 +2,7 @@
 # Installs what a fresh machine lacks to build and test hf-edge:
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
+#  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -16,6 +17,12 @@ if ! command -v cmake >/dev/null; then
   echo "setup: installing cmake (needed by Pingora's zlib-ng build)" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq cmake >/dev/null
+fi
+
+if ! command -v openssl >/dev/null; then
+  echo "setup: installing openssl (the TLS tests make their CA with it)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
 fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then

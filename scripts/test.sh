@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting and lints, Rust unit and integration tests, and the
-# end-to-end suite driving the real huggingface_hub client through hf-edge against a fake Hub.
+# end-to-end suite driving the real huggingface_hub client against the fake Hub, then through hf-edge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --venv
@@ -12,5 +12,10 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked
 
+# The reference first: the same suite with the real client talking to the fake Hub itself (tests that need a
+# proxy skip), so every assertion made through hf-edge is known to hold against the fake.
+echo "== end-to-end reference (huggingface_hub straight to the fake Hub)"
+E2E_TARGET=hub .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+
 echo "== end-to-end (huggingface_hub through hf-edge)"
-HF_EDGE_BIN="$PWD/target/debug/hf-edge" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+E2E_TARGET=edge HF_EDGE_BIN="$PWD/target/debug/hf-edge" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider

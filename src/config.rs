@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::{OfflineRestricted, Policy, RepoGlob, SiteKey};
-use crate::hub::upstream::{HostPattern, Origin};
+use crate::hub::upstream::{CaBundle, HostPattern, Origin};
 
 /// The embedded default, also what `hf-edge serve` runs with no `--config`.
 pub const DEFAULT_YAML: &str = include_str!("../conf/hf-edge.yaml");
@@ -94,6 +94,8 @@ pub struct Upstream {
     pub failure_hold_down: Duration,
     /// Never contact the Hub; serve what is cached (toggled at runtime on the ops listener).
     pub offline: bool,
+    /// Certificate authorities trusted for upstream TLS besides the system's.
+    pub ca_file: Option<CaBundle>,
 }
 
 impl Upstream {
@@ -106,6 +108,7 @@ impl Upstream {
             read_timeout: self.read_timeout,
             metadata_timeout: self.metadata_timeout,
             offline: self.offline,
+            ca_file: self.ca_file.clone(),
         }
     }
 }
@@ -231,6 +234,8 @@ struct RawUpstream {
     failure_hold_down: RawValue,
     #[serde(default)]
     offline: bool,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -396,6 +401,10 @@ impl RawConfig {
             metadata_timeout: positive("upstream.metadata_timeout", &u.metadata_timeout)?,
             failure_hold_down: duration("upstream.failure_hold_down", &u.failure_hold_down)?,
             offline: u.offline,
+            ca_file: u
+                .ca_file
+                .map(|path| CaBundle::load(&path).map_err(|m| bad("upstream.ca_file", m)))
+                .transpose()?,
         };
 
         let c = self.cache;
@@ -751,6 +760,30 @@ metrics:
             assert!(got.starts_with("t.yaml: "), "{got}");
             assert!(!got.contains('\n'), "one line: {got:?}");
         }
+    }
+
+    #[test]
+    fn ca_file_is_read_and_checked_at_load() {
+        let with = |path: &str| {
+            MINIMAL.replace(
+                "endpoint: \"https://huggingface.co\"",
+                &format!("endpoint: \"https://huggingface.co\"\n  ca_file: \"{path}\""),
+            )
+        };
+        assert!(parse(MINIMAL).unwrap().upstream.ca_file.is_none());
+        let got = err(&with("/nonexistent/ca.pem"));
+        assert!(
+            got.starts_with("t.yaml: upstream.ca_file: /nonexistent/ca.pem: "),
+            "{got}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let got = err(&with(&empty.display().to_string()));
+        assert!(
+            got.contains("upstream.ca_file: ") && got.contains("no certificate"),
+            "{got}"
+        );
     }
 
     #[test]

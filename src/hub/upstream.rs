@@ -6,6 +6,8 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +15,10 @@ use http::HeaderValue;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::tls::CaType;
+use pingora::tls::{load_native_certs, CertificateDer, RootCertStore};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
 use pingora::ErrorType;
 
 /// `scheme://host[:port]` (plus a path when parsed from a full URL).
@@ -279,10 +284,142 @@ impl UpstreamError {
             }
             _ => UpstreamError::Unreachable {
                 host,
-                reason: e.etype().as_str().to_string(),
+                reason: explain(e),
             },
         }
     }
+}
+
+/// The error's type and the contexts and causes under it, e.g. `TLSHandshakeFailure: TLS
+/// connect() failed: ... invalid peer certificate: UnknownIssuer, SNI: ...`: an operator must
+/// see why an upstream was refused, not only that it was.
+fn explain(e: &pingora::Error) -> String {
+    let mut parts = vec![e.etype().as_str().to_string()];
+    let mut level = Some(e);
+    for _ in 0..8 {
+        let Some(err) = level.take() else { break };
+        parts.extend(err.context.as_ref().map(|c| c.as_str().trim().to_string()));
+        if let Some(cause) = err.cause.as_deref() {
+            match cause.downcast_ref::<Box<pingora::Error>>() {
+                Some(inner) => level = Some(inner),
+                // Pingora's placeholder cause of a failed TLS handshake says only where from.
+                None => parts.push(cause.to_string()),
+            }
+        }
+    }
+    parts.retain(|p| !p.is_empty() && !p.starts_with("local address "));
+    parts.dedup();
+    parts.join(": ")
+}
+
+/// Certificate authorities trusted for upstream TLS besides the system's (`upstream.ca_file`):
+/// the DER certificates of a PEM bundle, each checked to be usable as a trust anchor.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    certs: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+impl CaBundle {
+    /// Reads a PEM bundle: one or more `CERTIFICATE` blocks (text around them is ignored; any
+    /// other block, a private key say, is an error).
+    pub fn load(path: &Path) -> Result<CaBundle, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let certs = pem_certificates(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "{}: no certificate (-----BEGIN CERTIFICATE-----) in it",
+                path.display()
+            ));
+        }
+        for (i, der) in certs.iter().enumerate() {
+            let usable = RootCertStore::empty()
+                .add(CertificateDer::from(der.as_slice()))
+                .map_err(|e| e.to_string())
+                .and_then(|()| parse(der).map(drop));
+            usable.map_err(|e| format!("{}: certificate {}: {e}", path.display(), i + 1))?;
+        }
+        Ok(CaBundle {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.certs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.certs.is_empty()
+    }
+}
+
+/// A certificate in the form Pingora's per-peer trust takes. Its parser panics on what it
+/// cannot read, hence the catch: certificates are parsed once, at startup.
+fn parse(der: &[u8]) -> Result<WrappedX509, String> {
+    let der = der.to_vec();
+    std::panic::catch_unwind(move || WrappedX509::new(der, parse_x509))
+        .map_err(|_| "not a certificate X.509 parsing accepts".to_string())
+}
+
+/// The trust roots for upstream TLS with a CA bundle: the system's (which honour
+/// `SSL_CERT_FILE` and `SSL_CERT_DIR`) and the bundle's.
+fn trust_roots(bundle: &CaBundle) -> Arc<CaType> {
+    let system = load_native_certs().unwrap_or_else(|e| {
+        log::warn!(
+            "upstream TLS: cannot load the system's certificates ({e}); trusting only {}",
+            bundle.path.display()
+        );
+        Vec::new()
+    });
+    let system = system.iter().filter_map(|der| {
+        RootCertStore::empty().add(der.clone()).ok()?;
+        parse(der.as_ref()).ok()
+    });
+    let roots: Vec<WrappedX509> = system
+        .chain(bundle.certs.iter().filter_map(|der| parse(der).ok()))
+        .collect();
+    log::info!(
+        "upstream TLS: {} trusted certificates, {} of them from {}",
+        roots.len(),
+        bundle.len(),
+        bundle.path.display()
+    );
+    roots.into()
+}
+
+/// The DER bytes of each `CERTIFICATE` block of a PEM text; any other block (a private key,
+/// say) is an error: only certificates belong in a CA file.
+fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::read_all(&mut text.as_bytes()) {
+        match item.map_err(|e| format!("not a valid PEM file: {e:?}"))? {
+            rustls_pemfile::Item::X509Certificate(der) => certs.push(der.to_vec()),
+            other => {
+                let kind = match other {
+                    rustls_pemfile::Item::Pkcs1Key(_)
+                    | rustls_pemfile::Item::Pkcs8Key(_)
+                    | rustls_pemfile::Item::Sec1Key(_) => "PRIVATE KEY",
+                    _ => "non-certificate",
+                };
+                return Err(format!(
+                    "a {kind} block; only CERTIFICATE blocks belong in a CA file"
+                ));
+            }
+        }
+    }
+    Ok(certs)
 }
 
 /// What [`Upstream`] is built from (the config's `upstream.*`, already validated).
@@ -294,6 +431,8 @@ pub struct Settings {
     pub read_timeout: Duration,
     pub metadata_timeout: Duration,
     pub offline: bool,
+    /// `upstream.ca_file`: CAs trusted besides the system's.
+    pub ca_file: Option<CaBundle>,
 }
 
 /// The upstream side of hf-edge: the Hub origin, the CDN allowlist and the connector.
@@ -305,6 +444,8 @@ pub struct Upstream {
     connect_timeout: Duration,
     read_timeout: Duration,
     metadata_timeout: Duration,
+    /// With `upstream.ca_file`: the system's trust roots and the file's, for every TLS peer.
+    trust: Option<Arc<CaType>>,
     connector: Connector,
 }
 
@@ -317,6 +458,7 @@ impl Upstream {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             metadata_timeout: cfg.metadata_timeout,
+            trust: cfg.ca_file.as_ref().map(trust_roots),
             connector: Connector::new(None),
         }
     }
@@ -364,23 +506,39 @@ impl Upstream {
         } else {
             String::new()
         };
+        // The Hub answers metadata (API calls, small files): connecting to it may take no longer
+        // than a metadata answer, so that a Hub dropping connection attempts costs the API calls
+        // that have a last good answer to fall back on no more than the metadata requests.
+        let connect = if origin.host == self.hub.host {
+            self.connect_timeout.min(self.metadata_timeout)
+        } else {
+            self.connect_timeout
+        };
         let mut peer = HttpPeer::new(addr, origin.tls, sni);
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.total_connection_timeout = Some(self.connect_timeout * 2);
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect * 2);
         peer.options.read_timeout = Some(self.read_timeout);
         peer.options.write_timeout = Some(self.read_timeout);
+        if origin.tls {
+            peer.options.ca = self.trust.clone();
+        }
         Ok(peer)
     }
 
-    /// Sends a `HEAD` (no redirects followed) and returns the response header.
+    /// Sends a `HEAD` (no redirects followed) and returns the response header, all of it,
+    /// connecting included, within `metadata_timeout`: a Hub that drops connection attempts
+    /// must not cost clients `connect_timeout`, which may be longer than their own patience.
     pub async fn head(
         &self,
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
-        let (peer, mut resp) = self
-            .send("HEAD", url, auth, None, self.metadata_timeout)
-            .await?;
+        let sent = self.send("HEAD", url, auth, None, self.metadata_timeout);
+        let (peer, mut resp) = tokio::time::timeout(self.metadata_timeout, sent)
+            .await
+            .map_err(|_| UpstreamError::Timeout {
+                host: url.origin.host.clone(),
+            })??;
         // Drain (a HEAD has no body) so the connection can go back to the pool.
         while let Ok(Some(_)) = resp.session.read_response_body().await {}
         self.connector
@@ -520,6 +678,170 @@ mod tests {
         assert!(Url::parse("http:///x").is_err());
     }
 
+    /// A listener that never accepts, with a listen queue of one that is already full: the
+    /// kernel drops further connection attempts, as a blackholed host does.
+    fn blackhole() -> (std::net::TcpListener, std::net::TcpStream) {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) on a socket this function owns.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let filler = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, filler)
+    }
+
+    /// Settings for `endpoint` with a 10 s connect timeout and `metadata_timeout`.
+    fn settings(endpoint: &str, metadata_timeout: Duration) -> Settings {
+        Settings {
+            hub: Origin::parse(endpoint).unwrap(),
+            cdn_hosts: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(10),
+            metadata_timeout,
+            offline: false,
+            ca_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_metadata_request_connects_within_metadata_timeout() {
+        let (listener, _filler) = blackhole();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = Upstream::new(settings(&endpoint, Duration::from_millis(300)));
+        let started = std::time::Instant::now();
+        let url = Url::on(&upstream.hub, "/gpt2/resolve/main/config.json");
+
+        let result = upstream.head(&url, None).await;
+
+        assert!(
+            matches!(result, Err(UpstreamError::Timeout { .. })),
+            "{result:?}"
+        );
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+    }
+
+    #[tokio::test]
+    async fn connections_to_the_hub_are_bounded_by_metadata_timeout() {
+        let upstream = Upstream::new(Settings {
+            cdn_hosts: vec![HostPattern::parse("127.0.0.2").unwrap()],
+            ..settings("http://127.0.0.1:8000", Duration::from_secs(2))
+        });
+        let peer = |url: &str| {
+            let origin = Url::parse(url).unwrap().origin;
+            let upstream = &upstream;
+            async move { upstream.peer(&origin).await.unwrap().options }
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+
+        let hub = peer("http://127.0.0.1:8443/").await; // the Hub's host, any port
+        let cdn = peer("http://127.0.0.2:9000/").await;
+
+        assert_eq!(hub.connection_timeout, secs(2));
+        assert_eq!(hub.total_connection_timeout, secs(4));
+        assert_eq!(cdn.connection_timeout, secs(10));
+        assert_eq!(cdn.total_connection_timeout, secs(20));
+    }
+
+    /// A self-signed CA certificate (P-256, valid until 2126), only for parsing.
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----
+MIIBpTCCAUugAwIBAgIUE4OykVHy9YGGQZTQXh5LaKFI6CkwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUaGYtZWRnZSB1bml0IHRlc3QgQ0EwIBcNMjYxMTMwMTQ1MDEy
+WhgPMjEyNjExMDYxNDUwMTJaMB8xHTAbBgNVBAMMFGhmLWVkZ2UgdW5pdCB0ZXN0
+IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEe1/4ytZXraajvXCDmbtE4MH5
+KABOpDCfaFmsRWIzgZYZk9zCZ6vUV9HYpe/HkqmLE0RazG0ARPvJk0EqaEOwAKNj
+MGEwHQYDVR0OBBYEFHxswSZPbEP3woPylpQH1XqRGHf4MB8GA1UdIwQYMBaAFHxs
+wSZPbEP3woPylpQH1XqRGHf4MA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQD
+AgIEMAoGCCqGSM49BAMCA0gAMEUCICG5Ydn1RwdvnvV9Lq3mthQTeSNzvfT+x6Ph
+IV1UdhgVAiEA0wF6uRFZgtgfmv0IPs5N3w0oJPAzh0Ur8kU/HkqV4cs=
+-----END CERTIFICATE-----
+";
+    /// sha256 of its DER bytes (`openssl x509 -outform der | sha256sum`).
+    const TEST_CA_SHA256: &str = "9e0480c655806a3eb283b23973f77614f467c617b8dcb3200c9bf52d78eeb9d9";
+
+    fn sha256_hex(b: &[u8]) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b))
+    }
+
+    #[test]
+    fn pem_bundles() {
+        let two = format!("# a comment\n{TEST_CA}\nsome text\n{TEST_CA}\n");
+        let certs = pem_certificates(&two).unwrap();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(sha256_hex(&certs[0]), TEST_CA_SHA256);
+        assert_eq!(pem_certificates("no PEM at all").unwrap().len(), 0);
+        let key = "-----BEGIN PRIVATE KEY-----\nAAAAAAAA\n-----END PRIVATE KEY-----\n";
+        assert!(pem_certificates(key).unwrap_err().contains("PRIVATE KEY"));
+        let cut = TEST_CA.replace("-----END CERTIFICATE-----", "");
+        assert!(pem_certificates(&cut).is_err());
+        let bad = TEST_CA.replace("MIIB", "MI*B");
+        assert!(pem_certificates(&bad).is_err());
+    }
+
+    #[test]
+    fn ca_bundles_are_checked_when_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let good = CaBundle::load(&write("good.pem", TEST_CA)).unwrap();
+        assert_eq!(good.len(), 1);
+        assert!(format!("{good:?}").contains("1 certificates"));
+        let trust = trust_roots(&good);
+        let ours = trust
+            .iter()
+            .filter(|c| sha256_hex(c.borrow_raw_cert()) == TEST_CA_SHA256);
+        assert_eq!(
+            ours.count(),
+            1,
+            "the bundle's certificate is among the trust roots"
+        );
+
+        let missing = CaBundle::load(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(missing.contains("missing.pem"), "{missing}");
+        let empty = CaBundle::load(&write("empty.pem", "nothing here\n")).unwrap_err();
+        assert!(empty.contains("no certificate"), "{empty}");
+        let garbage = TEST_CA.replace("MIIBpTCCAUugAwIBAgIU", "MIIBpTCCAUugAwIBAgIA");
+        let not_x509 = CaBundle::load(&write("garbage.pem", &garbage)).unwrap_err();
+        assert!(not_x509.contains("certificate 1"), "{not_x509}");
+    }
+
+    #[test]
+    fn pingora_errors_are_explained() {
+        let tls = pingora::Error::because(
+            ErrorType::TLSHandshakeFailure,
+            "TLS connect() failed: invalid peer certificate: UnknownIssuer, SNI: hub.example",
+            std::io::Error::other("local address 127.0.0.1:40000"),
+        );
+        assert_eq!(
+            UpstreamError::from_pingora("hub.example", &tls).to_string(),
+            "cannot reach upstream hub.example: TLSHandshakeFailure: TLS connect() failed: \
+             invalid peer certificate: UnknownIssuer, SNI: hub.example"
+        );
+        let refused = pingora::Error::because(
+            ErrorType::ConnectRefused,
+            "connecting",
+            std::io::Error::other("Connection refused (os error 111)"),
+        )
+        .more_context("upstream hub.example");
+        assert_eq!(
+            UpstreamError::from_pingora("hub.example", &refused).to_string(),
+            "cannot reach upstream hub.example: ConnectRefused: upstream hub.example: connecting: \
+             Connection refused (os error 111)"
+        );
+        let bare = pingora::Error::new(ErrorType::ConnectRefused);
+        let up = UpstreamError::from_pingora("hub.example", &bare);
+        assert_eq!(
+            up.to_string(),
+            "cannot reach upstream hub.example: ConnectRefused"
+        );
+        let timeout = pingora::Error::explain(ErrorType::ConnectTimedout, "slow");
+        assert_eq!(UpstreamError::from_pingora("h", &timeout).status(), 504);
+    }
+
     #[test]
     fn host_patterns() {
         let p = HostPattern::parse("*.hf.co").unwrap();
@@ -544,6 +866,7 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             metadata_timeout: Duration::from_secs(1),
             offline: false,
+            ca_file: None,
         });
         let class = |u: &str| up.classify(&Url::parse(u).unwrap());
         assert_eq!(class("https://hub.test/api/x"), HostClass::Hub);

@@ -12,17 +12,16 @@ import contextlib
 import importlib.util
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, STARTUP_TIMEOUT, Client, Edge, FakeHub, read_line, running_edge, stop
+from support import REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop
+from tlsca import TestPKI
 
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
-TARGET = os.environ.get("E2E_TARGET", "edge")
 
 
 def pytest_configure(config):
@@ -48,13 +47,19 @@ def model_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+@pytest.fixture(scope="session")
+def hash_cache(tmp_path_factory) -> Path:
+    """Where every fake Hub of this run keeps the sha256 of the model files: they are hashed once per run."""
+    return tmp_path_factory.mktemp("fakehub-hashes") / "hashes.json"
+
+
 @contextlib.contextmanager
-def running_fakehub(model_dir: Path, workdir: Path, *options: str):
+def running_fakehub(model_dir: Path, hash_cache: Path, workdir: Path, *options: str):
     """A fake Hub started with extra command-line `options` (see fakehub.py --help), stopped on exit."""
     stderr_path = workdir / "stderr.log"
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, str(FAKEHUB), "--model-dir", str(model_dir), *options],
+            [sys.executable, str(FAKEHUB), "--model-dir", str(model_dir), "--hash-cache", str(hash_cache), *options],
             stdout=subprocess.PIPE, stderr=stderr,
         )
     try:
@@ -62,27 +67,33 @@ def running_fakehub(model_dir: Path, workdir: Path, *options: str):
         if not line:
             pytest.fail(f"fake hub did not start within {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
         urls = json.loads(line)
-        yield FakeHub(urls["hub"], urls["cdn"])
+        yield FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
     finally:
         stop(process)
 
 
 @pytest.fixture(scope="session")
-def fakehub(model_dir, tmp_path_factory) -> FakeHub:
-    with running_fakehub(model_dir, tmp_path_factory.mktemp("fakehub")) as hub:
+def fakehub(model_dir, hash_cache, tmp_path_factory) -> FakeHub:
+    with running_fakehub(model_dir, hash_cache, tmp_path_factory.mktemp("fakehub")) as hub:
         yield hub
 
 
 @pytest.fixture
-def other_fakehub(model_dir, tmp_path):
+def other_fakehub(model_dir, hash_cache, tmp_path):
     """Starts further fake Hubs: other_fakehub("--cdn-url-ttl", "2") -> FakeHub; all are stopped after the test."""
     workdirs = (tmp_path / f"fakehub-{n}" for n in itertools.count(1))
     with contextlib.ExitStack() as stack:
         def start(*options: str) -> FakeHub:
             workdir = next(workdirs)
             workdir.mkdir()
-            return stack.enter_context(running_fakehub(model_dir, workdir, *options))
+            return stack.enter_context(running_fakehub(model_dir, hash_cache, workdir, *options))
         yield start
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> TestPKI:
+    """A CA made for this run and the server certificates the TLS fake Hubs use (see tlsca.py)."""
+    return TestPKI.create(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session")
@@ -94,8 +105,9 @@ def edge(fakehub, tmp_path_factory) -> Edge:
 
 @pytest.fixture
 def other_edge(tmp_path):
-    """Starts further hf-edge instances: other_edge(hub_url, upstream={...}, cache={...}) -> Edge (the dicts
-    add or override config keys of those sections); all are stopped after the test."""
+    """Starts further hf-edge instances: other_edge(hub_url, upstream={...}, cache={...}, env={...}) -> Edge (the
+    dicts add or override config keys of those sections, and environment variables); all are stopped after the
+    test."""
     workdirs = (tmp_path / f"edge-{n}" for n in itertools.count(1))
     with contextlib.ExitStack() as stack:
         def start(hub_url: str, **sections) -> Edge:

@@ -1,6 +1,7 @@
 """Helpers for the end-to-end tests: plain HTTP, the fake Hub's control API, and client processes."""
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+TARGET = os.environ.get("E2E_TARGET", "edge")  # what clients talk to: "edge" (hf-edge) or "hub" (the fake itself)
 CLIENT_RUNNER = Path(__file__).with_name("client_runner.py")
 CLIENT_TIMEOUT = 180.0
 
@@ -43,6 +45,27 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return error.code, error.headers, error.read()
 
 
+def get_following(url: str, headers: dict | None = None, hops: int = 5):
+    """(status, headers, body) of a GET that follows redirects (relative or absolute), as a client does."""
+    for _ in range(hops):
+        status, response_headers, body = http("GET", url, headers=headers)
+        if status not in (301, 302, 303, 307, 308):
+            break
+        url = urllib.parse.urljoin(url, response_headers["Location"])
+    return status, response_headers, body
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decoded(headers, body: bytes) -> bytes:
+    """A response body with its Content-Encoding (gzip or none: what the fake Hub sends) undone."""
+    encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+    assert encoding in ("gzip", "identity"), f"unexpected Content-Encoding {encoding!r}"
+    return gzip.decompress(body) if encoding == "gzip" else body
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -61,10 +84,12 @@ def free_port() -> int:
 class FakeHub:
     hub: str
     cdn: str
+    control: str  # the fake's test control API (/_fake/*), on a listener of its own that faults never touch
+    third: str  # a host that is neither the Hub nor a CDN host: where the `redirect` fault points
 
     def _call(self, method: str, path: str, payload=None):
         body = json.dumps(payload).encode() if payload is not None else None
-        status, _, data = http(method, self.hub + path, body, {"Content-Type": "application/json"})
+        status, _, data = http(method, self.control + path, body, {"Content-Type": "application/json"})
         assert status == 200, f"{method} {path}: {status} {data[:500]!r}"
         return json.loads(data)
 
@@ -139,15 +164,18 @@ class ClientError(AssertionError):
 class Client:
     """A huggingface_hub user with an empty cache of their own, talking to `endpoint`."""
 
-    def __init__(self, endpoint: str, home: Path):
+    def __init__(self, endpoint: str, home: Path, env: dict[str, str] | None = None):
         self.endpoint = endpoint
         self.home = home
         self.cache = home / "hub"
+        self.extra_env = env or {}  # e.g. SSL_CERT_FILE, for a client that talks to a TLS fake Hub itself
 
     def env(self, token: str | None = None) -> dict[str, str]:
         # Nothing from the outer environment: no token, no cache, no proxy between the client and loopback.
         env = {k: v for k, v in os.environ.items()
-               if not k.upper().startswith(("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"))}
+               if not k.upper().startswith(("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                            "SSL_CERT_"))}
+        env.update(self.extra_env)
         env.update(
             HF_ENDPOINT=self.endpoint,
             HF_HOME=str(self.home),
@@ -205,14 +233,22 @@ def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
-@contextlib.contextmanager
-def running_edge(hub_url: str, workdir: Path, **sections):
-    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config."""
+def edge_binary() -> Path:
     binary = Path(os.environ.get("HF_EDGE_BIN", REPO_ROOT / "target" / "debug" / "hf-edge"))
     if not binary.is_file():
         pytest.fail(f"hf-edge binary not found at {binary}: build it, set HF_EDGE_BIN, or run with E2E_TARGET=hub")
+    return binary
+
+
+@contextlib.contextmanager
+def running_edge(hub_url: str, workdir: Path, env: dict[str, str] | None = None, **sections):
+    """hf-edge in front of `hub_url`, stopped on exit; `sections` as for edge_config, `env` added to its
+    environment."""
+    binary = edge_binary()
     # No HF_TOKEN from the outer environment: it would become the upstream token of an instance meant to have none.
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HF_", "HUGGINGFACE_"))}
+    # Nor SSL_CERT_FILE / SSL_CERT_DIR: what hf-edge trusts upstream is for each test to say.
+    env = {k: v for k, v in os.environ.items()
+           if not k.upper().startswith(("HF_", "HUGGINGFACE_", "SSL_CERT_"))} | (env or {})
     port, metrics_port = free_port(), free_port()
     config = workdir / "config.yaml"
     config.write_text(edge_config(hub_url, workdir, port, metrics_port, **sections))

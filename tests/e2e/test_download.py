@@ -65,3 +65,28 @@ def test_hf_cli_download(client, fakehub, tmp_path):
     got = {p.relative_to(target).as_posix(): sha256_file(p)
            for p in target.rglob("*") if p.is_file() and ".cache" not in p.relative_to(target).parts}
     assert got == {path: f["sha256"] for path, f in expected["files"].items()}
+
+
+# repo_type: (repo id, a regular file and an LFS file that every revision has, changed since v1.0 where noted)
+OTHER_TYPES = {
+    "space": ("fake-org/tiny-space", ["app.py", "assets/demo.bin"]),
+    "kernel": ("fake-org/tiny-kernel", ["build.toml",
+                                        "build/torch28-cxx11-cu128-x86_64-linux/tiny_kernel/_tiny_kernel.abi3.so"]),
+}
+
+
+@pytest.mark.parametrize("revision", ["main", "refs/pr/1"])
+@pytest.mark.parametrize("repo_type", OTHER_TYPES)
+def test_space_and_kernel_repos(client, fakehub, repo_type, revision):
+    """spaces/ and kernels/ downloads: hf_hub_download (the client's repo_type="kernel" resolves under
+    kernels/) and snapshot_download (/api/spaces/..., /api/kernels/...) get the right bytes and commit."""
+    repo_id, names = OTHER_TYPES[repo_type]
+    expected = fakehub.expected(repo_id, revision, repo_type=repo_type)
+    assert [expected["files"][n]["lfs"] for n in names] == [False, True]
+
+    got = client.run(DOWNLOAD, repo_id=repo_id, repo_type=repo_type, filenames=names, revision=revision)
+    snapshot = client.run(SNAPSHOT, repo_id=repo_id, repo_type=repo_type, revision=revision)
+
+    assert {n: (got[n]["sha256"], got[n]["commit"]) for n in names} == \
+        {n: (expected["files"][n]["sha256"], expected["commit"]) for n in names}
+    assert snapshot == {path: f["sha256"] for path, f in expected["files"].items()}

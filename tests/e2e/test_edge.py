@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from snippets import DOWNLOAD, SNAPSHOT
-from support import http, sha256_file
+from support import decoded, get_following, http, sha256, sha256_file
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 XET_REPO = "fake-org/xet-model"
@@ -43,20 +43,44 @@ def test_xet_repo_downloads_over_plain_http(client, fakehub):
     assert [e for e in fakehub.log() if is_xet_request(e)] == []
 
 
-@pytest.mark.edge_only
-def test_xet_hints_are_stripped(endpoint):
-    status, headers, _ = http("HEAD", f"{endpoint}/{XET_REPO}/resolve/main/model.safetensors")
-    assert status == 200
-    assert "X-Xet-Hash" not in headers and "X-Xet-Refresh-Route" not in headers
-    assert "xet" not in headers.get("Link", "")
+ACCEPT_ENCODINGS = [None, "identity", "gzip", "gzip, deflate, br, zstd"]  # what raw, requests and httpx clients send
 
-    status, _, body = http("GET", f"{endpoint}/api/models/{XET_REPO}/tree/main?recursive=true")
-    assert status == 200 and all("xetHash" not in e for e in json.loads(body))
+
+@pytest.mark.edge_only
+@pytest.mark.parametrize("accept", ACCEPT_ENCODINGS)
+def test_xet_hints_are_stripped(endpoint, accept):
+    """Also when the client accepts gzip, which the fake Hub then sends: hf-edge asks for identity JSON, which it
+    can rewrite, and the client gets valid JSON without xetHash whatever encoding it is sent in."""
+    headers = {"Accept-Encoding": accept} if accept else {}
+    status, response_headers, _ = http("HEAD", f"{endpoint}/{XET_REPO}/resolve/main/model.safetensors", headers=headers)
+    assert status == 200
+    assert "X-Xet-Hash" not in response_headers and "X-Xet-Refresh-Route" not in response_headers
+    assert "xet" not in response_headers.get("Link", "")
+
+    status, response_headers, body = http("GET", f"{endpoint}/api/models/{XET_REPO}/tree/main?recursive=true",
+                                          headers=headers)
+    listing = json.loads(decoded(response_headers, body))
+    assert status == 200 and listing and all("xetHash" not in e for e in listing)
 
     form = b"paths=model.safetensors&paths=extra%2Fadapter.bin&expand=false"
-    status, _, body = http("POST", f"{endpoint}/api/models/{XET_REPO}/paths-info/main", form,
-                           {"Content-Type": "application/x-www-form-urlencoded"})
-    assert status == 200 and len(json.loads(body)) == 2 and all("xetHash" not in e for e in json.loads(body))
+    status, response_headers, body = http("POST", f"{endpoint}/api/models/{XET_REPO}/paths-info/main", form,
+                                          {"Content-Type": "application/x-www-form-urlencoded", **headers})
+    infos = json.loads(decoded(response_headers, body))
+    assert status == 200 and len(infos) == 2 and all("xetHash" not in e for e in infos)
+
+
+@pytest.mark.parametrize("accept", ACCEPT_ENCODINGS)
+def test_a_text_file_is_byte_identical_whatever_the_client_accepts(endpoint, fakehub, accept):
+    """The Hub gzips text for a client that accepts it; what the client decodes is the file, and the
+    Content-Length it was sent is the length of what it was sent."""
+    headers = {"Accept-Encoding": accept} if accept else {}
+    expected = fakehub.expected("gpt2")["files"]
+
+    for name in ("config.json", "onnx/config.json", "README.md"):
+        status, response_headers, body = get_following(f"{endpoint}/gpt2/resolve/main/{name}", headers)
+        assert status == 200
+        assert int(response_headers["Content-Length"]) == len(body)
+        assert sha256(decoded(response_headers, body)) == expected[name]["sha256"], name
 
 
 @pytest.mark.edge_only

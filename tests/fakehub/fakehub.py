@@ -15,7 +15,8 @@ hf-edge depend on (see shared/docs/hf-hub-protocol.md):
 * a CDN that rejects `Authorization` and expired or forged signatures, and serves byte ranges.
 
 Tests drive it through `/_fake/*` control endpoints on the hub listener: the request log of both listeners,
-pushing a commit, fault injection, and the expected content of a revision.
+pushing a commit, fault injection (and releasing held bodies), expiring the signed CDN URLs issued so far, and
+the expected content of a revision.
 
 Standard library only: Rust integration tests start it with the system python3.
 """
@@ -455,6 +456,9 @@ def content_disposition(path: str) -> str:
 # --------------------------------------------------------------------------------------------------- faults
 
 
+HOLD_LIMIT = 60  # seconds a held body waits for POST /_fake/release at most
+
+
 @dataclass
 class Fault:
     """A misbehaviour for the next `times` requests matching `server`, `method` and the `path` regex (for every
@@ -465,6 +469,11 @@ class Fault:
     drop_after  send the headers and `bytes` body bytes, then close the connection
     status      answer `status` (503, 429, ...) with extra `headers` (Retry-After, ...)
     no_ranges   ignore `Range` and send the whole body, as an origin without range support
+
+    With `expire_urls`, once the response is sent (before its connection closes) every signed CDN URL issued so
+    far is refused as expired, as POST /_fake/cdn/expire does: tests decide when a URL expires, not the clock.
+    With `hold` (a byte count), the header and that many body bytes are sent, and the rest waits for POST
+    /_fake/release (at most HOLD_LIMIT s): a test decides when a download in flight may go on.
     """
 
     mode: str
@@ -477,6 +486,9 @@ class Fault:
     byte_limit: int = 0
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
+    expire_urls: bool = False
+    hold: int | None = None
+    released: threading.Event = field(default_factory=threading.Event)
 
     MODES = ("down", "slow", "drop_after", "status", "no_ranges")
 
@@ -495,6 +507,8 @@ class Fault:
             byte_limit=int(spec.get("bytes", 0)),
             status=int(spec.get("status", 503)),
             headers=dict(spec.get("headers", {})),
+            expire_urls=bool(spec.get("expire_urls", False)),
+            hold=None if spec.get("hold") is None else int(spec["hold"]),
         )
 
     def matches(self, req: Request) -> bool:
@@ -509,7 +523,7 @@ class Fault:
         return {
             "mode": self.mode, "path": self.path.pattern, "server": self.server, "method": self.method,
             "times": self.times, "delay": self.delay, "body_delay": self.body_delay, "bytes": self.byte_limit,
-            "status": self.status, "headers": self.headers,
+            "status": self.status, "headers": self.headers, "expire_urls": self.expire_urls, "hold": self.hold,
         }
 
 
@@ -555,6 +569,11 @@ class Hub:
 
     def sign(self, path: str, expires: int) -> str:
         return hmac.new(self.secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def expire_signed_urls(self) -> None:
+        """Every signed URL issued so far is refused from now on, as if its time had run out."""
+        with self.lock:
+            self.secret = secrets.token_bytes(32)
 
     # ---- access control, in the order the Hub checks
 
@@ -854,10 +873,20 @@ class Hub:
             return json_response(200, fault.to_json())
         if route == ("POST", "/_fake/faults/clear"):
             with self.lock:
+                for fault in self.faults:
+                    fault.released.set()
                 self.faults.clear()
             return json_response(200, {"cleared": True})
         if route == ("GET", "/_fake/files"):
             return self.expected_files(req.params)
+        if route == ("POST", "/_fake/release"):
+            with self.lock:
+                for fault in self.faults:
+                    fault.released.set()
+            return json_response(200, {"released": True})
+        if route == ("POST", "/_fake/cdn/expire"):
+            self.expire_signed_urls()
+            return json_response(200, {"expired": True})
         return json_response(404, {"error": "unknown control endpoint"})
 
     def repo_from_spec(self, spec: dict) -> Repo | None:
@@ -938,6 +967,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault and fault.mode == "slow":
             time.sleep(fault.delay)
         self.send(req, resp, entry, fault)
+        if fault and fault.expire_urls:
+            hub.expire_signed_urls()
 
     def send(self, req: Request, resp: Response, entry: dict | None = None, fault: Fault | None = None):
         if entry is not None:
@@ -954,12 +985,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_body(self, resp: Response, entry: dict | None, fault: Fault | None):
         limit = fault.byte_limit if fault and fault.mode == "drop_after" else resp.length
+        hold_at = fault.hold if fault else None
         sent = 0
         try:
             for chunk in resp.chunks():
                 if fault and fault.body_delay:
                     time.sleep(fault.body_delay)
                 chunk = chunk[:limit - sent]
+                if hold_at is not None and sent <= hold_at < sent + len(chunk):
+                    before, chunk = chunk[:hold_at - sent], chunk[hold_at - sent:]
+                    self.wfile.write(before)
+                    sent += len(before)
+                    if entry is not None:
+                        entry["body_bytes"] = sent
+                    fault.released.wait(HOLD_LIMIT)
+                    hold_at = None
                 self.wfile.write(chunk)
                 sent += len(chunk)
                 if entry is not None:

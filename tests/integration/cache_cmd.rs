@@ -1,45 +1,29 @@
-//! `hf-edge cache ...`: the real binary on a store written by hand in a temp dir.
+//! `hf-edge cache ...`: the real binary on stores written by hand in a temp dir.
 
 use std::fs::{File, FileTimes, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
-use sha1::Digest as _;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
-    }
-}
+use crate::harness::{hf_edge, CliOutput, Edge};
+use crate::http::{git_oid_hex, sha256_hex};
 
 /// A store (`{dir}/cache`) and a config naming it (`{dir}/hf-edge.yaml`, max_size 1 MiB).
 struct Store {
     dir: tempfile::TempDir,
+    config: PathBuf,
 }
 
 impl Store {
     fn new() -> Store {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, config) = Edge::builder_at("https://huggingface.co")
+            .max_size("1MiB")
+            .write_config();
         let cache = dir.path().join("cache");
         for sub in ["blobs/sha256", "blobs/oid", "tmp"] {
             std::fs::create_dir_all(cache.join(sub)).unwrap();
         }
-        let yaml = format!(
-            "listen: \"127.0.0.1:8080\"\nupstream:\n  endpoint: \"https://huggingface.co\"\ncache:\n  dir: \"{}\"\n  max_size: 1MiB\nmetrics:\n  listen: \"127.0.0.1:9090\"\n",
-            cache.display()
-        );
-        std::fs::write(dir.path().join("hf-edge.yaml"), yaml).unwrap();
-        Store { dir }
+        Store { dir, config }
     }
 
     fn cache(&self) -> PathBuf {
@@ -50,12 +34,9 @@ impl Store {
     /// ago; returns its key (`sha256/<hex>`, `oid/<hex>`).
     fn blob(&self, data: &[u8], lfs: bool, age: u64) -> String {
         let key = if lfs {
-            format!("sha256/{}", hex::encode(sha2::Sha256::digest(data)))
+            format!("sha256/{}", sha256_hex(data))
         } else {
-            let mut h = sha1::Sha1::new();
-            h.update(format!("blob {}\0", data.len()));
-            h.update(data);
-            format!("oid/{}", hex::encode(h.finalize()))
+            format!("oid/{}", git_oid_hex(data))
         };
         let path = self.path(&key);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -82,36 +63,25 @@ impl Store {
     }
 
     fn path(&self, key: &str) -> PathBuf {
-        let (algo, hex) = key.split_once('/').unwrap();
-        self.cache()
-            .join("blobs")
-            .join(algo)
-            .join(&hex[..2])
-            .join(hex)
+        blob_path(&self.cache(), key)
     }
 
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("hf-edge.yaml")
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        run_with(&self.config(), args)
+    fn run(&self, args: &[&str]) -> CliOutput {
+        run_with(&self.config, args)
     }
 }
 
-fn run_with(config: &Path, args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
-        .arg("cache")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap();
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+/// Where the store keeps the blob `key` (`sha256/<hex>`, `oid/<hex>`).
+fn blob_path(cache: &Path, key: &str) -> PathBuf {
+    let (algo, hex) = key.split_once('/').unwrap();
+    cache.join("blobs").join(algo).join(&hex[..2]).join(hex)
+}
+
+fn run_with(config: &Path, args: &[&str]) -> CliOutput {
+    let mut all = vec!["cache"];
+    all.extend(args);
+    all.extend(["--config", config.to_str().unwrap()]);
+    hf_edge(&all)
 }
 
 #[test]

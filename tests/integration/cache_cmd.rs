@@ -1,11 +1,16 @@
-//! `hf-edge cache ...`: the real binary on stores written by hand in a temp dir.
+//! `hf-edge cache ...`: the real binary on stores written by hand in a temp dir, and on the
+//! store a running `hf-edge serve` writes.
 
 use std::fs::{File, FileTimes, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::harness::{hf_edge, CliOutput, Edge};
+use serde_json::Value;
+
+use crate::fake_hub::{ExpectedFile, FakeHub};
+use crate::fixtures::{CONFIG, GPT2, GPT2_WEIGHTS, LFS, TINY_DS};
+use crate::harness::{hf_edge, poll_until, CliOutput, Edge};
 use crate::http::{git_oid_hex, sha256_hex};
 
 /// A store (`{dir}/cache`) and a config naming it (`{dir}/hf-edge.yaml`, max_size 1 MiB).
@@ -278,5 +283,154 @@ fn bad_usage_or_config_exits_2_and_a_missing_store_1() {
     assert!(
         !s.cache().exists(),
         "a read-only command must not create the store"
+    );
+}
+
+// === beside a running serve ===
+
+/// The store key of a file as the fake Hub holds it.
+fn key_of(f: &ExpectedFile) -> String {
+    if f.lfs {
+        format!("sha256/{}", f.sha256)
+    } else {
+        format!("oid/{}", f.oid)
+    }
+}
+
+/// A cached name: (repo, revision, path, blob key, size).
+type Named = (String, String, String, String, u64);
+
+/// `hf-edge cache ls --json` on the edge's store, sorted.
+fn listed(edge: &Edge) -> Vec<Named> {
+    let out = edge.cache_command(&["ls", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = |f: &Value, k: &str| f[k].as_str().unwrap_or_default().to_string();
+    let mut files: Vec<Named> = out.json()["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            let size = f["size"].as_u64().expect("size");
+            let names = (text(f, "repo"), text(f, "revision"), text(f, "path"));
+            (names.0, names.1, names.2, text(f, "blob"), size)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// What `listed` shows for `path` of `repo` on main, from the fake's ground truth.
+fn named(hub: &FakeHub, repo: &str, path: &str) -> Named {
+    let f = hub.expected(repo, "main", path);
+    let names = (repo.to_string(), "main".to_string(), path.to_string());
+    (names.0, names.1, names.2, key_of(&f), f.size)
+}
+
+#[test]
+fn cache_commands_see_and_change_the_store_a_running_serve_wrote() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub);
+    let mut want = Vec::new();
+    for (url, repo, path) in [
+        (LFS, TINY_DS, "data/train.parquet"),
+        (CONFIG, GPT2, "config.json"),
+        (GPT2_WEIGHTS, GPT2, "pytorch_model.bin"),
+    ] {
+        let r = edge.get(url, &[]);
+        assert_eq!((r.status, r.cache()), (200, Some("miss")), "{url}");
+        want.push(named(&hub, repo, path));
+    }
+    want.sort();
+    // Served files are named in the store as they are served.
+    let files = poll_until(|| listed(&edge), |l| l == &want);
+    assert_eq!(files, want);
+
+    let stats = edge.cache_command(&["stats", "--json"]);
+    assert_eq!(stats.code, 0, "{}", stats.stderr);
+    let st = stats.json();
+    assert_eq!(st["objects"], 3);
+    assert_eq!(st["bytes"], want.iter().map(|w| w.4).sum::<u64>());
+    let gpt2_bytes: u64 = want.iter().filter(|w| w.0 == GPT2).map(|w| w.4).sum();
+    let repos: Vec<(String, u64)> = st["repos"]
+        .as_array()
+        .expect("repos")
+        .iter()
+        .map(|r| {
+            (
+                r["repo"].as_str().unwrap().to_string(),
+                r["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        repos,
+        [
+            (TINY_DS.to_string(), 3 << 20),
+            (GPT2.to_string(), gpt2_bytes)
+        ],
+        "most bytes first"
+    );
+
+    let verify = edge.cache_command(&["verify", "--json"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    let report = verify.json();
+    assert_eq!(report["checked"], 3);
+    assert_eq!(report["bad"].as_array().map(Vec::len), Some(0));
+
+    // Purge gpt2 while serve runs: its two blobs go, the dataset's stays.
+    let purge = edge.cache_command(&["purge", GPT2, "--json"]);
+    assert_eq!(purge.code, 0, "{}", purge.stderr);
+    let report = purge.json();
+    assert_eq!(report["files"], 2);
+    let mut removed: Vec<&str> = report["removed"]
+        .as_array()
+        .expect("removed")
+        .iter()
+        .map(|b| b["blob"].as_str().unwrap())
+        .collect();
+    removed.sort();
+    let mut gpt2_keys: Vec<&str> = want
+        .iter()
+        .filter(|w| w.0 == GPT2)
+        .map(|w| w.3.as_str())
+        .collect();
+    gpt2_keys.sort();
+    assert_eq!(removed, gpt2_keys);
+    let cache = edge.cache_dir();
+    for key in &gpt2_keys {
+        assert!(!blob_path(&cache, key).exists(), "{key} purged");
+    }
+    assert_eq!(listed(&edge), [named(&hub, TINY_DS, "data/train.parquet")]);
+
+    // The next requests fetch the purged files again and serve the right bytes.
+    hub.clear_log();
+    let config = edge.get(CONFIG, &[]);
+    assert_eq!((config.status, config.cache()), (200, Some("miss")));
+    assert_eq!(
+        git_oid_hex(&config.body),
+        hub.expected(GPT2, "main", "config.json").oid
+    );
+    let weights = edge.get(GPT2_WEIGHTS, &[]);
+    assert_eq!((weights.status, weights.cache()), (200, Some("miss")));
+    weights.assert_whole_lfs_file();
+    assert_eq!(
+        sha256_hex(&weights.body),
+        hub.expected(GPT2, "main", "pytorch_model.bin").sha256
+    );
+    assert_eq!(
+        hub.body_fetches(),
+        2,
+        "each purged blob is fetched once again"
+    );
+    let kept = edge.get(LFS, &[]);
+    assert_eq!((kept.status, kept.cache()), (200, Some("hit")));
+    assert_eq!(hub.body_fetches(), 2);
+    for key in &gpt2_keys {
+        assert!(blob_path(&cache, key).is_file(), "{key} stored again");
+    }
+    let verify = edge.cache_command(&["verify", "--json"]);
+    assert_eq!(
+        (verify.code, &verify.json()["checked"]),
+        (0, &Value::from(3))
     );
 }

@@ -192,6 +192,8 @@ impl Logged {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ExpectedFile {
     pub sha256: String,
+    pub size: u64,
+    pub lfs: bool,
     /// The git blob id.
     pub oid: String,
 }

@@ -436,6 +436,14 @@ impl Edge {
     pub fn head(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         request(self.addr, "HEAD", path, headers)
     }
+
+    /// `hf-edge cache ARGS --config <this edge's config>`.
+    pub fn cache_command(&self, args: &[&str]) -> CliOutput {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("cache")];
+        all.extend(args.iter().map(OsStr::new));
+        all.extend([OsStr::new("--config"), self.config_path.as_os_str()]);
+        hf_edge(&all)
+    }
 }
 
 fn spawn_edge(config: &Path, dir: &Path) -> Child {

@@ -11,7 +11,7 @@ mod http;
 
 // The tests, one module per concern.
 mod access; // site keys, repo rules, the Hub's answers per identity, token leaks
-mod cache_cmd; // `hf-edge cache ...` on hand-written stores
+mod cache_cmd; // `hf-edge cache ...`, on hand-written stores and beside a running serve
 mod cli; // config validation, hash-key, exit codes
 mod errors; // bad input and upstream failures
 mod eviction; // cache.max_size

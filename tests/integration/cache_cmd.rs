@@ -434,3 +434,25 @@ fn cache_commands_see_and_change_the_store_a_running_serve_wrote() {
         (0, &Value::from(3))
     );
 }
+
+#[test]
+#[ignore = "needs src fix: jsonl::Appender::append skips a key this process wrote before, so a file served again after `cache purge` is never named in refs.jsonl again"]
+fn files_served_after_a_purge_are_named_under_their_repo() {
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub);
+    assert_eq!(edge.get(CONFIG, &[]).status, 200);
+    let config = named(&hub, GPT2, "config.json");
+    let files = poll_until(|| listed(&edge), |l| l == std::slice::from_ref(&config));
+    assert_eq!(files, std::slice::from_ref(&config));
+    let purge = edge.cache_command(&["purge", GPT2]);
+    assert_eq!(purge.code, 0, "{}", purge.stderr);
+
+    // Served again (the purged name) and for the first time (a new name), while the same
+    // serve runs: `ls`, `stats` and `purge` must find both under gpt2.
+    assert_eq!(edge.get(CONFIG, &[]).cache(), Some("miss"));
+    assert_eq!(edge.get(GPT2_WEIGHTS, &[]).cache(), Some("miss"));
+    let mut want = vec![config, named(&hub, GPT2, "pytorch_model.bin")];
+    want.sort();
+    let files = poll_until(|| listed(&edge), |l| l == &want);
+    assert_eq!(files, want);
+}

@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -241,6 +241,10 @@ impl EdgeBuilder {
         self.configure(|c| c.cache.max_size = size.into())
     }
 
+    pub fn shutdown_grace(self, grace: &str) -> Self {
+        self.configure(|c| c.shutdown_grace = grace.into())
+    }
+
     /// `upstream.token`: the identity of clients that bring none.
     pub fn token(self, token: &str) -> Self {
         self.configure(|c| c.upstream.token = Some(token.into()))
@@ -387,6 +391,28 @@ impl Edge {
         self.wait_ready();
     }
 
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) with a pid this test started and has not reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}");
+    }
+
+    /// Waits (at most `limit`) for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     // === logs and metrics ===
 
     pub fn log_path(&self) -> PathBuf {
@@ -396,6 +422,16 @@ impl Edge {
     /// Everything the process wrote to stdout and stderr so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits for a line of the process's log containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        wait_for(&format!("a log line with {needle:?}"), || {
+            self.log_text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string)
+        })
     }
 
     /// The JSON access lines logged so far.

@@ -21,3 +21,4 @@ mod red_team; // generated hostile requests against every rule at once
 mod resilience; // a slow, failing or absent Hub; offline mode; resumed bodies
 mod resolve; // /resolve metadata, bodies, the blob store, ranges
 mod security; // hostile clients: credentials, the site token, repo rules, poisoning
+mod shutdown; // SIGTERM and shutdown_grace

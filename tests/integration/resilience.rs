@@ -179,6 +179,42 @@ fn offline_mode_serves_the_cache_and_nothing_else() {
 }
 
 #[test]
+fn offline_in_the_config_file_serves_the_cache_and_never_contacts_the_hub() {
+    let hub = FakeHub::start();
+    let mut edge = Edge::builder(&hub).admin_token("t0ken-admin").start();
+    let online: Vec<_> = [CONFIG, LFS].iter().map(|p| edge.get(p, &[])).collect();
+    for r in &online {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    edge.restart_with(|c| c.upstream.offline = true);
+    hub.clear_log();
+
+    let admin = ("Authorization", "Bearer t0ken-admin");
+    let mode = request(edge.metrics, "GET", "/admin/offline", &[admin]);
+    assert_eq!(mode.json()["offline"], true, "{}", mode.text());
+    for (path, before) in [CONFIG, LFS].iter().zip(&online) {
+        let r = edge.get(path, &[]);
+        assert_eq!((r.status, r.cache()), (200, Some("hit")), "{path}");
+        assert_eq!(r.body, before.body, "{path}");
+    }
+    for path in [
+        GPT2_NEVER_FETCHED,
+        GPT2_WEIGHTS,
+        "/api/whoami-v2",
+        "/api/models/gpt2/tree/main",
+    ] {
+        let r = edge.get(path, &[]);
+        assert_eq!(r.status, 504, "{path}: {}", r.text());
+        assert!(r.json_error().contains("offline"), "{path}: {}", r.text());
+    }
+    assert!(
+        hub.log().is_empty(),
+        "offline: the Hub is never contacted: {:?}",
+        hub.log()
+    );
+}
+
+#[test]
 fn expired_signed_urls_are_signed_again() {
     let hub = FakeHub::start();
     let edge = Edge::start(&hub);

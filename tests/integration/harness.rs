@@ -463,6 +463,14 @@ impl Edge {
         v as u64
     }
 
+    /// `hf_edge_revision_lookups_total{result="stale_served"}`.
+    pub fn stale_served(&self) -> u64 {
+        self.metric(
+            "hf_edge_revision_lookups_total",
+            &[("result", "stale_served")],
+        )
+    }
+
     // === requests ===
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {

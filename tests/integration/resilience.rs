@@ -48,6 +48,49 @@ fn a_hub_outage_after_a_restart_serves_what_was_known_marked_stale() {
 }
 
 #[test]
+fn stale_served_counts_each_stale_answer_served_during_an_outage() {
+    let hub = FakeHub::start();
+    let mut edge = Edge::start(&hub);
+    for path in [CONFIG, GPT2_WEIGHTS, LFS] {
+        assert_eq!(edge.get(path, &[]).status, 200, "{path}");
+    }
+    let commit = edge
+        .head(CONFIG, &[])
+        .header("x-repo-commit")
+        .unwrap()
+        .to_string();
+    edge.restart(); // known from disk, not fresh: every branch request asks the Hub
+    assert_eq!(
+        edge.metric_value(STALE_SERVED.0, STALE_SERVED.1),
+        Some(0.0),
+        "the series is there before anything was served stale"
+    );
+
+    hub.fault(Fault::down().on_hub());
+    let pinned = format!("/gpt2/resolve/{commit}/config.json");
+    let requests = [
+        ("HEAD", CONFIG),
+        ("GET", CONFIG),
+        ("GET", CONFIG),
+        ("GET", GPT2_WEIGHTS),
+        ("HEAD", LFS),
+        ("GET", LFS),
+        ("GET", pinned.as_str()),    // commit-pinned: never stale
+        ("GET", GPT2_NEVER_FETCHED), // nothing known: 502
+    ];
+    let mut stale = 0;
+    for (method, path) in requests {
+        let r = request(edge.addr, method, path, &[]);
+        if r.is_stale() {
+            assert_eq!(r.status, 200, "{method} {path}");
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 6, "each branch request for a known file");
+    assert_eq!(edge.stale_served(), stale);
+}
+
+#[test]
 fn bursts_of_503_are_retried_and_then_answered_stale() {
     let hub = FakeHub::start();
     let ttl = Duration::from_secs(1);

@@ -3,12 +3,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 /// How long a read may wait for the server; generous, for a loaded machine.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most a response read a piece at a time may take in all.
+const RESPONSE_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 pub struct Response {
@@ -146,7 +148,8 @@ pub fn first_response(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Respons
     let _ = s.write_all(bytes);
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
-    loop {
+    let deadline = Instant::now() + RESPONSE_DEADLINE;
+    while Instant::now() < deadline {
         if let Some(end) = header_end(&raw) {
             let r = parse_response(&raw, false)?;
             let len = r.header("content-length").and_then(|l| l.parse().ok());
@@ -156,10 +159,11 @@ pub fn first_response(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Respons
         }
         let got = s.read(&mut buf)?;
         if got == 0 {
-            return parse_response(&raw, false);
+            break;
         }
         raw.extend_from_slice(&buf[..got]);
     }
+    parse_response(&raw, false)
 }
 
 /// The status codes of the responses in a raw byte stream, in order.
@@ -196,7 +200,9 @@ impl Download {
     /// Reads until the header and at least `n` body bytes arrived.
     pub fn read_body_bytes(&mut self, n: usize) -> &mut Self {
         let mut buf = vec![0u8; 64 << 10];
+        let deadline = Instant::now() + RESPONSE_DEADLINE;
         while header_end(&self.raw).is_none() || self.body_received() < n {
+            assert!(Instant::now() < deadline, "{n} body bytes took too long");
             let got = self.stream.read(&mut buf).expect("read the download");
             assert!(
                 got > 0,

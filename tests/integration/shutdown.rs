@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::fake_hub::{FakeHub, Fault};
-use crate::fixtures::{LFS, LFS_SIZE, TINY_DS};
+use crate::fixtures::{HELD_AFTER, LFS, TINY_DS};
 use crate::harness::{wait_for, Edge};
 use crate::http::{sha256_hex, Download};
 
@@ -16,12 +16,16 @@ const EXIT_MARGIN: Duration = Duration::from_secs(10);
 #[test]
 fn sigterm_lets_a_download_in_flight_finish_refuses_new_connections_and_exits_0() {
     let hub = FakeHub::start();
-    let grace = Duration::from_secs(5);
-    let mut edge = Edge::builder(&hub).shutdown_grace("5s").start();
-    // 1 s before each 1 MiB chunk: the download outlasts the signal by 2 s, within the grace.
-    hub.fault(Fault::slow_body(Duration::from_secs(1)).on_cdn().once());
+    let grace = Duration::from_secs(8);
+    let mut edge = Edge::builder(&hub)
+        .shutdown_grace("8s")
+        .read_timeout("60s")
+        .start();
+    // The CDN holds the body until the listener is seen closed: the download is in flight
+    // when the signal arrives, and goes on within the grace.
+    hub.fault(Fault::held_after(HELD_AFTER).on_cdn().once());
     let mut download = Download::start(edge.addr, LFS, &[]);
-    download.read_body_bytes(1000);
+    assert_eq!(download.read_header().status, 200);
 
     let signalled = Instant::now();
     edge.sigterm();
@@ -35,10 +39,11 @@ fn sigterm_lets_a_download_in_flight_finish_refuses_new_connections_and_exits_0(
     );
     let cdn = hub.cdn_gets();
     assert_eq!(cdn.len(), 1, "{cdn:?}");
-    assert!(
-        cdn[0].body_bytes < LFS_SIZE as u64,
-        "the download was still in flight when the listener closed: {cdn:?}"
+    assert_eq!(
+        cdn[0].body_bytes, HELD_AFTER,
+        "held: still in flight: {cdn:?}"
     );
+    hub.release();
 
     let r = download.finish();
     assert_eq!(r.status, 200);

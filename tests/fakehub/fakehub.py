@@ -26,7 +26,8 @@ a listener (connection attempts get no answer).
 
 Tests drive it through `/_fake/*` control endpoints on a control listener of its own (plain HTTP, never faulty;
 also answered on the hub listener, for older harnesses): the request log of all listeners, pushing a commit,
-fault injection, and the expected content of a revision.
+fault injection (and releasing held bodies), expiring the signed CDN URLs issued so far, and the expected
+content of a revision.
 
 Standard library only: Rust integration tests start it with the system python3. --hash-cache keeps the sha256 of
 the big model files across the fakes a test run starts.
@@ -574,6 +575,9 @@ def content_disposition(path: str) -> str:
 # --------------------------------------------------------------------------------------------------- faults
 
 
+HOLD_LIMIT = 60  # seconds a held body waits for POST /_fake/release at most
+
+
 @dataclass
 class Fault:
     """A misbehaviour for the next `times` requests matching `server`, `method` and the `path` regex (for every
@@ -590,6 +594,11 @@ class Fault:
     blackhole   the `server` listener (hub, cdn or third; all three when unset) stops accepting and its listen
                 queue fills, so connection attempts get no answer at all, as packets dropped on the way; its
                 open connections are closed. Not per request: until /_fake/faults/clear.
+
+    With `expire_urls`, once the response is sent (before its connection closes) every signed CDN URL issued so
+    far is refused as expired, as POST /_fake/cdn/expire does: tests decide when a URL expires, not the clock.
+    With `hold` (a byte count), the header and that many body bytes are sent, and the rest waits for POST
+    /_fake/release (at most HOLD_LIMIT s): a test decides when a download in flight may go on.
     """
 
     mode: str
@@ -602,6 +611,9 @@ class Fault:
     byte_limit: int = 0
     status: int = 503
     headers: dict[str, str] = field(default_factory=dict)
+    expire_urls: bool = False
+    hold: int | None = None
+    released: threading.Event = field(default_factory=threading.Event)
 
     MODES = ("down", "slow", "drop_after", "status", "no_ranges", "corrupt", "redirect", "blackhole")
 
@@ -622,6 +634,8 @@ class Fault:
             byte_limit=int(spec.get("bytes", 0)),
             status=int(spec.get("status", 503)),
             headers=dict(spec.get("headers", {})),
+            expire_urls=bool(spec.get("expire_urls", False)),
+            hold=None if spec.get("hold") is None else int(spec["hold"]),
         )
 
     def matches(self, req: Request) -> bool:
@@ -637,7 +651,7 @@ class Fault:
         return {
             "mode": self.mode, "path": self.path.pattern, "server": self.server, "method": self.method,
             "times": self.times, "delay": self.delay, "body_delay": self.body_delay, "bytes": self.byte_limit,
-            "status": self.status, "headers": self.headers,
+            "status": self.status, "headers": self.headers, "expire_urls": self.expire_urls, "hold": self.hold,
         }
 
 
@@ -687,6 +701,11 @@ class Hub:
         """Standard base64 (with `+`, `/` and `=`) of an HMAC over the path and the decoded query values."""
         message = path + "".join(f"\n{k}={v}" for k, v in params if k != "Signature")
         return base64.b64encode(hmac.new(self.secret, message.encode(), hashlib.sha256).digest()).decode()
+
+    def expire_signed_urls(self) -> None:
+        """Every signed URL issued so far is refused from now on, as if its time had run out."""
+        with self.lock:
+            self.secret = secrets.token_bytes(32)
 
     # ---- access control, in the order the Hub checks
 
@@ -1031,12 +1050,22 @@ class Hub:
             return json_response(200, fault.to_json())
         if route == ("POST", "/_fake/faults/clear"):
             with self.lock:
+                for fault in self.faults:
+                    fault.released.set()
                 self.faults.clear()
             for server in self.servers.values():
                 server.restore()
             return json_response(200, {"cleared": True})
         if route == ("GET", "/_fake/files"):
             return self.expected_files(req.params)
+        if route == ("POST", "/_fake/release"):
+            with self.lock:
+                for fault in self.faults:
+                    fault.released.set()
+            return json_response(200, {"released": True})
+        if route == ("POST", "/_fake/cdn/expire"):
+            self.expire_signed_urls()
+            return json_response(200, {"expired": True})
         return json_response(404, {"error": "unknown control endpoint"})
 
     def repo_from_spec(self, spec: dict) -> Repo | None:
@@ -1143,6 +1172,8 @@ class Handler(BaseHTTPRequestHandler):
         if fault and fault.mode == "slow":
             time.sleep(fault.delay)
         self.send(req, resp, entry, fault)
+        if fault and fault.expire_urls:
+            hub.expire_signed_urls()
 
     def send(self, req: Request, resp: Response, entry: dict | None = None, fault: Fault | None = None):
         resp = compressed(req, resp)
@@ -1161,12 +1192,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_body(self, resp: Response, entry: dict | None, fault: Fault | None):
         limit = fault.byte_limit if fault and fault.mode == "drop_after" else resp.length
+        hold_at = fault.hold if fault else None
         sent = 0
         try:
             for chunk in resp.chunks():
                 if fault and fault.body_delay:
                     time.sleep(fault.body_delay)
                 chunk = chunk[:limit - sent]
+                if hold_at is not None and sent <= hold_at < sent + len(chunk):
+                    before, chunk = chunk[:hold_at - sent], chunk[hold_at - sent:]
+                    self.wfile.write(before)
+                    sent += len(before)
+                    if entry is not None:
+                        entry["body_bytes"] = sent
+                    fault.released.wait(HOLD_LIMIT)
+                    hold_at = None
                 if fault and fault.mode == "corrupt" and chunk:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 self.wfile.write(chunk)

@@ -2,18 +2,14 @@
 
 use std::process::Command;
 
+use crate::harness::{hf_edge, key_hash};
+
 fn check(yaml: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    (out.status.code().unwrap_or(-1), text)
+    let out = hf_edge(&["check-config".as_ref(), path.as_os_str()]);
+    (out.code, out.stderr + &out.stdout)
 }
 
 #[test]
@@ -67,15 +63,14 @@ fn hash_key_prints_the_sha256_a_config_stores() {
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    use sha2::Digest;
-    let want = hex::encode(sha2::Sha256::digest(b"hfe_team"));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        key_hash("hfe_team")
+    );
 
-    let gen = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
-        .args(["hash-key", "--generate"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&gen.stdout).into_owned();
+    let gen = hf_edge(&["hash-key", "--generate"]);
+    assert_eq!(gen.code, 0, "{}", gen.stderr);
+    let text = gen.stdout;
     let key = text
         .lines()
         .next()
@@ -89,5 +84,5 @@ fn hash_key_prints_the_sha256_a_config_stores() {
         .trim_start_matches("sha256:")
         .trim();
     assert!(key.starts_with("hfe_") && key.len() > 40, "{text}");
-    assert_eq!(hex::encode(sha2::Sha256::digest(key.as_bytes())), hash);
+    assert_eq!(key_hash(key), hash);
 }

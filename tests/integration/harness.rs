@@ -1,115 +1,67 @@
-//! Test fixtures: the fake Hub (tests/fakehub/fakehub.py) and the real `hf-edge` binary, each on
-//! ephemeral loopback ports with a temp dir of its own, and a raw HTTP/1.1 client that sends
-//! paths exactly as written (no normalisation of `..`).
+//! The real `hf-edge` binary as a test sees it: a typed config written to YAML in a temp dir
+//! of its own, the process on ephemeral loopback ports, its metrics and log, the `hf-edge`
+//! command line, and bounded waiting for events.
+//!
+//! ```ignore
+//! let edge = Edge::builder(&hub).revision_ttl("1s").token(SITE_TOKEN).start();
+//! ```
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use serde_json::Value;
 
-const STARTUP: Duration = Duration::from_secs(30);
+use crate::fake_hub::FakeHub;
+use crate::http::{request, try_request, Response};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// The longest a test waits for an event (a log line, a request, a metric, a process exit):
+/// far longer than anything takes on a quiet machine, so that a loaded one passes too.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(20);
 
-/// The python that runs the fake Hub: the project's venv (which has the model package)
-/// when present.
-fn python() -> PathBuf {
-    let venv = repo_root().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
-
-pub struct FakeHub {
-    child: Child,
-    pub hub: String,
-}
-
-impl FakeHub {
-    pub fn start() -> FakeHub {
-        FakeHub::start_with(&[])
-    }
-
-    /// Starts the fake Hub with extra command-line options (see fakehub.py --help).
-    pub fn start_with(args: &[&str]) -> FakeHub {
-        let mut child = Command::new(python())
-            .arg(repo_root().join("tests/fakehub/fakehub.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the fake hub");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the fake hub's address line");
-        let v: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("fake hub printed {line:?}: {e}"));
-        FakeHub {
-            child,
-            hub: v["hub"].as_str().expect("hub url").to_string(),
+/// Polls `probe` until it gives a value, at most [`PATIENCE`] long; panics naming `what`.
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    let max_polls = PATIENCE.as_millis() / POLL.as_millis() + 1;
+    for _ in 0..max_polls {
+        if let Some(v) = probe() {
+            return v;
         }
+        if Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL);
     }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.hub
-            .trim_start_matches("http://")
-            .parse()
-            .expect("hub address")
-    }
-
-    /// The requests hub and CDN saw since the last clear.
-    pub fn log(&self) -> Vec<Value> {
-        let r = request(self.addr(), "GET", "/_fake/log", &[]);
-        serde_json::from_slice::<Value>(&r.body)
-            .expect("log JSON")
-            .as_array()
-            .expect("log array")
-            .clone()
-    }
-
-    pub fn clear_log(&self) {
-        request(self.addr(), "POST", "/_fake/log/clear", &[]);
-    }
-
-    /// Installs a fault (see fakehub.py `Fault`).
-    pub fn fault(&self, spec: Value) {
-        let body = spec.to_string();
-        let r = request_with_body(self.addr(), "POST", "/_fake/faults", &[], body.as_bytes());
-        assert_eq!(r.status, 200, "fault rejected: {}", r.text());
-    }
-
-    pub fn clear_faults(&self) {
-        request(self.addr(), "POST", "/_fake/faults/clear", &[]);
-    }
-
-    /// Body-carrying GETs the CDN or `/api/resolve-cache` served (upstream body requests).
-    pub fn body_fetches(&self) -> usize {
-        self.log()
-            .iter()
-            .filter(|e| {
-                e["method"] == "GET"
-                    && (e["server"] == "cdn"
-                        || e["path"]
-                            .as_str()
-                            .is_some_and(|p| p.starts_with("/api/resolve-cache/")))
-            })
-            .count()
-    }
+    panic!("waited {PATIENCE:?} for {what}");
 }
 
-impl Drop for FakeHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Polls `probe` until `done` accepts its value, at most [`PATIENCE`] long, and returns the
+/// last value either way: the caller's assertion then shows what was there instead.
+pub fn poll_until<T>(mut probe: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    let max_polls = PATIENCE.as_millis() / POLL.as_millis() + 1;
+    let mut last = probe();
+    for _ in 0..max_polls {
+        if done(&last) || Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(POLL);
+        last = probe();
+    }
+    last
+}
+
+/// Sleeps until `ttl` (and a little more) has passed since `since`: whatever was cached at
+/// `since` or before has expired by then. Waiting longer never changes the outcome.
+pub fn wait_past(since: Instant, ttl: Duration) {
+    let until = since + ttl + Duration::from_millis(100);
+    if let Some(left) = until.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left);
     }
 }
 
@@ -137,72 +89,277 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000");
 }
 
+// === config ===
+
+/// hf-edge's config file, typed (see conf/hf-edge.yaml); written to YAML as is. Durations
+/// and sizes are written as in YAML (`"1s"`, `"4MiB"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeConfig {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub shutdown_grace: String,
+    pub upstream: UpstreamConfig,
+    pub cache: CacheConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub access: AccessConfig,
+    pub ops: OpsConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    pub endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub cdn_hosts: Vec<String>,
+    pub connect_timeout: String,
+    pub read_timeout: String,
+    pub metadata_timeout: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_hold_down: Option<String>,
+    pub offline: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub max_size: String,
+    pub revision_ttl: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub access: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OpsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AccessConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_restricted: Option<String>,
+    pub require_key: bool,
+    pub keys: Vec<SiteKeyConfig>,
+    pub repos: RepoRulesConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteKeyConfig {
+    pub name: String,
+    pub sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepoRulesConfig {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl EdgeConfig {
+    /// Loopback listeners on free ports, the cache in `dir/cache`, short upstream timeouts,
+    /// the fake CDN's host (127.0.0.2) as the only CDN host, and no shutdown grace.
+    fn for_tests(endpoint: &str, dir: &Path) -> EdgeConfig {
+        EdgeConfig {
+            listen: ([127, 0, 0, 1], free_port()).into(),
+            threads: 2,
+            shutdown_grace: "0s".into(),
+            upstream: UpstreamConfig {
+                endpoint: endpoint.into(),
+                token: None,
+                cdn_hosts: vec!["127.0.0.2".into()],
+                connect_timeout: "2s".into(),
+                read_timeout: "3s".into(),
+                metadata_timeout: "3s".into(),
+                failure_hold_down: None,
+                offline: false,
+            },
+            cache: CacheConfig {
+                dir: dir.join("cache"),
+                max_size: "10GiB".into(),
+                revision_ttl: "60s".into(),
+            },
+            metrics: MetricsConfig {
+                listen: ([127, 0, 0, 1], free_port()).into(),
+            },
+            log: LogConfig {
+                access: "stderr".into(),
+            },
+            access: AccessConfig::default(),
+            ops: OpsConfig::default(),
+        }
+    }
+
+    fn write(&self, path: &Path) {
+        let yaml = serde_yaml::to_string(self).expect("config YAML");
+        std::fs::write(path, yaml).expect("write config");
+    }
+}
+
+/// The sha256 of a site key, as `access.keys[].sha256` stores it.
+pub fn key_hash(key: &str) -> String {
+    crate::http::sha256_hex(key.as_bytes())
+}
+
+// === builder ===
+
+/// An hf-edge to start: [`EdgeConfig::for_tests`] with the changes a test asks for.
+pub struct EdgeBuilder {
+    dir: tempfile::TempDir,
+    config: EdgeConfig,
+}
+
+impl EdgeBuilder {
+    /// The edge's own temp dir (its cache will be `dir/cache`; prepare it before `start`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Any change the named setters do not cover.
+    pub fn configure(mut self, change: impl FnOnce(&mut EdgeConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    pub fn revision_ttl(self, ttl: &str) -> Self {
+        self.configure(|c| c.cache.revision_ttl = ttl.into())
+    }
+
+    pub fn max_size(self, size: &str) -> Self {
+        self.configure(|c| c.cache.max_size = size.into())
+    }
+
+    pub fn shutdown_grace(self, grace: &str) -> Self {
+        self.configure(|c| c.shutdown_grace = grace.into())
+    }
+
+    /// `upstream.token`: the identity of clients that bring none.
+    pub fn token(self, token: &str) -> Self {
+        self.configure(|c| c.upstream.token = Some(token.into()))
+    }
+
+    /// `upstream.read_timeout`: longer for tests that hold an upstream body.
+    pub fn read_timeout(self, timeout: &str) -> Self {
+        self.configure(|c| c.upstream.read_timeout = timeout.into())
+    }
+
+    pub fn failure_hold_down(self, hold_down: &str) -> Self {
+        self.configure(|c| c.upstream.failure_hold_down = Some(hold_down.into()))
+    }
+
+    /// `ops.admin_token`: the bearer token `/admin/*` needs.
+    pub fn admin_token(self, token: &str) -> Self {
+        self.configure(|c| c.ops.admin_token = Some(token.into()))
+    }
+
+    pub fn auth_ttl(self, ttl: &str) -> Self {
+        self.configure(|c| c.access.auth_ttl = Some(ttl.into()))
+    }
+
+    /// `access.offline_restricted: allow`.
+    pub fn offline_restricted_allow(self) -> Self {
+        self.configure(|c| c.access.offline_restricted = Some("allow".into()))
+    }
+
+    pub fn require_key(self) -> Self {
+        self.configure(|c| c.access.require_key = true)
+    }
+
+    /// A site key (stored as its sha256) for `upstream_token`, or for anonymous.
+    pub fn site_key(self, name: &str, key: &str, upstream_token: Option<&str>) -> Self {
+        self.configure(|c| {
+            c.access.keys.push(SiteKeyConfig {
+                name: name.into(),
+                sha256: key_hash(key),
+                upstream_token: upstream_token.map(Into::into),
+            })
+        })
+    }
+
+    pub fn allow_repos(self, globs: &[&str]) -> Self {
+        self.configure(|c| c.access.repos.allow = globs.iter().map(|g| g.to_string()).collect())
+    }
+
+    pub fn deny_repos(self, globs: &[&str]) -> Self {
+        self.configure(|c| c.access.repos.deny = globs.iter().map(|g| g.to_string()).collect())
+    }
+
+    /// Writes the config (`dir/hf-edge.yaml`) without starting anything, for the `hf-edge`
+    /// commands that only read it.
+    pub fn write_config(self) -> (tempfile::TempDir, PathBuf) {
+        let path = self.dir.path().join("hf-edge.yaml");
+        self.config.write(&path);
+        (self.dir, path)
+    }
+
+    /// Writes the config and starts hf-edge; returns once both listeners answer.
+    pub fn start(self) -> Edge {
+        let config_path = self.dir.path().join("hf-edge.yaml");
+        self.config.write(&config_path);
+        let child = spawn_edge(&config_path, self.dir.path());
+        let mut edge = Edge {
+            child,
+            addr: self.config.listen,
+            metrics: self.config.metrics.listen,
+            dir: self.dir,
+            config_path,
+            config: self.config,
+        };
+        edge.wait_ready();
+        edge
+    }
+}
+
+// === the process ===
+
 pub struct Edge {
     child: Child,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: tempfile::TempDir,
-    config: PathBuf,
+    config_path: PathBuf,
+    config: EdgeConfig,
 }
 
 impl Edge {
-    /// Starts hf-edge in front of `hub`; `upstream_extra` is appended to `upstream:`.
-    pub fn start(hub: &FakeHub, upstream_extra: &str) -> Edge {
-        Edge::start_at(&hub.hub, upstream_extra)
+    /// An hf-edge in front of `hub`, to configure.
+    pub fn builder(hub: &FakeHub) -> EdgeBuilder {
+        Edge::builder_at(&hub.url)
     }
 
-    /// Starts hf-edge with `endpoint` as its upstream.
-    pub fn start_at(endpoint: &str, upstream_extra: &str) -> Edge {
-        Edge::start_in(
-            tempfile::tempdir().expect("temp dir"),
-            endpoint,
-            upstream_extra,
-        )
-    }
-
-    /// Starts hf-edge in front of `hub` with `top_extra` appended at the config's top level.
-    pub fn start_with(hub: &FakeHub, upstream_extra: &str, top_extra: &str) -> Edge {
+    /// An hf-edge in front of `endpoint`, to configure.
+    pub fn builder_at(endpoint: &str) -> EdgeBuilder {
         let dir = tempfile::tempdir().expect("temp dir");
-        Edge::start_full(dir, &hub.hub, upstream_extra, top_extra)
+        let config = EdgeConfig::for_tests(endpoint, dir.path());
+        EdgeBuilder { dir, config }
     }
 
-    /// Starts hf-edge in `dir` (its cache is `dir/cache`, which may be prepared beforehand).
-    pub fn start_in(dir: tempfile::TempDir, endpoint: &str, upstream_extra: &str) -> Edge {
-        Edge::start_full(dir, endpoint, upstream_extra, "")
+    /// An hf-edge in front of `hub` with the test defaults.
+    pub fn start(hub: &FakeHub) -> Edge {
+        Edge::builder(hub).start()
     }
 
-    fn start_full(
-        dir: tempfile::TempDir,
-        endpoint: &str,
-        upstream_extra: &str,
-        top_extra: &str,
-    ) -> Edge {
-        let (port, mport) = (free_port(), free_port());
-        let config = dir.path().join("hf-edge.yaml");
-        let yaml = format!(
-            "listen: \"127.0.0.1:{port}\"\nthreads: 2\nshutdown_grace: 0s\nupstream:\n  endpoint: \"{}\"\n  cdn_hosts: [\"127.0.0.2\"]\n  connect_timeout: 2s\n  read_timeout: 3s\n  metadata_timeout: 3s\n{upstream_extra}cache:\n  dir: \"{}\"\n  max_size: 10GiB\n  revision_ttl: 60s\nmetrics:\n  listen: \"127.0.0.1:{mport}\"\n",
-            endpoint,
-            dir.path().join("cache").display()
-        );
-        std::fs::write(&config, yaml + top_extra).expect("write config");
-        let child = spawn_edge(&config, dir.path());
-        let mut edge = Edge {
-            child,
-            addr: ([127, 0, 0, 1], port).into(),
-            metrics: ([127, 0, 0, 1], mport).into(),
-            dir,
-            config,
-        };
-        edge.wait_ready();
-        edge
+    pub fn cache_dir(&self) -> PathBuf {
+        self.config.cache.dir.clone()
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + STARTUP;
+        let deadline = Instant::now() + PATIENCE;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                panic!("hf-edge exited at startup ({status}):\n{log}");
+                panic!("hf-edge exited at startup ({status}):\n{}", self.log_text());
             }
             if TcpStream::connect(self.addr).is_ok()
                 && try_request(self.metrics, "GET", "/healthz", &[], b"")
@@ -218,10 +375,6 @@ impl Edge {
         );
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("hf-edge.log")
-    }
-
     /// Stops the process (SIGKILL).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -230,18 +383,100 @@ impl Edge {
 
     /// Stops the process (SIGKILL) and starts it again on the same config and cache.
     pub fn restart(&mut self) {
+        self.restart_with(|_| {});
+    }
+
+    /// Stops the process (SIGKILL), changes its config, and starts it again on the same
+    /// cache and ports.
+    pub fn restart_with(&mut self, change: impl FnOnce(&mut EdgeConfig)) {
         self.stop();
-        self.child = spawn_edge(&self.config, self.dir.path());
+        change(&mut self.config);
+        self.config.write(&self.config_path);
+        self.child = spawn_edge(&self.config_path, self.dir.path());
         self.wait_ready();
     }
 
-    /// A counter or gauge without labels from a `/metrics` scrape.
-    pub fn metric(&self, name: &str) -> u64 {
-        let text = request(self.metrics, "GET", "/metrics", &[]).text();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} not in scrape"))
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) with a pid this test started and has not reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}");
     }
+
+    /// Waits (at most `limit`) for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    // === logs and metrics ===
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("hf-edge.log")
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits for a line of the process's log containing `needle`.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        wait_for(&format!("a log line with {needle:?}"), || {
+            self.log_text()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string)
+        })
+    }
+
+    /// The JSON access lines logged so far.
+    pub fn access_lines(&self) -> Vec<Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn scrape(&self) -> String {
+        let r = request(self.metrics, "GET", "/metrics", &[]);
+        assert_eq!(r.status, 200, "/metrics");
+        r.text()
+    }
+
+    /// The value of the series `name{labels}` (exactly these labels) in a `/metrics` scrape;
+    /// `None` when the scrape has no such series.
+    pub fn metric_value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value_in(&self.scrape(), name, labels)
+    }
+
+    /// A counter or gauge that must be in the scrape, as an integer.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let v = self
+            .metric_value(name, labels)
+            .unwrap_or_else(|| panic!("{name}{labels:?} is not in the scrape"));
+        assert!(v >= 0.0 && v.fract() == 0.0, "{name}{labels:?} = {v}");
+        v as u64
+    }
+
+    /// `hf_edge_revision_lookups_total{result="stale_served"}`.
+    pub fn stale_served(&self) -> u64 {
+        self.metric(
+            "hf_edge_revision_lookups_total",
+            &[("result", "stale_served")],
+        )
+    }
+
+    // === requests ===
 
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         request(self.addr, "GET", path, headers)
@@ -249,6 +484,14 @@ impl Edge {
 
     pub fn head(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         request(self.addr, "HEAD", path, headers)
+    }
+
+    /// `hf-edge cache ARGS --config <this edge's config>`.
+    pub fn cache_command(&self, args: &[&str]) -> CliOutput {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("cache")];
+        all.extend(args.iter().map(OsStr::new));
+        all.extend([OsStr::new("--config"), self.config_path.as_os_str()]);
+        hf_edge(&all)
     }
 }
 
@@ -274,159 +517,144 @@ impl Drop for Edge {
     }
 }
 
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// The body ended before `Content-Length` (the connection was cut).
-    pub truncated: bool,
+// === the command line ===
+
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// The normalised `X-Linked-Etag` (an LFS file's sha256).
-    pub fn linked_etag(&self) -> String {
-        self.header("x-linked-etag")
-            .expect("X-Linked-Etag")
-            .trim_matches('"')
-            .to_string()
-    }
-
-    /// Asserts a complete body whose sha256 is its `X-Linked-Etag`.
-    pub fn assert_whole_lfs_file(&self) {
-        assert!(!self.truncated, "the body was cut");
-        assert_eq!(
-            sha256_hex(&self.body),
-            self.linked_etag(),
-            "body does not match its etag"
-        );
-    }
-
+impl CliOutput {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
 }
 
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
-    request_with_body(addr, method, path, headers, b"")
-}
-
-pub fn request_with_body(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
-    try_request(addr, method, path, headers, body)
-        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
-}
-
-/// One request on its own connection (`Connection: close`), read to the end.
-pub fn try_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+/// Runs `hf-edge ARGS` to completion (no `HF_TOKEN` from the environment).
+pub fn hf_edge<S: AsRef<OsStr>>(args: &[S]) -> CliOutput {
+    let out = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
+        .args(args)
+        .env_remove("HF_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hf-edge");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    // A cut connection may end in a reset; what arrived before it is the response.
-    let _ = s.read_to_end(&mut raw);
-    parse_response(&raw, method == "HEAD")
 }
 
-fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Response> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no complete response header"))?;
-    let head_text = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header not UTF-8"))?;
-    let mut lines = head_text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("bad status line"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+// === Prometheus text ===
+
+/// The value of the series `name{labels}` in Prometheus text: the name exactly (not a
+/// prefix of a longer one) and exactly these labels, in any order. `None` if absent; a series
+/// given twice is a malformed scrape.
+pub fn metric_value_in(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut want: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let rest = &raw[end + 4..];
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
+    want.sort();
+    let mut found = None;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut sample =
+            parse_sample(line).unwrap_or_else(|| panic!("not a Prometheus sample line: {line:?}"));
+        sample.labels.sort();
+        if sample.name != name || sample.labels != want {
+            continue;
+        }
+        assert!(found.is_none(), "{name}{labels:?} appears twice:\n{text}");
+        found = Some(sample.value);
+    }
+    found
+}
+
+/// One line of Prometheus text: `name{k="v",...} value [timestamp]`.
+struct Sample<'a> {
+    name: &'a str,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+fn parse_sample(line: &str) -> Option<Sample<'_>> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        let end = loop {
+            let (i, c) = chars.next()?;
+            match c {
+                '}' => break i,
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '"' => break,
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            other => value.push(other),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                other => key.push(other),
+            }
+        };
+        rest = &inner[end + 1..];
+    }
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
     };
-    let (body, truncated) = if head || status == 204 || status == 304 {
-        (Vec::new(), false)
-    } else if get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)
-    } else if let Some(len) = get("content-length").and_then(|l| l.parse::<usize>().ok()) {
-        (rest[..rest.len().min(len)].to_vec(), rest.len() < len)
-    } else {
-        (rest.to_vec(), false)
-    };
-    Ok(Response {
-        status,
-        headers,
-        body,
-        truncated,
+    Some(Sample {
+        name,
+        labels,
+        value,
     })
 }
 
-fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return (out, true);
-        };
-        let size = std::str::from_utf8(&b[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size else {
-            return (out, true);
-        };
-        b = &b[eol + 2..];
-        if size == 0 {
-            return (out, false);
-        }
-        if b.len() < size + 2 {
-            out.extend_from_slice(&b[..b.len().min(size)]);
-            return (out, true);
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
+/// The metric parser itself: a check on these is only as good as the parser.
+mod tests {
+    use super::metric_value_in;
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
+    const SCRAPE: &str = "# HELP hf_x_total X.\n# TYPE hf_x_total counter\nhf_x_total 10\nhf_x_total_bytes 1\nhf_y_total{result=\"fresh\"} 3\nhf_y_total{result=\"stale_served\"} 1\nhf_z{a=\"1\",b=\"q\\\"},\"} 2.5\n";
+
+    #[test]
+    fn a_metric_is_found_by_its_exact_name_and_value() {
+        assert_eq!(metric_value_in(SCRAPE, "hf_x_total", &[]), Some(10.0));
+        assert_eq!(metric_value_in(SCRAPE, "hf_x", &[]), None, "not a prefix");
+        assert_eq!(metric_value_in(SCRAPE, "hf_x_total_bytes", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn a_labelled_series_needs_exactly_its_labels() {
+        let stale = [("result", "stale_served")];
+        assert_eq!(metric_value_in(SCRAPE, "hf_y_total", &stale), Some(1.0));
+        assert_eq!(metric_value_in(SCRAPE, "hf_y_total", &[]), None);
+        assert_eq!(
+            metric_value_in(SCRAPE, "hf_y_total", &[("result", "refreshed")]),
+            None,
+            "an absent series is absent, not 0"
+        );
+        let both = [("b", "q\"},"), ("a", "1")];
+        assert_eq!(metric_value_in(SCRAPE, "hf_z", &both), Some(2.5));
+        assert_eq!(metric_value_in(SCRAPE, "hf_z", &both[1..]), None);
+    }
 }

@@ -1,16 +1,24 @@
 //! Integration tests: the real `hf-edge` binary in front of the fake Hub, over loopback.
-//! Each test starts its own servers (ephemeral ports, one temp dir each).
+//! Each test starts its own servers (ephemeral ports, one temp dir each). Tests wait for
+//! events (a log line, a request in the fake's log, a metric) with a bounded deadline, never
+//! for a fixed time window to hold.
 
+// The fixtures: the fake Hub, the edge and its config, a raw HTTP client, the fake's content.
+mod fake_hub;
+mod fixtures;
 mod harness;
+mod http;
 
-mod access;
-mod cache_cmd;
-mod cli;
-mod errors;
-mod eviction;
-mod fills;
-mod passthrough;
-mod red_team;
-mod resilience;
-mod resolve;
-mod security;
+// The tests, one module per concern.
+mod access; // site keys, repo rules, the Hub's answers per identity, token leaks
+mod cache_cmd; // `hf-edge cache ...`, on hand-written stores and beside a running serve
+mod cli; // config validation, hash-key, exit codes
+mod errors; // bad input and upstream failures
+mod eviction; // cache.max_size
+mod fills; // fills under concurrency, disconnects, kills, full disks
+mod passthrough; // API routes, pagination links, Xet hints
+mod red_team; // generated hostile requests against every rule at once
+mod resilience; // a slow, failing or absent Hub; offline mode; resumed bodies
+mod resolve; // /resolve metadata, bodies, the blob store, ranges
+mod security; // hostile clients: credentials, the site token, repo rules, poisoning
+mod shutdown; // SIGTERM and shutdown_grace

@@ -1,12 +1,15 @@
 //! Routes hf-edge passes through: the API, with pagination links and Xet hints rewritten.
 
-use crate::harness::{request_with_body, Edge, FakeHub};
+use crate::fake_hub::FakeHub;
+use crate::fixtures::{APPROVED, MANY_FILES_TREE, XET_2MIB};
+use crate::harness::Edge;
+use crate::http::request_with_body;
 
 #[test]
 fn tree_pages_link_back_to_the_edge_and_drop_xet_hashes() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
-    let mut next = Some("/api/models/fake-org/many-files/tree/main?recursive=true".to_string());
+    let edge = Edge::start(&hub);
+    let mut next = Some(MANY_FILES_TREE.to_string());
     let (mut pages, mut files) = (0, 0);
     while let Some(path) = next.take() {
         let r = edge.get(&path, &[]);
@@ -44,8 +47,8 @@ fn tree_pages_link_back_to_the_edge_and_drop_xet_hashes() {
 #[test]
 fn resolve_of_a_xet_file_carries_no_xet_hints() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
-    let r = edge.get("/fake-org/xet-model/resolve/main/model.safetensors", &[]);
+    let edge = Edge::start(&hub);
+    let r = edge.get(XET_2MIB, &[]);
     assert_eq!(r.status, 200);
     for (k, v) in &r.headers {
         let k = k.to_ascii_lowercase();
@@ -55,10 +58,7 @@ fn resolve_of_a_xet_file_carries_no_xet_hints() {
     let xet_calls = hub
         .log()
         .iter()
-        .filter(|e| {
-            let p = e["path"].as_str().unwrap_or("");
-            p.contains("xet-read-token") || p.starts_with("/_fake/cas")
-        })
+        .filter(|e| e.path.contains("xet-read-token") || e.path.starts_with("/_fake/cas"))
         .count();
     assert_eq!(xet_calls, 0);
 }
@@ -66,10 +66,10 @@ fn resolve_of_a_xet_file_carries_no_xet_hints() {
 #[test]
 fn api_calls_pass_through_with_the_client_identity() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     let anon = edge.get("/api/whoami-v2", &[]);
     assert_eq!(anon.status, 401);
-    let me = edge.get("/api/whoami-v2", &[("Authorization", "Bearer hf_approved")]);
+    let me = edge.get("/api/whoami-v2", &[APPROVED]);
     assert_eq!(me.status, 200, "{}", me.text());
     let info = edge.get("/api/models/gpt2/revision/main", &[]);
     assert_eq!(info.status, 200);

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 
-use crate::harness::{sha256_hex, try_request, Edge, FakeHub, Response};
+use crate::fake_hub::{FakeHub, Logged};
+use crate::fixtures::SITE_TOKEN;
+use crate::harness::Edge;
+use crate::http::{sha256_hex, try_request, Response};
 
-const SITE: &str = "Bearer hf_edge_site";
 const RESTRICTED: [&str; 2] = ["fake-org/gated-model", "fake-org/private-model"];
 const TIME_LIMIT: Duration = Duration::from_secs(100);
 
@@ -168,7 +169,7 @@ fn restricted_hashes(hub: &FakeHub) -> HashSet<String> {
     for repo in RESTRICTED {
         for rev in ["main", "v1"] {
             let path = format!("/_fake/files?repo={repo}&rev={rev}");
-            let r = crate::harness::request(hub.addr(), "GET", &path, &[]);
+            let r = crate::http::request(hub.addr(), "GET", &path, &[]);
             if let Some(files) = r.json()["files"].as_object() {
                 out.extend(
                     files
@@ -184,7 +185,7 @@ fn restricted_hashes(hub: &FakeHub) -> HashSet<String> {
 fn check(
     case: &Case,
     r: &Response,
-    log: &[Value],
+    log: &[Logged],
     restricted: &HashSet<String>,
 ) -> Result<(), String> {
     let (_, approved) = IDENTITIES[case.identity];
@@ -205,13 +206,14 @@ fn check(
     if r.status >= 500 && ![502, 503, 504].contains(&r.status) {
         return Err(format!("undocumented {}: {}", r.status, r.text()));
     }
+    let site = format!("Bearer {SITE_TOKEN}");
     for e in log {
-        let auth = e["headers"]["authorization"].as_str();
-        if e["server"] != "hub" && auth.is_some() {
-            return Err(format!("credentials sent to {}: {e}", e["server"]));
+        let auth = e.header("authorization");
+        if e.server != "hub" && auth.is_some() {
+            return Err(format!("credentials sent to {}: {e:?}", e.server));
         }
-        if auth == Some(SITE) && !case.reads() {
-            return Err(format!("a write signed with the site token: {e}"));
+        if auth == Some(site.as_str()) && !case.reads() {
+            return Err(format!("a write signed with the site token: {e:?}"));
         }
     }
     Ok(())
@@ -232,7 +234,7 @@ fn generated_hostile_requests_break_no_rule() {
     let hub = FakeHub::start_with(&["--cdn-host", "127.0.0.1"]);
     let restricted = restricted_hashes(&hub);
     assert!(restricted.len() >= 4, "ground truth: {restricted:?}");
-    let edge = Edge::start(&hub, "  token: hf_edge_site\n");
+    let edge = Edge::builder(&hub).token(SITE_TOKEN).start();
     let started = Instant::now();
     let mut done = 0;
     while done < cases && started.elapsed() < TIME_LIMIT {

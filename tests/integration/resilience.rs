@@ -1,128 +1,168 @@
 //! When the Hub is slow, failing, rate-limiting or gone: what hf-edge still serves, and how it
 //! says so.
+//!
+//! Cached answers are made stale without waiting for a clock where possible: a restart
+//! reloads them from `meta.jsonl` as known but not fresh. Where a TTL must pass, the test
+//! waits past it (`wait_past`), which no slowness can break.
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use crate::fake_hub::{FakeHub, Fault};
+use crate::fixtures::{CONFIG, GPT2, GPT2_NEVER_FETCHED, GPT2_WEIGHTS, LFS, TINY_DS};
+use crate::harness::{wait_for, wait_past, Edge};
+use crate::http::{request, request_with_body, sha256_hex};
 
-use crate::harness::{request, request_with_body, Edge, FakeHub};
-
-const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
-const CONFIG: &str = "/gpt2/resolve/main/config.json";
-
-/// An hf-edge whose branch answers go stale after 1 s.
-fn short_ttl(hub: &FakeHub, upstream_extra: &str) -> Edge {
-    let edge = Edge::start(hub, upstream_extra);
-    let cfg = edge.dir.path().join("hf-edge.yaml");
-    let yaml = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("revision_ttl: 60s", "revision_ttl: 1s");
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut edge = edge;
-    edge.restart();
-    edge
-}
+const STALE_SERVED: (&str, &[(&str, &str)]) = (
+    "hf_edge_revision_lookups_total",
+    &[("result", "stale_served")],
+);
 
 #[test]
 fn a_hub_outage_after_a_restart_serves_what_was_known_marked_stale() {
     let hub = FakeHub::start();
-    let mut edge = short_ttl(&hub, "");
+    let mut edge = Edge::start(&hub);
     let warm = edge.get(LFS, &[]);
     assert_eq!(warm.status, 200);
     let commit = warm.header("x-repo-commit").unwrap().to_string();
     edge.restart(); // metadata must come back from disk
-    hub.fault(json!({"mode": "down", "server": "hub"}));
+    hub.fault(Fault::down().on_hub());
 
-    for r in [edge.head(LFS, &[]), edge.get(LFS, &[])] {
+    let head = edge.head(LFS, &[]);
+    let gets = [edge.get(LFS, &[]), edge.get(LFS, &[])];
+    for r in std::iter::once(&head).chain(&gets) {
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-repo-commit"), Some(commit.as_str()));
-        assert!(
-            r.header("warning").is_some_and(|w| w.contains("stale")),
-            "{:?}",
-            r.headers
-        );
+        assert!(r.is_stale(), "{:?}", r.headers);
     }
-    assert_eq!(edge.get(LFS, &[]).body, warm.body);
+    for r in &gets {
+        assert_eq!(r.body, warm.body);
+    }
     // Never seen: a clear 502, not a 404 the client would take as final.
-    let cold = edge.get("/gpt2/resolve/main/onnx/model.onnx", &[]);
+    let cold = edge.get(GPT2_NEVER_FETCHED, &[]);
     assert_eq!(cold.status, 502, "{}", cold.text());
-    let metrics = request(edge.metrics, "GET", "/metrics", &[]).text();
-    assert!(!metrics.contains("hf_edge_revision_lookups_total{result=\"stale_served\"} 0"));
+    assert_eq!(
+        edge.metric_value(STALE_SERVED.0, STALE_SERVED.1),
+        Some(3.0),
+        "three stale answers served"
+    );
+}
+
+#[test]
+fn stale_served_counts_each_stale_answer_served_during_an_outage() {
+    let hub = FakeHub::start();
+    let mut edge = Edge::start(&hub);
+    for path in [CONFIG, GPT2_WEIGHTS, LFS] {
+        assert_eq!(edge.get(path, &[]).status, 200, "{path}");
+    }
+    let commit = edge
+        .head(CONFIG, &[])
+        .header("x-repo-commit")
+        .unwrap()
+        .to_string();
+    edge.restart(); // known from disk, not fresh: every branch request asks the Hub
+    assert_eq!(
+        edge.metric_value(STALE_SERVED.0, STALE_SERVED.1),
+        Some(0.0),
+        "the series is there before anything was served stale"
+    );
+
+    hub.fault(Fault::down().on_hub());
+    let pinned = format!("/gpt2/resolve/{commit}/config.json");
+    let requests = [
+        ("HEAD", CONFIG),
+        ("GET", CONFIG),
+        ("GET", CONFIG),
+        ("GET", GPT2_WEIGHTS),
+        ("HEAD", LFS),
+        ("GET", LFS),
+        ("GET", pinned.as_str()),    // commit-pinned: never stale
+        ("GET", GPT2_NEVER_FETCHED), // nothing known: 502
+    ];
+    let mut stale = 0;
+    for (method, path) in requests {
+        let r = request(edge.addr, method, path, &[]);
+        if r.is_stale() {
+            assert_eq!(r.status, 200, "{method} {path}");
+            stale += 1;
+        }
+    }
+    assert_eq!(stale, 6, "each branch request for a known file");
+    assert_eq!(edge.stale_served(), stale);
 }
 
 #[test]
 fn bursts_of_503_are_retried_and_then_answered_stale() {
     let hub = FakeHub::start();
-    let edge = short_ttl(&hub, "");
+    let ttl = Duration::from_secs(1);
+    let edge = Edge::builder(&hub).revision_ttl("1s").start();
     assert_eq!(edge.get(CONFIG, &[]).status, 200);
-    std::thread::sleep(Duration::from_millis(1100));
+    wait_past(Instant::now(), ttl);
     // One 503: retried at once, a fresh answer.
-    hub.fault(
-        json!({"mode": "status", "status": 503, "server": "hub", "method": "HEAD", "times": 1}),
-    );
+    hub.fault(Fault::status(503).on_hub().method("HEAD").once());
     let r = edge.head(CONFIG, &[]);
     assert_eq!(r.status, 200);
-    assert!(r.header("warning").is_none(), "a retry got a fresh answer");
+    assert!(!r.is_stale(), "a retry got a fresh answer");
     // A lasting burst: the last known answer, marked stale.
-    std::thread::sleep(Duration::from_millis(1100));
-    hub.fault(json!({"mode": "status", "status": 503, "server": "hub", "method": "HEAD"}));
+    wait_past(Instant::now(), ttl);
+    hub.fault(Fault::status(503).on_hub().method("HEAD"));
     let r = edge.head(CONFIG, &[]);
     assert_eq!(r.status, 200);
-    assert!(r.header("warning").is_some());
+    assert!(r.is_stale(), "{:?}", r.headers);
 }
 
 #[test]
-fn after_a_failure_known_answers_are_served_without_asking_until_the_hold_down_ends() {
+fn after_a_failure_known_answers_are_served_without_asking_the_hub() {
     let hub = FakeHub::start();
-    let edge = short_ttl(&hub, "  failure_hold_down: 1s\n");
+    let mut edge = Edge::builder(&hub).failure_hold_down("60s").start();
     assert_eq!(edge.get(CONFIG, &[]).status, 200);
-    std::thread::sleep(Duration::from_millis(1100));
-    hub.fault(json!({"mode": "down", "server": "hub"}));
+    edge.restart(); // the answer is known, not fresh
+    hub.fault(Fault::down().on_hub());
     hub.clear_log();
     let first = edge.head(CONFIG, &[]);
-    assert!(
-        first.header("warning").is_some(),
-        "stale once the Hub failed"
-    );
+    assert!(first.is_stale(), "stale once the Hub failed");
     let asked = hub.log().len();
     assert_eq!(asked, 3, "one HEAD and its two retries");
-    let started = Instant::now();
     for _ in 0..5 {
         let r = edge.head(CONFIG, &[]);
-        assert!(r.header("warning").is_some());
+        assert!(r.is_stale());
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "no waiting on the Hub"
-    );
     assert_eq!(
         hub.log().len(),
         asked,
-        "the Hub is not asked during the hold-down"
+        "the Hub is not asked (nor waited for) during the hold-down"
     );
     // A file with nothing to fall back on still asks, once.
-    assert_eq!(
-        edge.head("/gpt2/resolve/main/onnx/model.onnx", &[]).status,
-        502
-    );
+    assert_eq!(edge.head(GPT2_NEVER_FETCHED, &[]).status, 502);
     assert_eq!(hub.log().len(), asked + 1, "no retries while the Hub fails");
+}
+
+#[test]
+fn the_hub_is_asked_again_once_the_hold_down_ends() {
+    let hub = FakeHub::start();
+    let mut edge = Edge::builder(&hub).failure_hold_down("1s").start();
+    assert_eq!(edge.get(CONFIG, &[]).status, 200);
+    edge.restart(); // the answer is known, not fresh
+    hub.fault(Fault::down().on_hub());
+    assert!(edge.head(CONFIG, &[]).is_stale(), "the Hub failed");
+    let failed = Instant::now();
     hub.clear_faults();
-    std::thread::sleep(Duration::from_millis(1100));
+    wait_past(failed, Duration::from_secs(1));
+    hub.clear_log();
     let fresh = edge.head(CONFIG, &[]);
     assert_eq!(fresh.status, 200);
-    assert!(
-        fresh.header("warning").is_none(),
-        "asked again after the hold-down"
-    );
+    assert!(!fresh.is_stale(), "asked again after the hold-down");
+    assert!(!hub.log().is_empty(), "the Hub answered it");
 }
 
 #[test]
 fn rate_limits_without_an_earlier_answer_pass_through() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     hub.fault(
-        json!({"mode": "status", "status": 429, "server": "hub", "times": 1,
-        "headers": {"Retry-After": "9"}}),
+        Fault::status(429)
+            .on_hub()
+            .once()
+            .header("Retry-After", "9"),
     );
     let r = edge.head(CONFIG, &[]);
     assert_eq!((r.status, r.header("retry-after")), (429, Some("9")));
@@ -131,7 +171,7 @@ fn rate_limits_without_an_earlier_answer_pass_through() {
 #[test]
 fn offline_mode_serves_the_cache_and_nothing_else() {
     let hub = FakeHub::start();
-    let edge = Edge::start_with(&hub, "", "ops:\n  admin_token: t0ken-admin\n");
+    let edge = Edge::builder(&hub).admin_token("t0ken-admin").start();
     let tree = "/api/models/gpt2/tree/main?recursive=true";
     assert_eq!(edge.get(CONFIG, &[]).status, 200);
     let online_tree = edge.get(tree, &[]);
@@ -143,31 +183,14 @@ fn offline_mode_serves_the_cache_and_nothing_else() {
         assert_eq!(r.json()["offline"], on);
     };
     // Unauthenticated, or from a web page (a cross-site form post carries Origin): refused.
-    let anonymous = request_with_body(
-        edge.metrics,
-        "POST",
-        "/admin/offline?enabled=true",
-        &[],
-        b"",
-    );
+    let switch_on = "/admin/offline?enabled=true";
+    let anonymous = request_with_body(edge.metrics, "POST", switch_on, &[], b"");
     assert_eq!(anonymous.status, 401);
     let wrong = ("Authorization", "Bearer t0ken-admiN");
-    let guessed = request_with_body(
-        edge.metrics,
-        "POST",
-        "/admin/offline?enabled=true",
-        &[wrong],
-        b"",
-    );
+    let guessed = request_with_body(edge.metrics, "POST", switch_on, &[wrong], b"");
     assert_eq!(guessed.status, 401);
     let page = ("Origin", "http://evil.test");
-    let cross = request_with_body(
-        edge.metrics,
-        "POST",
-        "/admin/offline?enabled=true",
-        &[page],
-        b"",
-    );
+    let cross = request_with_body(edge.metrics, "POST", switch_on, &[page], b"");
     assert_eq!(cross.status, 403);
     let state = request(edge.metrics, "GET", "/admin/offline", &[admin]);
     assert_eq!(
@@ -179,112 +202,110 @@ fn offline_mode_serves_the_cache_and_nothing_else() {
     hub.clear_log();
     let cached = edge.get(CONFIG, &[]);
     assert_eq!(cached.status, 200);
-    let uncached = edge.get("/gpt2/resolve/main/pytorch_model.bin", &[]);
+    let uncached = edge.get(GPT2_WEIGHTS, &[]);
     assert_eq!(uncached.status, 504);
-    assert!(uncached.json()["error"]
-        .as_str()
-        .unwrap()
-        .contains("offline"));
+    assert!(
+        uncached.json_error().contains("offline"),
+        "{}",
+        uncached.text()
+    );
     let stale_tree = edge.get(tree, &[]);
     assert_eq!(stale_tree.status, 200);
     assert_eq!(stale_tree.body, online_tree.body);
-    assert!(stale_tree.header("warning").is_some());
+    assert!(stale_tree.is_stale(), "{:?}", stale_tree.headers);
     assert_eq!(edge.get("/api/whoami-v2", &[]).status, 504);
     assert!(hub.log().is_empty(), "offline: the Hub is never contacted");
     let ready = request(edge.metrics, "GET", "/readyz", &[]);
     assert_eq!(ready.status, 200, "offline mode counts as ready");
     toggle(false);
-    assert_eq!(
-        edge.get("/gpt2/resolve/main/pytorch_model.bin", &[]).status,
-        200
+    assert_eq!(edge.get(GPT2_WEIGHTS, &[]).status, 200);
+}
+
+#[test]
+fn offline_in_the_config_file_serves_the_cache_and_never_contacts_the_hub() {
+    let hub = FakeHub::start();
+    let mut edge = Edge::builder(&hub).admin_token("t0ken-admin").start();
+    let online: Vec<_> = [CONFIG, LFS].iter().map(|p| edge.get(p, &[])).collect();
+    for r in &online {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    edge.restart_with(|c| c.upstream.offline = true);
+    hub.clear_log();
+
+    let admin = ("Authorization", "Bearer t0ken-admin");
+    let mode = request(edge.metrics, "GET", "/admin/offline", &[admin]);
+    assert_eq!(mode.json()["offline"], true, "{}", mode.text());
+    for (path, before) in [CONFIG, LFS].iter().zip(&online) {
+        let r = edge.get(path, &[]);
+        assert_eq!((r.status, r.cache()), (200, Some("hit")), "{path}");
+        assert_eq!(r.body, before.body, "{path}");
+    }
+    for path in [
+        GPT2_NEVER_FETCHED,
+        GPT2_WEIGHTS,
+        "/api/whoami-v2",
+        "/api/models/gpt2/tree/main",
+    ] {
+        let r = edge.get(path, &[]);
+        assert_eq!(r.status, 504, "{path}: {}", r.text());
+        assert!(r.json_error().contains("offline"), "{path}: {}", r.text());
+    }
+    assert!(
+        hub.log().is_empty(),
+        "offline: the Hub is never contacted: {:?}",
+        hub.log()
     );
 }
 
 #[test]
 fn expired_signed_urls_are_signed_again() {
-    let hub = FakeHub::start_with(&["--cdn-url-ttl", "1"]);
-    let edge = Edge::start(&hub, "");
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub);
     assert_eq!(
         edge.head(LFS, &[]).status,
         200,
         "metadata with a signed URL"
     );
-    std::thread::sleep(Duration::from_millis(2100));
+    hub.expire_signed_urls();
     let r = edge.get(LFS, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     r.assert_whole_lfs_file();
-    let cdn = cdn_statuses(&hub);
     assert_eq!(
-        cdn,
-        vec![403, 200],
+        hub.cdn_statuses(),
+        [403, 200],
         "the expired URL was refused, then a fresh one used"
     );
 }
 
 #[test]
-fn a_push_to_main_is_seen_within_revision_ttl() {
+fn a_push_to_main_is_seen_once_revision_ttl_passed() {
     let hub = FakeHub::start();
-    let edge = short_ttl(&hub, "");
-    let before = edge
-        .head(CONFIG, &[])
-        .header("x-repo-commit")
-        .unwrap()
-        .to_string();
-    let pushed = request_with_body(
-        hub.addr(),
-        "POST",
-        "/_fake/push",
-        &[],
-        json!({"repo": "gpt2", "files": {"config.json": "{\"pushed\": true}"}})
-            .to_string()
-            .as_bytes(),
-    )
-    .json()["commit"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let edge = Edge::builder(&hub).revision_ttl("1s").start();
+    let before = edge.head(CONFIG, &[]);
+    let answered = Instant::now();
+    let before = before.header("x-repo-commit").unwrap().to_string();
+    let pushed = hub.push(GPT2, &[("config.json", "{\"pushed\": true}")]);
     assert_ne!(before, pushed);
-    let started = Instant::now();
-    loop {
-        let r = edge.get(CONFIG, &[]);
-        if r.header("x-repo-commit") == Some(pushed.as_str()) {
-            assert_eq!(r.text(), "{\"pushed\": true}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "new commit not seen in time"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        started.elapsed() <= Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
+    wait_past(answered, Duration::from_secs(1));
+    let r = edge.get(CONFIG, &[]);
+    assert_eq!(r.header("x-repo-commit"), Some(pushed.as_str()));
+    assert_eq!(r.text(), "{\"pushed\": true}");
 }
 
 /// Cuts the CDN's next body after 100 000 bytes; the pause before the body lets hf-edge send
 /// the response header (and start its fill) first, as it would for any real download.
-fn cut_after_header() -> serde_json::Value {
-    json!({"mode": "drop_after", "server": "cdn", "bytes": 100_000, "times": 1, "body_delay": 0.2})
-}
-
-/// The status of each response the CDN gave, in order.
-fn cdn_statuses(hub: &FakeHub) -> Vec<u64> {
-    hub.log()
-        .iter()
-        .filter(|e| e["server"] == "cdn")
-        .map(|e| e["status"].as_u64().unwrap())
-        .collect()
+fn cut_after_header() -> Fault {
+    Fault::drop_after(100_000)
+        .on_cdn()
+        .once()
+        .body_delay(Duration::from_millis(500))
 }
 
 /// The `Range` header of each GET the CDN saw, in order.
 fn cdn_get_ranges(hub: &FakeHub) -> Vec<Option<String>> {
-    hub.log()
+    hub.cdn_gets()
         .iter()
-        .filter(|e| e["server"] == "cdn" && e["method"] == "GET")
-        .map(|e| e["headers"]["range"].as_str().map(str::to_string))
+        .map(|e| e.header("range").map(str::to_string))
         .collect()
 }
 
@@ -300,7 +321,7 @@ fn resumed_at(range: &Option<String>) -> u64 {
 #[test]
 fn a_cut_upstream_body_resumes_from_the_last_byte_received() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     hub.fault(cut_after_header());
     let r = edge.get(LFS, &[]);
     assert_eq!(r.status, 200);
@@ -310,36 +331,35 @@ fn a_cut_upstream_body_resumes_from_the_last_byte_received() {
     assert_eq!(ranges[0], None);
     let offset = resumed_at(&ranges[1]);
     assert!(offset <= 100_000, "{ranges:?}");
-    assert_eq!(edge.metric("hf_edge_upstream_resumes_total"), 1);
+    assert_eq!(edge.metric("hf_edge_upstream_resumes_total", &[]), 1);
     assert_eq!(
-        edge.metric("hf_edge_upstream_resumed_bytes_total"),
+        edge.metric("hf_edge_upstream_resumed_bytes_total", &[]),
         r.body.len() as u64 - offset,
         "each byte fetched once"
     );
-    let log = std::fs::read_to_string(edge.log_path()).unwrap();
-    let line: serde_json::Value = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .find(|v: &serde_json::Value| v["path"] == LFS)
+    let line = edge
+        .access_lines()
+        .into_iter()
+        .find(|v| v["path"] == LFS)
         .expect("an access line for the download");
     assert_eq!(
         (&line["status"], &line["cache"], &line["error"]),
-        (&json!(200), &json!("miss"), &serde_json::Value::Null),
+        (
+            &serde_json::json!(200),
+            &serde_json::json!("miss"),
+            &serde_json::Value::Null
+        ),
         "{line}"
     );
     let hit = edge.get(LFS, &[]);
-    assert_eq!(
-        hit.header("x-hf-edge-cache"),
-        Some("hit"),
-        "the resumed fill was kept"
-    );
+    assert_eq!(hit.cache(), Some("hit"), "the resumed fill was kept");
     hit.assert_whole_lfs_file();
 }
 
 #[test]
 fn a_ranged_client_gets_its_range_across_a_resume() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     hub.fault(cut_after_header());
     let part = edge.get(LFS, &[("range", "bytes=40000-")]);
     assert_eq!(part.status, 206, "{}", part.text());
@@ -352,9 +372,9 @@ fn a_ranged_client_gets_its_range_across_a_resume() {
 #[test]
 fn an_origin_without_ranges_is_read_again_from_the_start() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     hub.fault(cut_after_header());
-    hub.fault(json!({"mode": "no_ranges", "server": "cdn", "times": 1}));
+    hub.fault(Fault::no_ranges().on_cdn().once());
     let r = edge.get(LFS, &[]);
     assert_eq!(
         r.status,
@@ -362,77 +382,71 @@ fn an_origin_without_ranges_is_read_again_from_the_start() {
         "{} {:?} {}",
         r.text(),
         hub.log(),
-        std::fs::read_to_string(edge.log_path()).unwrap_or_default()
+        edge.log_text()
     );
     r.assert_whole_lfs_file();
     let ranges = cdn_get_ranges(&hub);
     assert_eq!(ranges.len(), 2, "{ranges:?}");
     assert!(resumed_at(&ranges[1]) > 0, "{ranges:?}");
-    let statuses = cdn_statuses(&hub);
-    assert_eq!(statuses, [200, 200], "the second answer ignored the Range");
+    assert_eq!(
+        hub.cdn_statuses(),
+        [200, 200],
+        "the second answer ignored the Range"
+    );
 }
 
 #[test]
 fn a_resume_signs_an_expired_url_again() {
-    let hub = FakeHub::start_with(&["--cdn-url-ttl", "2"]);
-    let edge = Edge::start(&hub, "");
-    // The cut comes after the signed URL expired (2.5 s), so the resume is refused once.
-    hub.fault(
-        json!({"mode": "drop_after", "server": "cdn", "bytes": 100_000, "times": 1,
-        "body_delay": 2.5}),
-    );
+    let hub = FakeHub::start();
+    let edge = Edge::start(&hub);
+    // The URL expires with the cut, so the resume is refused once.
+    hub.fault(cut_after_header().then_expire_signed_urls());
     let r = edge.get(LFS, &[]);
     assert_eq!(r.status, 200);
     r.assert_whole_lfs_file();
-    let statuses = cdn_statuses(&hub);
     assert_eq!(
-        statuses,
+        hub.cdn_statuses(),
         [200, 403, 206],
         "cut, expired, resumed on a fresh URL"
+    );
+    assert_eq!(
+        sha256_hex(&r.body),
+        hub.expected(TINY_DS, "main", "data/train.parquet").sha256
     );
 }
 
 #[test]
 fn a_body_that_cannot_be_resumed_is_cut_and_never_stored() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     hub.fault(cut_after_header());
-    hub.fault(json!({"mode": "status", "status": 503, "server": "cdn"}));
+    hub.fault(Fault::status(503).on_cdn());
     let cut = edge.get(LFS, &[]);
     assert!(
         cut.status != 200 || cut.truncated,
         "a cut body must not look complete"
     );
     assert_eq!(
-        edge.metric("hf_edge_upstream_resumes_total"),
+        edge.metric("hf_edge_upstream_resumes_total", &[]),
         3,
         "bounded attempts"
     );
-    let tmp = edge.dir.path().join("cache/tmp");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::fs::read_dir(&tmp).unwrap().count() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the partial blob was not removed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(edge.metric("hf_edge_store_abandoned_fills_total"), 1);
+    let tmp = edge.cache_dir().join("tmp");
+    wait_for("the partial blob to be removed", || {
+        (std::fs::read_dir(&tmp).ok()?.count() == 0).then_some(())
+    });
+    assert_eq!(edge.metric("hf_edge_store_abandoned_fills_total", &[]), 1);
     hub.clear_faults();
     let whole = edge.get(LFS, &[]);
-    assert_eq!(
-        whole.header("x-hf-edge-cache"),
-        Some("miss"),
-        "fetched again"
-    );
+    assert_eq!(whole.cache(), Some("miss"), "fetched again");
     whole.assert_whole_lfs_file();
 }
 
 #[test]
 fn a_body_cut_before_it_began_is_fetched_again() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
-    hub.fault(json!({"mode": "drop_after", "server": "cdn", "bytes": 0, "times": 1}));
+    let edge = Edge::start(&hub);
+    hub.fault(Fault::drop_after(0).on_cdn().once());
     let r = edge.get(LFS, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     r.assert_whole_lfs_file();
@@ -442,25 +456,25 @@ fn a_body_cut_before_it_began_is_fetched_again() {
 #[test]
 fn a_regular_file_cut_by_the_hub_resumes_from_the_hub() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     hub.fault(
-        json!({"mode": "drop_after", "server": "hub", "method": "GET",
-        "path": "^/api/resolve-cache/", "bytes": 10, "times": 1, "body_delay": 0.2}),
+        Fault::drop_after(10)
+            .on_hub()
+            .method("GET")
+            .on_path("^/api/resolve-cache/")
+            .once()
+            .body_delay(Duration::from_millis(500)),
     );
     let r = edge.get(CONFIG, &[]);
     assert_eq!((r.status, r.truncated), (200, false));
-    let log = hub.log();
-    let ranges: Vec<Option<&str>> = log
+    let ranges: Vec<Option<String>> = hub
+        .log()
         .iter()
-        .filter(|e| e["method"] == "GET")
-        .map(|e| e["headers"]["range"].as_str())
+        .filter(|e| e.method == "GET")
+        .map(|e| e.header("range").map(str::to_string))
         .collect();
-    assert_eq!(ranges, [None, Some("bytes=10-")]);
+    assert_eq!(ranges, [None, Some("bytes=10-".to_string())]);
     let hit = edge.get(CONFIG, &[]);
-    assert_eq!(
-        hit.header("x-hf-edge-cache"),
-        Some("hit"),
-        "stored: its git oid matched"
-    );
+    assert_eq!(hit.cache(), Some("hit"), "stored: its git oid matched");
     assert_eq!(r.body, hit.body);
 }

@@ -12,6 +12,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use pingora_cache::{CacheKey, CachePhase};
 use pingora_proxy::Session;
 
+use super::range::Cut;
 use crate::hub::grammar::{ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};
@@ -143,6 +144,10 @@ pub struct Download {
     pub cache_result: Option<CacheResult>,
     /// The blob offsets this response carries, once its header is built.
     pub body_range: Option<Range<u64>>,
+    /// The range the body request asked upstream for (files hf-edge does not store only).
+    pub upstream_range: Option<Range<u64>>,
+    /// Cuts a whole upstream body to the client's range (an origin that ignored `Range`).
+    pub cut: Option<Cut>,
     /// The upstream body was cut and the rest came from the store's resumed fill.
     pub resumed: bool,
     /// Body requests asked again after failing before any byte was used.

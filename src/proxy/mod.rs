@@ -15,7 +15,7 @@ mod failure;
 mod from_store;
 mod log;
 mod passthrough;
-mod range;
+pub mod range;
 mod refetch;
 mod respond;
 
@@ -116,7 +116,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -124,6 +124,13 @@ impl ProxyHttp for EdgeProxy {
         target.apply(upstream_request, ctx.auth.as_ref())?;
         if ctx.flow.wants_identity() {
             upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        // A file Pingora caches is fetched whole; any other carries the client's range.
+        if let Flow::Download(d) = &mut ctx.flow {
+            if !session.upstream_headers_mutated_for_cache() {
+                let client = session.req_header();
+                d.upstream_range = range::ask_upstream(client, upstream_request, &d.meta)?;
+            }
         }
         ctx.upstream_sent = Some(std::time::Instant::now());
         Ok(())
@@ -218,9 +225,17 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let Flow::Passthrough(p) = &mut ctx.flow {
-            let auth = ctx.auth.as_ref();
-            self.passthrough.on_body(body, end_of_stream, p, auth)?;
+        match &mut ctx.flow {
+            Flow::Passthrough(p) => {
+                let auth = ctx.auth.as_ref();
+                self.passthrough.on_body(body, end_of_stream, p, auth)?;
+            }
+            Flow::Download(d) => {
+                if let Some(cut) = &mut d.cut {
+                    cut.filter(body);
+                }
+            }
+            Flow::Local => {}
         }
         Ok(None)
     }

@@ -10,6 +10,7 @@ mod errors;
 mod eviction;
 mod fills;
 mod passthrough;
+mod ranges;
 mod resilience;
 mod resolve;
 mod security;

@@ -9,6 +9,7 @@ mod cli;
 mod errors;
 mod eviction;
 mod fills;
+mod journals;
 mod passthrough;
 mod ranges;
 mod resilience;

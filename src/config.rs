@@ -118,6 +118,9 @@ pub struct Cache {
     pub revision_ttl: Duration,
     /// Store files readable by the group too (0640/0750 instead of 0600/0700).
     pub group_access: bool,
+    /// Answers `meta.jsonl` keeps at most (the newest); the file holds at most about twice
+    /// as many lines before it is compacted.
+    pub meta_max_entries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +245,8 @@ struct RawCache {
     revision_ttl: RawValue,
     #[serde(default)]
     group_access: bool,
+    #[serde(default = "default_meta_max_entries")]
+    meta_max_entries: usize,
 }
 
 #[derive(Deserialize)]
@@ -280,6 +285,9 @@ fn default_failure_hold_down() -> RawValue {
 }
 fn default_revision_ttl() -> RawValue {
     RawValue::Str("60s".into())
+}
+fn default_meta_max_entries() -> usize {
+    100_000
 }
 
 // === loading and validation ===
@@ -411,6 +419,10 @@ impl RawConfig {
             max_size,
             revision_ttl: duration("cache.revision_ttl", &c.revision_ttl)?,
             group_access: c.group_access,
+            meta_max_entries: match c.meta_max_entries {
+                0 => return Err(bad("cache.meta_max_entries", "must be at least 1")),
+                n => n,
+            },
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,

@@ -73,6 +73,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 hold_down: cfg.upstream.failure_hold_down,
                 auth_ttl: cfg.access.auth_ttl,
                 offline_restricted: cfg.access.offline_restricted,
+                meta_max_entries: cfg.cache.meta_max_entries,
             },
             Some(&cfg.cache.dir),
         )

@@ -14,7 +14,7 @@ use crate::access::IdentityKey;
 use crate::hub::grammar::{canonical_revision, Repo};
 use crate::hub::headers::FileMeta;
 use crate::hub::BlobId;
-use crate::jsonl::{self, Appender};
+use crate::jsonl::{self, Appender, Compaction};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
@@ -89,13 +89,19 @@ impl Entry {
 pub struct Journal(Appender<Entry>);
 
 impl Journal {
-    /// Reads the journal (later lines win), compacts it, and opens it for appending.
-    pub fn open(dir: &Path) -> io::Result<(Journal, Vec<Entry>)> {
+    /// Reads the journal (later lines win), compacts it to its newest `max_entries` answers,
+    /// and opens it for appending (kept under about twice that as it grows).
+    pub fn open(dir: &Path, max_entries: usize) -> io::Result<(Journal, Vec<Entry>)> {
         let path = dir.join("meta.jsonl");
         let mut entries = jsonl::read_latest(&path, Entry::key)?;
         entries.sort_by_key(|e| e.time);
+        entries.drain(..entries.len().saturating_sub(max_entries));
         jsonl::rewrite(&path, &entries)?;
-        Ok((Journal(Appender::open(&path)?), entries))
+        let compaction = Compaction::new(Entry::key, max_entries);
+        Ok((
+            Journal(Appender::open(&path, compaction, max_entries)?),
+            entries,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -119,7 +125,7 @@ mod tests {
     #[test]
     fn spellings_of_one_answer_are_one_line() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let (journal, _) = Journal::open(dir.path(), 10).unwrap();
         let commit = "0123456789abcdef0123456789abcdef01234567";
         let meta = FileMeta {
             commit: commit.into(),
@@ -142,9 +148,10 @@ mod tests {
             let who = IdentityKey::anonymous();
             journal.record(Entry::new(who, &repo, &revision, "config.json", &meta));
         }
+        journal.0.flush();
         let text = std::fs::read_to_string(journal.path()).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
-        let (_, entries) = Journal::open(dir.path()).unwrap();
+        let (_, entries) = Journal::open(dir.path(), 10).unwrap();
         assert_eq!(entries[0].revision, commit);
         assert_eq!(entries[0].repo, "gpt2");
     }

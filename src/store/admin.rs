@@ -783,6 +783,7 @@ mod tests {
 
         purge(s.root(), "org/a", None).unwrap();
         server.record(&entry("org/b", "main", "b", &b));
+        server.flush();
         assert_eq!(s.names(), [name("org/b", "main", "b")]);
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::grammar::canonical_revision;
 use crate::hub::BlobId;
-use crate::jsonl::{self, Appender};
+use crate::jsonl::{self, Appender, Compaction};
 
 /// One line of `refs.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +50,9 @@ impl RefEntry {
 
 type RefKey = (String, String, String, String);
 
+/// Entries this process remembers having recorded (past that, one may be recorded again).
+const REMEMBER: usize = 100_000;
+
 pub fn refs_path(root: &Path) -> PathBuf {
     root.join("refs.jsonl")
 }
@@ -72,10 +75,16 @@ pub fn rewrite_refs(root: &Path, keep: impl Fn(&RefEntry) -> bool) -> io::Result
 pub struct RefsLog(Appender<RefKey>);
 
 impl RefsLog {
-    /// Compacts the index to the blobs that exist, then opens it for appending.
+    /// Compacts the index to the blobs that exist, then opens it for appending (and keeps it
+    /// compacted as it grows: at most about twice its entries).
     pub fn open(root: &Path, present: &HashSet<BlobId>) -> io::Result<RefsLog> {
         rewrite_refs(root, |e| e.blob_id().is_some_and(|b| present.contains(&b)))?;
-        Ok(RefsLog(Appender::open(&refs_path(root))?))
+        let compaction = Compaction::new(RefEntry::key, usize::MAX);
+        Ok(RefsLog(Appender::open(
+            &refs_path(root),
+            compaction,
+            REMEMBER,
+        )?))
     }
 
     /// Appends `e` unless this process already recorded the same key; a commit (as the
@@ -87,6 +96,12 @@ impl RefsLog {
             ..e.clone()
         };
         self.0.append(e.key(), &e);
+    }
+
+    /// Waits until what was recorded is in the file (it is written on a thread of its own).
+    #[cfg(test)]
+    pub fn flush(&self) {
+        self.0.flush();
     }
 }
 
@@ -134,6 +149,7 @@ mod tests {
             let repo = if i % 2 == 0 { "GPT2" } else { "gpt2" };
             log.record(&entry(repo, &case_variant(i)));
         }
+        log.flush();
         let text = std::fs::read_to_string(refs_path(dir.path())).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         let kept = read_refs(dir.path()).unwrap();
@@ -144,6 +160,7 @@ mod tests {
         // Branch names stay as they are (the Hub's are case-sensitive).
         log.record(&entry("gpt2", "Main"));
         log.record(&entry("gpt2", "main"));
+        log.flush();
         assert_eq!(read_refs(dir.path()).unwrap().len(), 3);
 
         // A file written before (one line per spelling) compacts to one line per entry.

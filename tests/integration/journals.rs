@@ -62,3 +62,41 @@ fn case_variants_of_a_commit_and_a_repo_are_recorded_once() {
     edge.restart();
     assert_eq!(lines(&cache.join("refs.jsonl")), 1);
 }
+
+/// An hf-edge with `extra` added to its `cache:` section.
+fn edge_with_cache_keys(hub: &FakeHub, extra: &str) -> Edge {
+    let mut edge = Edge::start(hub, "");
+    let cfg = edge.dir.path().join("hf-edge.yaml");
+    let yaml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "revision_ttl: 60s\n",
+        &format!("revision_ttl: 60s\n{extra}"),
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    edge.restart();
+    edge
+}
+
+#[test]
+fn meta_jsonl_keeps_its_newest_answers_and_stays_compacted() {
+    let hub = FakeHub::start();
+    let mut edge = edge_with_cache_keys(&hub, "  meta_max_entries: 20\n");
+    let meta = edge.dir.path().join("cache/meta.jsonl");
+    let file = |i: usize| format!("shard-{:02}/file-{i:04}.txt", i / 100);
+    for i in 0..150 {
+        let r = edge.head(
+            &format!("/fake-org/many-files/resolve/v1.0/{}", file(i)),
+            &[],
+        );
+        assert_eq!(r.status, 200);
+        assert!(
+            lines(&meta) <= 40,
+            "{} lines after {i} answers",
+            lines(&meta)
+        );
+    }
+    edge.restart();
+    let kept = std::fs::read_to_string(&meta).unwrap();
+    assert_eq!(kept.lines().count(), 20);
+    assert!(kept.contains(&file(149)), "the newest answers are kept");
+    assert!(!kept.contains(&file(0)));
+}

@@ -121,6 +121,10 @@ pub struct Cache {
     /// Answers `meta.jsonl` keeps at most (the newest); the file holds at most about twice
     /// as many lines before it is compacted.
     pub meta_max_entries: usize,
+    /// Bytes and files of kept API answers (`cache.dir/api`) at most, least recently written
+    /// removed first.
+    pub api_snapshots_max_size: u64,
+    pub api_snapshots_max_files: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -247,6 +251,10 @@ struct RawCache {
     group_access: bool,
     #[serde(default = "default_meta_max_entries")]
     meta_max_entries: usize,
+    #[serde(default = "default_api_snapshots_max_size")]
+    api_snapshots_max_size: RawValue,
+    #[serde(default = "default_api_snapshots_max_files")]
+    api_snapshots_max_files: usize,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +295,12 @@ fn default_revision_ttl() -> RawValue {
     RawValue::Str("60s".into())
 }
 fn default_meta_max_entries() -> usize {
+    100_000
+}
+fn default_api_snapshots_max_size() -> RawValue {
+    RawValue::Str("1GiB".into())
+}
+fn default_api_snapshots_max_files() -> usize {
     100_000
 }
 
@@ -423,6 +437,11 @@ impl RawConfig {
                 0 => return Err(bad("cache.meta_max_entries", "must be at least 1")),
                 n => n,
             },
+            api_snapshots_max_size: size(
+                "cache.api_snapshots_max_size",
+                &c.api_snapshots_max_size,
+            )?,
+            api_snapshots_max_files: c.api_snapshots_max_files,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,

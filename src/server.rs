@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
-use crate::snapshots::ApiSnapshots;
+use crate::snapshots::{ApiSnapshots, Limits};
 use crate::store::BlobStore;
 
 /// How long a fill may hold the cache lock before another request may take over.
@@ -84,8 +84,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             )
         })?,
     );
-    let snapshots = ApiSnapshots::open(&cfg.cache.dir)
-        .with_context(|| format!("cache.dir: cannot create {}/api", cfg.cache.dir.display()))?;
+    let snapshot_limits = Limits {
+        max_bytes: cfg.cache.api_snapshots_max_size,
+        max_files: cfg.cache.api_snapshots_max_files,
+    };
+    let snapshots = ApiSnapshots::open(&cfg.cache.dir, snapshot_limits, metrics.clone())
+        .with_context(|| format!("cache.dir: cannot open {}/api", cfg.cache.dir.display()))?;
     let proxy = EdgeProxy {
         upstream: upstream.clone(),
         policy: cfg.access.clone(),

@@ -185,8 +185,8 @@ pub struct Passthrough {
     pub rewrites_json: bool,
     /// The JSON body being collected, once the answer is known to be rewritten.
     pub json: Option<Vec<u8>>,
-    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
-    /// under (path and query).
+    /// For the API answers `snapshot_download` needs, in the query forms clients send: the
+    /// key its last good answer is kept under (`snapshots::key_for`).
     pub snapshot_key: Option<String>,
     /// The rewritten `Link` of the answer being kept.
     pub snapshot_link: Option<String>,

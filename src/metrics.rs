@@ -152,6 +152,9 @@ pub struct Metrics {
     api_snapshots_evicted: IntCounter,
     api_snapshots_files: IntGauge,
     api_snapshots_bytes: IntGauge,
+    client_connections: IntGauge,
+    client_refused: IntCounter,
+    client_header_timeouts: IntCounter,
 }
 
 pub fn status_class(status: u16) -> &'static str {
@@ -317,6 +320,18 @@ impl Metrics {
                 "hf_edge_api_snapshots_bytes",
                 "Bytes of API answers kept for outages.",
             )?,
+            client_connections: gauge(
+                "hf_edge_client_connections",
+                "Client connections open (bounded by limits.max_connections).",
+            )?,
+            client_refused: counter(
+                "hf_edge_client_connections_refused_total",
+                "Client connections over limits.max_connections, answered 503 and closed.",
+            )?,
+            client_header_timeouts: counter(
+                "hf_edge_client_header_timeouts_total",
+                "Client requests whose header did not arrive within limits.header_timeout, answered 408 and closed.",
+            )?,
             registry,
         };
         for r in CacheResult::ALL {
@@ -424,6 +439,18 @@ impl Metrics {
     pub fn api_snapshots(&self, files: u64, bytes: u64) {
         self.api_snapshots_files.set(files as i64);
         self.api_snapshots_bytes.set(bytes as i64);
+    }
+
+    pub fn client_connections(&self, open: usize) {
+        self.client_connections.set(open as i64);
+    }
+
+    pub fn client_refused(&self) {
+        self.client_refused.inc();
+    }
+
+    pub fn client_header_timeout(&self) {
+        self.client_header_timeouts.inc();
     }
 
     /// The text exposition, with the store families brought up to `store`.

@@ -15,6 +15,7 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::downstream;
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
@@ -136,7 +137,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .spawn(move || rt.block_on(store.purge_evicted(evict)))?;
     }
 
-    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+    let proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
+    let limits = downstream::Limits {
+        header_timeout: cfg.limits.header_timeout,
+        max_connections: cfg.limits.max_connections,
+    };
+    let bounded = downstream::Bounded::new(proxy, limits, metrics.clone());
+    let mut svc = Service::new("hf-edge proxy".to_string(), bounded);
     svc.add_tcp(&cfg.listen.to_string());
     let mut ops = Service::new(
         "hf-edge ops".to_string(),

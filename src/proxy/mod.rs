@@ -38,6 +38,7 @@ pub use passthrough::PassthroughFlow;
 
 use crate::access::Policy;
 use crate::access_log::AccessLog;
+use crate::downstream;
 use crate::hub::grammar::Route;
 use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, UpstreamKind};
@@ -60,6 +61,11 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx::new(self.request_ids.next())
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        downstream::header_received(session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -270,5 +276,6 @@ impl ProxyHttp for EdgeProxy {
             self.downloads.finish(session, d, status);
         }
         log::record(&self.metrics, &self.access_log, session, e, ctx);
+        downstream::request_done(session);
     }
 }

@@ -10,6 +10,7 @@ mod errors;
 mod eviction;
 mod fills;
 mod journals;
+mod limits;
 mod passthrough;
 mod ranges;
 mod resilience;

@@ -1,12 +1,14 @@
-//! Micro-benchmarks for the pure hot paths: path grammar, range syntax, header building.
+//! Micro-benchmarks for the pure hot paths: path grammar, the range rule, header building.
 //! `cargo bench --bench hot_paths` prints ns per call (median of several timed batches).
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use hf_edge::hub::grammar;
-use hf_edge::hub::headers::{content_disposition, is_satisfiable_syntax, rewrite_links};
+use hf_edge::hub::headers::{content_disposition, rewrite_links};
 use hf_edge::hub::upstream::Origin;
+use hf_edge::proxy::range;
+use pingora::http::RequestHeader;
 
 const BATCH: u32 = 20_000;
 const BATCHES: usize = 15;
@@ -40,8 +42,12 @@ fn main() {
     bench("grammar::parse (api tree)", || {
         black_box(grammar::parse(black_box(paths[2])).ok());
     });
-    bench("range syntax check", || {
-        black_box(is_satisfiable_syntax(black_box(b"bytes=1048576-2097151")));
+    let mut ranged = RequestHeader::build("GET", b"/x", None).unwrap();
+    ranged
+        .insert_header("range", "bytes=1048576-2097151")
+        .unwrap();
+    bench("range rule", || {
+        black_box(range::decide(black_box(&ranged), None, 1 << 30));
     });
     bench("content_disposition", || {
         black_box(content_disposition(black_box(

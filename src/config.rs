@@ -68,6 +68,17 @@ pub struct Config {
     /// rewrites; unset: each request's own `Host`.
     pub public_url: Option<Origin>,
     pub ops: Ops,
+    pub limits: Limits,
+}
+
+/// Bounds on client connections.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time from a connection's start, or a later request's first byte, to the end of the
+    /// request header; past it, `408` and the connection closes.
+    pub header_timeout: Duration,
+    /// Client connections open at most; one more is answered `503` and closed.
+    pub max_connections: usize,
 }
 
 /// The operator endpoints' own settings.
@@ -121,6 +132,13 @@ pub struct Cache {
     pub revision_ttl: Duration,
     /// Store files readable by the group too (0640/0750 instead of 0600/0700).
     pub group_access: bool,
+    /// Answers `meta.jsonl` keeps at most (the newest); the file holds at most about twice
+    /// as many lines before it is compacted.
+    pub meta_max_entries: usize,
+    /// Bytes and files of kept API answers (`cache.dir/api`) at most, least recently written
+    /// removed first.
+    pub api_snapshots_max_size: u64,
+    pub api_snapshots_max_files: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +167,26 @@ struct RawConfig {
     public_url: Option<String>,
     #[serde(default)]
     ops: RawOps,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default = "default_header_timeout")]
+    header_timeout: RawValue,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            header_timeout: default_header_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -247,6 +285,12 @@ struct RawCache {
     revision_ttl: RawValue,
     #[serde(default)]
     group_access: bool,
+    #[serde(default = "default_meta_max_entries")]
+    meta_max_entries: usize,
+    #[serde(default = "default_api_snapshots_max_size")]
+    api_snapshots_max_size: RawValue,
+    #[serde(default = "default_api_snapshots_max_files")]
+    api_snapshots_max_files: usize,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +329,21 @@ fn default_failure_hold_down() -> RawValue {
 }
 fn default_revision_ttl() -> RawValue {
     RawValue::Str("60s".into())
+}
+fn default_header_timeout() -> RawValue {
+    RawValue::Str("10s".into())
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_meta_max_entries() -> usize {
+    100_000
+}
+fn default_api_snapshots_max_size() -> RawValue {
+    RawValue::Str("1GiB".into())
+}
+fn default_api_snapshots_max_files() -> usize {
+    100_000
 }
 
 // === loading and validation ===
@@ -420,6 +479,15 @@ impl RawConfig {
             max_size,
             revision_ttl: duration("cache.revision_ttl", &c.revision_ttl)?,
             group_access: c.group_access,
+            meta_max_entries: match c.meta_max_entries {
+                0 => return Err(bad("cache.meta_max_entries", "must be at least 1")),
+                n => n,
+            },
+            api_snapshots_max_size: size(
+                "cache.api_snapshots_max_size",
+                &c.api_snapshots_max_size,
+            )?,
+            api_snapshots_max_files: c.api_snapshots_max_files,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,
@@ -447,7 +515,15 @@ impl RawConfig {
             self.ops.admin_token,
             self.ops.admin_token_file,
         )?;
+        let limits = Limits {
+            header_timeout: positive("limits.header_timeout", &self.limits.header_timeout)?,
+            max_connections: match self.limits.max_connections {
+                0 => return Err(bad("limits.max_connections", "must be at least 1")),
+                n => n,
+            },
+        };
         Ok(Config {
+            limits,
             public_url,
             ops: Ops { admin_token },
             listen,
@@ -686,6 +762,24 @@ metrics:
         assert_eq!(c.upstream.failure_hold_down, Duration::from_secs(10));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
         assert!(c.upstream.token.is_none());
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.cache.meta_max_entries, 100_000);
+        assert_eq!(c.cache.api_snapshots_max_size, 1 << 30);
+        assert_eq!(c.cache.api_snapshots_max_files, 100_000);
+        // The same defaults when the keys are left out.
+        let minimal = parse(MINIMAL).unwrap();
+        assert_eq!(minimal.limits.header_timeout, c.limits.header_timeout);
+        assert_eq!(minimal.limits.max_connections, c.limits.max_connections);
+        assert_eq!(minimal.cache.meta_max_entries, c.cache.meta_max_entries);
+        assert_eq!(
+            minimal.cache.api_snapshots_max_size,
+            c.cache.api_snapshots_max_size
+        );
+        assert_eq!(
+            minimal.cache.api_snapshots_max_files,
+            c.cache.api_snapshots_max_files
+        );
     }
 
     #[test]
@@ -752,6 +846,32 @@ metrics:
                     "endpoint: \"https://huggingface.co\"\n  metadata_timeout: 0s",
                 ),
                 "upstream.metadata_timeout: must be greater than 0",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  header_timeout: 0s\n"),
+                "limits.header_timeout: must be greater than 0",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  max_connections: 0\n"),
+                "limits.max_connections: must be at least 1",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  max_conns: 5\n"),
+                "limits: unknown field `max_conns`",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: \"100GiB\"\n  meta_max_entries: 0",
+                ),
+                "cache.meta_max_entries: must be at least 1",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: \"100GiB\"\n  api_snapshots_max_size: lots",
+                ),
+                "cache.api_snapshots_max_size: \"lots\" is not a size",
             ),
         ];
         for (yaml, want) in cases {

@@ -13,6 +13,7 @@ pub mod access;
 pub mod access_log;
 pub mod cli;
 pub mod config;
+pub mod downstream;
 pub mod durable;
 pub mod hub;
 pub mod jsonl;

@@ -147,6 +147,14 @@ pub struct Metrics {
     upstream_resumes: IntCounter,
     upstream_resumed_bytes: IntCounter,
     store_abandoned_fills: IntCounter,
+    api_snapshots_written: IntCounter,
+    api_snapshots_dropped: IntCounter,
+    api_snapshots_evicted: IntCounter,
+    api_snapshots_files: IntGauge,
+    api_snapshots_bytes: IntGauge,
+    client_connections: IntGauge,
+    client_refused: IntCounter,
+    client_header_timeouts: IntCounter,
 }
 
 pub fn status_class(status: u16) -> &'static str {
@@ -292,6 +300,38 @@ impl Metrics {
                 "hf_edge_store_abandoned_fills_total",
                 "Fills given up (cut beyond resuming, write errors, wrong content); nothing is stored.",
             )?,
+            api_snapshots_written: counter(
+                "hf_edge_api_snapshots_written_total",
+                "API answers kept for outages written to disk (an answer equal to the one kept is not).",
+            )?,
+            api_snapshots_dropped: counter(
+                "hf_edge_api_snapshots_dropped_total",
+                "API answers not kept because their writer was behind (the one kept before stays).",
+            )?,
+            api_snapshots_evicted: counter(
+                "hf_edge_api_snapshots_evicted_total",
+                "Kept API answers removed to stay under cache.api_snapshots_max_size / _max_files.",
+            )?,
+            api_snapshots_files: gauge(
+                "hf_edge_api_snapshots_files",
+                "API answers kept for outages.",
+            )?,
+            api_snapshots_bytes: gauge(
+                "hf_edge_api_snapshots_bytes",
+                "Bytes of API answers kept for outages.",
+            )?,
+            client_connections: gauge(
+                "hf_edge_client_connections",
+                "Client connections open (bounded by limits.max_connections).",
+            )?,
+            client_refused: counter(
+                "hf_edge_client_connections_refused_total",
+                "Client connections over limits.max_connections, answered 503 and closed.",
+            )?,
+            client_header_timeouts: counter(
+                "hf_edge_client_header_timeouts_total",
+                "Client requests whose header did not arrive within limits.header_timeout, answered 408 and closed.",
+            )?,
             registry,
         };
         for r in CacheResult::ALL {
@@ -381,6 +421,36 @@ impl Metrics {
             RevisionLookup::StaleServed => "stale_served",
         };
         self.revision_lookups.with_label_values(&[label]).inc();
+    }
+
+    pub fn api_snapshot_written(&self) {
+        self.api_snapshots_written.inc();
+    }
+
+    pub fn api_snapshot_dropped(&self) {
+        self.api_snapshots_dropped.inc();
+    }
+
+    pub fn api_snapshot_evicted(&self) {
+        self.api_snapshots_evicted.inc();
+    }
+
+    /// How many API answers are kept, and their bytes.
+    pub fn api_snapshots(&self, files: u64, bytes: u64) {
+        self.api_snapshots_files.set(files as i64);
+        self.api_snapshots_bytes.set(bytes as i64);
+    }
+
+    pub fn client_connections(&self, open: usize) {
+        self.client_connections.set(open as i64);
+    }
+
+    pub fn client_refused(&self) {
+        self.client_refused.inc();
+    }
+
+    pub fn client_header_timeout(&self) {
+        self.client_header_timeouts.inc();
     }
 
     /// The text exposition, with the store families brought up to `store`.

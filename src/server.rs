@@ -15,12 +15,13 @@ use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::downstream;
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
-use crate::snapshots::ApiSnapshots;
+use crate::snapshots::{ApiSnapshots, Limits};
 use crate::store::BlobStore;
 
 /// How long a fill may hold the cache lock before another request may take over.
@@ -73,6 +74,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 hold_down: cfg.upstream.failure_hold_down,
                 auth_ttl: cfg.access.auth_ttl,
                 offline_restricted: cfg.access.offline_restricted,
+                meta_max_entries: cfg.cache.meta_max_entries,
             },
             Some(&cfg.cache.dir),
         )
@@ -83,8 +85,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             )
         })?,
     );
-    let snapshots = ApiSnapshots::open(&cfg.cache.dir)
-        .with_context(|| format!("cache.dir: cannot create {}/api", cfg.cache.dir.display()))?;
+    let snapshot_limits = Limits {
+        max_bytes: cfg.cache.api_snapshots_max_size,
+        max_files: cfg.cache.api_snapshots_max_files,
+    };
+    let snapshots = ApiSnapshots::open(&cfg.cache.dir, snapshot_limits, metrics.clone())
+        .with_context(|| format!("cache.dir: cannot open {}/api", cfg.cache.dir.display()))?;
     let proxy = EdgeProxy {
         upstream: upstream.clone(),
         policy: cfg.access.clone(),
@@ -131,7 +137,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .spawn(move || rt.block_on(store.purge_evicted(evict)))?;
     }
 
-    let mut svc = pingora_proxy::http_proxy_service(&server.configuration, proxy);
+    let proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
+    let limits = downstream::Limits {
+        header_timeout: cfg.limits.header_timeout,
+        max_connections: cfg.limits.max_connections,
+    };
+    let bounded = downstream::Bounded::new(proxy, limits, metrics.clone());
+    let mut svc = Service::new("hf-edge proxy".to_string(), bounded);
     svc.add_tcp(&cfg.listen.to_string());
     let mut ops = Service::new(
         "hf-edge ops".to_string(),

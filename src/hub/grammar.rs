@@ -468,6 +468,17 @@ pub fn is_commit(rev: &str) -> bool {
     rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A revision as the Hub reads it: a commit in any case is that commit, written in lower case
+/// (branch and tag names are case-sensitive). What hf-edge records is keyed by this, so a
+/// client cannot make one commit many entries by changing its case.
+pub fn canonical_revision(rev: &str) -> String {
+    if is_commit(rev) {
+        rev.to_ascii_lowercase()
+    } else {
+        rev.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,31 +201,6 @@ pub fn content_disposition(file_name: &str) -> String {
     format!("inline; filename*=UTF-8''{encoded}; filename=\"{ascii}\";")
 }
 
-/// Whether a `Range` header is well formed: `bytes=` then specs `a-b` (a <= b), `a-` or `-n`.
-/// A malformed one is ignored, as RFC 9110 asks.
-pub fn is_satisfiable_syntax(range: &[u8]) -> bool {
-    let Ok(s) = std::str::from_utf8(range) else {
-        return false;
-    };
-    let Some((unit, specs)) = s.split_once('=') else {
-        return false;
-    };
-    let num = |t: &str| -> Option<u64> {
-        let t = t.trim();
-        (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| t.parse().ok())
-            .flatten()
-    };
-    unit.trim().eq_ignore_ascii_case("bytes")
-        && !specs.trim().is_empty()
-        && specs.split(',').all(|spec| match spec.split_once('-') {
-            Some((a, "")) | Some((a, " ")) => num(a).is_some(),
-            Some(("", n)) => num(n).is_some(),
-            Some((a, b)) => matches!((num(a), num(b)), (Some(a), Some(b)) if a <= b),
-            None => false,
-        })
-}
-
 /// A JSON error response: `{"error": message}` with an exact `Content-Length`.
 pub fn json_error(status: u16, message: &str) -> (ResponseHeader, Bytes) {
     let body = Bytes::from(serde_json::json!({ "error": message }).to_string());
@@ -349,31 +324,6 @@ mod tests {
             v.to_string(),
             r#"[{"type":"file","path":"a","lfs":{"oid":"o"}},{"type":"directory","path":"d"}]"#
         );
-    }
-
-    #[test]
-    fn range_syntax() {
-        for ok in [
-            "bytes=0-9",
-            "bytes=5-",
-            "bytes=-5",
-            "bytes=0-0",
-            "bytes=100000000-",
-            "bytes=0-1,5-9",
-        ] {
-            assert!(is_satisfiable_syntax(ok.as_bytes()), "{ok}");
-        }
-        for bad in [
-            "bytes=5-3",
-            "bytes=",
-            "bytes=-",
-            "bytes=a-b",
-            "items=0-1",
-            "bytes=0-1,9-2",
-            "0-1",
-        ] {
-            assert!(!is_satisfiable_syntax(bad.as_bytes()), "{bad}");
-        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use pingora_cache::{CacheKey, CachePhase};
 use pingora_proxy::Session;
 
+use super::range::Cut;
 use crate::hub::grammar::{ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};
@@ -143,6 +144,10 @@ pub struct Download {
     pub cache_result: Option<CacheResult>,
     /// The blob offsets this response carries, once its header is built.
     pub body_range: Option<Range<u64>>,
+    /// The range the body request asked upstream for (files hf-edge does not store only).
+    pub upstream_range: Option<Range<u64>>,
+    /// Cuts a whole upstream body to the client's range (an origin that ignored `Range`).
+    pub cut: Option<Cut>,
     /// The upstream body was cut and the rest came from the store's resumed fill.
     pub resumed: bool,
     /// Body requests asked again after failing before any byte was used.
@@ -180,8 +185,8 @@ pub struct Passthrough {
     pub rewrites_json: bool,
     /// The JSON body being collected, once the answer is known to be rewritten.
     pub json: Option<Vec<u8>>,
-    /// For the API answers `snapshot_download` needs: the key its last good answer is kept
-    /// under (path and query).
+    /// For the API answers `snapshot_download` needs, in the query forms clients send: the
+    /// key its last good answer is kept under (`snapshots::key_for`).
     pub snapshot_key: Option<String>,
     /// The rewritten `Link` of the answer being kept.
     pub snapshot_link: Option<String>,

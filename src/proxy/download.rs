@@ -17,7 +17,7 @@ use pingora_cache::{CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Download, Flow, Target};
-use super::{from_store, refetch, respond};
+use super::{from_store, range, refetch, respond};
 use crate::access::Policy;
 use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::{self, FileMeta};
@@ -68,6 +68,9 @@ impl DownloadFlow {
         if session.req_header().method == http::Method::HEAD {
             return respond::head(session, &meta, &file_name, &ctx.request_id).await;
         }
+        if range::unsatisfiable(session.req_header(), &meta) {
+            return respond::unsatisfiable(session, &meta, &file_name, &ctx.request_id).await;
+        }
         let stored = meta.blob.is_some_and(|b| self.store.contains(&b));
         if (meta.download.is_none() || self.upstream.is_offline()) && !stored {
             let msg = format!(
@@ -85,6 +88,8 @@ impl DownloadFlow {
             reresolved: false,
             cache_result: None,
             body_range: None,
+            upstream_range: None,
+            cut: None,
             resumed: false,
             body_retries: 0,
         };
@@ -201,7 +206,7 @@ impl DownloadFlow {
         if to_cdn && status::signature_refused(resp.status.as_u16()) && !download.reresolved {
             return self.reresolve(session, download, auth).await;
         }
-        check_body_response(resp, &download.meta)?;
+        check_body_response(resp, download)?;
         keep_only_body_headers(resp);
         Ok(())
     }
@@ -402,27 +407,27 @@ fn retry_with(why: &'static str) -> Result<()> {
     Err(e)
 }
 
-/// The body the metadata promised, or a 502: a short or different body must never be stored
-/// or passed off as the file.
-fn check_body_response(resp: &ResponseHeader, meta: &FileMeta) -> Result<()> {
-    let status = resp.status.as_u16();
-    let expected = match status {
-        200 => headers::content_length(&resp.headers) == Some(meta.size),
-        // Only uncacheable files are requested with the client's Range.
-        206 => meta.blob.is_none(),
-        _ => false,
-    };
-    if expected {
-        Ok(())
-    } else {
-        Error::e_explain(
+/// The body the metadata promised (the whole file, or exactly the range asked of a file
+/// hf-edge does not store), or a 502: a short or different body must never be stored or
+/// passed off as the file. A whole file sent to a ranged request is cut here.
+fn check_body_response(resp: &mut ResponseHeader, download: &mut Download) -> Result<()> {
+    let size = download.meta.size;
+    match range::upstream_body(resp, download.upstream_range.as_ref(), size) {
+        Some(range::UpstreamBody::Whole | range::UpstreamBody::Asked) => Ok(()),
+        Some(range::UpstreamBody::CutHere(span)) => {
+            let range = range::RangeType::Single(span.start as usize..span.end as usize);
+            range::apply(resp, &range, size)?;
+            download.cut = Some(range::Cut::new(&span));
+            Ok(())
+        }
+        None => Error::e_explain(
             ErrorType::HTTPStatus(502),
             format!(
-                "upstream answered {status} with {:?} bytes for a file of {} bytes",
+                "upstream answered {} with {:?} bytes for a file of {size} bytes",
+                resp.status.as_u16(),
                 headers::content_length(&resp.headers),
-                meta.size
             ),
-        )
+        ),
     }
 }
 
@@ -472,21 +477,61 @@ mod tests {
         r
     }
 
+    fn download(meta: FileMeta, asked: Option<std::ops::Range<u64>>) -> Download {
+        Download {
+            request: crate::hub::grammar::ResolveRequest {
+                repo: crate::hub::grammar::Repo::parse_display("org/m").unwrap(),
+                revision: "main".into(),
+                path: "f.bin".into(),
+            },
+            meta,
+            file_name: "f.bin".into(),
+            target: None,
+            hops: 0,
+            reresolved: false,
+            cache_result: None,
+            body_range: None,
+            upstream_range: asked,
+            cut: None,
+            resumed: false,
+            body_retries: 0,
+        }
+    }
+
+    fn check(mut r: ResponseHeader, d: &mut Download) -> Result<ResponseHeader> {
+        check_body_response(&mut r, d).map(|()| r)
+    }
+
     #[test]
     fn only_the_promised_body_is_accepted() {
         let whole = resp(200, &[("content-length", "10")]);
-        assert!(check_body_response(&whole, &meta(10, true)).is_ok());
+        assert!(check(whole.clone(), &mut download(meta(10, true), None)).is_ok());
         let short = resp(200, &[("content-length", "9")]);
-        let e = check_body_response(&short, &meta(10, true)).unwrap_err();
+        let e = check(short, &mut download(meta(10, true), None)).unwrap_err();
         assert_eq!(e.etype(), &ErrorType::HTTPStatus(502));
         assert!(e.to_string().contains("9"), "{e}");
         let no_length = resp(200, &[]);
-        assert!(check_body_response(&no_length, &meta(10, true)).is_err());
-        // A range answer is only asked for (and so only accepted) for uncacheable files.
-        let partial = resp(206, &[("content-range", "bytes 0-1/10")]);
-        assert!(check_body_response(&partial, &meta(10, true)).is_err());
-        assert!(check_body_response(&partial, &meta(10, false)).is_ok());
-        assert!(check_body_response(&resp(404, &[]), &meta(10, true)).is_err());
+        assert!(check(no_length, &mut download(meta(10, true), None)).is_err());
+        // A range answer is accepted only as an answer to the range asked for, which only
+        // files hf-edge does not store are fetched with.
+        let partial = resp(
+            206,
+            &[("content-range", "bytes 0-1/10"), ("content-length", "2")],
+        );
+        assert!(check(partial.clone(), &mut download(meta(10, true), None)).is_err());
+        for blob in [true, false] {
+            let mut asked = download(meta(10, blob), Some(0..2));
+            assert!(check(partial.clone(), &mut asked).is_ok());
+            assert!(check(partial.clone(), &mut download(meta(10, blob), Some(1..3))).is_err());
+        }
+        assert!(check(resp(404, &[]), &mut download(meta(10, true), None)).is_err());
+        // The whole file to a ranged request: answered 206, cut here.
+        let mut asked = download(meta(10, true), Some(2..5));
+        let r = check(whole, &mut asked).unwrap();
+        assert_eq!(r.status.as_u16(), 206);
+        assert_eq!(r.headers["content-range"], "bytes 2-4/10");
+        assert_eq!(r.headers["content-length"], "3");
+        assert!(asked.cut.is_some());
     }
 
     #[test]

@@ -38,8 +38,9 @@ pub async fn serve(
     };
     let mut resp = ResponseHeader::build(200, Some(8))?;
     resp.insert_header(header::CONTENT_LENGTH, meta.size.to_string())?;
-    let range = range::select(session.req_header(), &mut resp);
+    // The file's headers first: an `If-Range` is checked against its ETag.
     apply_resolve_headers(&mut resp, meta, &download.file_name);
+    let range = range::select(session.req_header(), &mut resp);
     let filling = body
         .as_any()
         .downcast_ref::<BlobReader>()
@@ -57,15 +58,8 @@ pub async fn serve(
             false
         }
         RangeType::Invalid => true,
-        // Clients never ask for multipart ranges; send the whole file as a plain 200.
-        RangeType::Multi(_) => {
-            resp.set_status(200)?;
-            resp.insert_header(header::CONTENT_LENGTH, meta.size.to_string())?;
-            resp.remove_header(&header::CONTENT_TYPE);
-            resp.remove_header(&header::CONTENT_RANGE);
-            false
-        }
-        RangeType::None => false,
+        // (The range rule answers several ranges with the whole file, never multipart.)
+        RangeType::None | RangeType::Multi(_) => false,
     };
     let header_only = header_only || session.req_header().method == http::Method::HEAD;
     session

@@ -15,7 +15,7 @@ mod failure;
 mod from_store;
 mod log;
 mod passthrough;
-mod range;
+pub mod range;
 mod refetch;
 mod respond;
 
@@ -38,6 +38,7 @@ pub use passthrough::PassthroughFlow;
 
 use crate::access::Policy;
 use crate::access_log::AccessLog;
+use crate::downstream;
 use crate::hub::grammar::Route;
 use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, UpstreamKind};
@@ -60,6 +61,11 @@ impl ProxyHttp for EdgeProxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx::new(self.request_ids.next())
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        downstream::header_received(session);
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -116,7 +122,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -124,6 +130,13 @@ impl ProxyHttp for EdgeProxy {
         target.apply(upstream_request, ctx.auth.as_ref())?;
         if ctx.flow.wants_identity() {
             upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+        }
+        // A file Pingora caches is fetched whole; any other carries the client's range.
+        if let Flow::Download(d) = &mut ctx.flow {
+            if !session.upstream_headers_mutated_for_cache() {
+                let client = session.req_header();
+                d.upstream_range = range::ask_upstream(client, upstream_request, &d.meta)?;
+            }
         }
         ctx.upstream_sent = Some(std::time::Instant::now());
         Ok(())
@@ -218,9 +231,17 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if let Flow::Passthrough(p) = &mut ctx.flow {
-            let auth = ctx.auth.as_ref();
-            self.passthrough.on_body(body, end_of_stream, p, auth)?;
+        match &mut ctx.flow {
+            Flow::Passthrough(p) => {
+                let auth = ctx.auth.as_ref();
+                self.passthrough.on_body(body, end_of_stream, p, auth)?;
+            }
+            Flow::Download(d) => {
+                if let Some(cut) = &mut d.cut {
+                    cut.filter(body);
+                }
+            }
+            Flow::Local => {}
         }
         Ok(None)
     }
@@ -255,5 +276,6 @@ impl ProxyHttp for EdgeProxy {
             self.downloads.finish(session, d, status);
         }
         log::record(&self.metrics, &self.access_log, session, e, ctx);
+        downstream::request_done(session);
     }
 }

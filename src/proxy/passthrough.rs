@@ -21,7 +21,7 @@ use crate::hub::status;
 use crate::hub::upstream::{Upstream, Url};
 use crate::metrics::{Metrics, RevisionLookup};
 use crate::resolver::Resolver;
-use crate::snapshots::{ApiSnapshots, Snapshot};
+use crate::snapshots::{self, ApiSnapshots, Snapshot};
 
 /// Largest tree / paths-info JSON page rewritten in memory (the Hub pages at 1000 entries).
 const MAX_JSON_BODY: usize = 32 << 20;
@@ -60,7 +60,9 @@ impl PassthroughFlow {
             public_base: self.public_url.clone().or_else(|| public_base(req)),
             rewrites_json: rewrites_json(route),
             json: None,
-            snapshot_key: keeps_snapshot(route, &req.method).then(|| pq.to_string()),
+            snapshot_key: keeps_snapshot(route, &req.method)
+                .then(|| snapshots::key_for(req.uri.path(), req.uri.query()))
+                .flatten(),
             snapshot_link: None,
         };
         let offline = self.upstream.is_offline();
@@ -85,7 +87,7 @@ impl PassthroughFlow {
         auth: Option<&HeaderValue>,
     ) -> Result<()> {
         let code = resp.status.as_u16();
-        if status::unavailable(code) && self.snapshot_for(pass, auth).is_some() {
+        if status::unavailable(code) && self.snapshot_owner(pass, auth).is_some() {
             return Error::e_explain(ErrorType::HTTPStatus(code), "upstream failed");
         }
         let hub = &self.upstream.hub;
@@ -146,22 +148,26 @@ impl PassthroughFlow {
                 link: pass.snapshot_link.clone(),
                 body: String::from_utf8_lossy(&out).into_owned(),
             };
-            self.snapshots.save(IdentityKey::of(auth), key, &snap);
+            self.snapshots.save(IdentityKey::of(auth), key, snap);
         }
         *body = Some(out);
         Ok(())
     }
 
-    /// The last good answer to this API request that this client may be given: its own,
-    /// while its identity may be served stale, else the public one.
-    fn snapshot_for(&self, pass: &Passthrough, auth: Option<&HeaderValue>) -> Option<Snapshot> {
+    /// Whose last good answer to this API request this client may be given: its own, while
+    /// its identity may be served stale, else the public one; `None` if neither is kept.
+    fn snapshot_owner(
+        &self,
+        pass: &Passthrough,
+        auth: Option<&HeaderValue>,
+    ) -> Option<IdentityKey> {
         let key = pass.snapshot_key.as_deref()?;
-        let own = self
-            .resolver
-            .may_serve_stale(auth)
-            .then(|| self.snapshots.load(IdentityKey::of(auth), key))
-            .flatten();
-        own.or_else(|| self.snapshots.load(IdentityKey::anonymous(), key))
+        let own = IdentityKey::of(auth);
+        if self.resolver.may_serve_stale(auth) && self.snapshots.contains(own, key) {
+            return Some(own);
+        }
+        let public = IdentityKey::anonymous();
+        self.snapshots.contains(public, key).then_some(public)
     }
 
     /// Answers with the last good answer, marked stale; `false` if there is none.
@@ -169,7 +175,13 @@ impl PassthroughFlow {
         let Flow::Passthrough(pass) = &ctx.flow else {
             return Ok(false);
         };
-        let Some(snap) = self.snapshot_for(pass, ctx.auth.as_ref()) else {
+        let (Some(owner), Some(key)) = (
+            self.snapshot_owner(pass, ctx.auth.as_ref()),
+            pass.snapshot_key.as_deref(),
+        ) else {
+            return Ok(false);
+        };
+        let Some(snap) = self.snapshots.load(owner, key).await else {
             return Ok(false);
         };
         self.metrics.revision_lookup(RevisionLookup::StaleServed);

@@ -7,6 +7,7 @@ use pingora::Result;
 use pingora_proxy::Session;
 
 use super::admission::Refusal;
+use super::range;
 use crate::access::Denied;
 use crate::hub::headers::{head_response, json_error, FileMeta};
 use crate::resolver::ResolveError;
@@ -74,6 +75,18 @@ pub async fn head(
         request_id,
     )
     .await
+}
+
+/// A `Range` no part of the file satisfies: `416` with the file's headers.
+pub async fn unsatisfiable(
+    session: &mut Session,
+    meta: &FileMeta,
+    file_name: &str,
+    request_id: &str,
+) -> Result<bool> {
+    let mut resp = head_response(meta, file_name);
+    range::apply(&mut resp, &range::RangeType::Invalid, meta.size)?;
+    write(session, resp, Bytes::new(), request_id).await
 }
 
 /// A failed resolution: the Hub's own error (status and the headers clients classify by),

@@ -11,10 +11,10 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::access::IdentityKey;
-use crate::hub::grammar::Repo;
+use crate::hub::grammar::{canonical_revision, Repo};
 use crate::hub::headers::FileMeta;
 use crate::hub::BlobId;
-use crate::jsonl::{self, Appender};
+use crate::jsonl::{self, Appender, Compaction};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
@@ -39,8 +39,9 @@ impl Entry {
     pub fn new(who: IdentityKey, repo: &Repo, revision: &str, path: &str, m: &FileMeta) -> Entry {
         Entry {
             who: hex::encode(who.0),
-            repo: repo.to_string(),
-            revision: revision.to_string(),
+            // As the Hub compares them: a client's spelling never makes a second line.
+            repo: repo.folded().to_string(),
+            revision: canonical_revision(revision),
             commit: m.commit.clone(),
             path: path.to_string(),
             etag: m.etag.clone(),
@@ -73,11 +74,13 @@ impl Entry {
         Some((who, repo, meta))
     }
 
+    /// One answer per identity, repo, revision and path (repo and revision as the Hub reads
+    /// them, so lines written before they were recorded that way compact to one).
     fn key(&self) -> (String, String, String, String) {
         (
             self.who.clone(),
-            self.repo.clone(),
-            self.revision.clone(),
+            self.repo.to_ascii_lowercase(),
+            canonical_revision(&self.revision),
             self.path.clone(),
         )
     }
@@ -86,13 +89,19 @@ impl Entry {
 pub struct Journal(Appender<Entry>);
 
 impl Journal {
-    /// Reads the journal (later lines win), compacts it, and opens it for appending.
-    pub fn open(dir: &Path) -> io::Result<(Journal, Vec<Entry>)> {
+    /// Reads the journal (later lines win), compacts it to its newest `max_entries` answers,
+    /// and opens it for appending (kept under about twice that as it grows).
+    pub fn open(dir: &Path, max_entries: usize) -> io::Result<(Journal, Vec<Entry>)> {
         let path = dir.join("meta.jsonl");
         let mut entries = jsonl::read_latest(&path, Entry::key)?;
         entries.sort_by_key(|e| e.time);
+        entries.drain(..entries.len().saturating_sub(max_entries));
         jsonl::rewrite(&path, &entries)?;
-        Ok((Journal(Appender::open(&path)?), entries))
+        let compaction = Compaction::new(Entry::key, max_entries);
+        Ok((
+            Journal(Appender::open(&path, compaction, max_entries)?),
+            entries,
+        ))
     }
 
     pub fn path(&self) -> &Path {
@@ -106,5 +115,44 @@ impl Journal {
             ..e.clone()
         };
         self.0.append(key, &e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_of_one_answer_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), 10).unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let meta = FileMeta {
+            commit: commit.into(),
+            etag: "b".repeat(40),
+            blob: None,
+            size: 10,
+            lfs: false,
+            content_type: None,
+            download: None,
+            resolved_at: Instant::now(),
+            stale: false,
+            moved_to: None,
+        };
+        for (repo, revision) in [
+            ("gpt2", commit.to_string()),
+            ("GPT2", commit.to_ascii_uppercase()),
+            ("Gpt2", commit.to_string()),
+        ] {
+            let repo = Repo::parse_display(repo).unwrap();
+            let who = IdentityKey::anonymous();
+            journal.record(Entry::new(who, &repo, &revision, "config.json", &meta));
+        }
+        journal.0.flush();
+        let text = std::fs::read_to_string(journal.path()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let (_, entries) = Journal::open(dir.path(), 10).unwrap();
+        assert_eq!(entries[0].revision, commit);
+        assert_eq!(entries[0].repo, "gpt2");
     }
 }

@@ -110,6 +110,8 @@ pub struct ResolverConfig {
     pub hold_down: Duration,
     pub auth_ttl: Duration,
     pub offline_restricted: crate::access::OfflineRestricted,
+    /// Answers `meta.jsonl` keeps at most (the newest).
+    pub meta_max_entries: usize,
 }
 
 impl Resolver {
@@ -128,7 +130,7 @@ impl Resolver {
     ) -> std::io::Result<Resolver> {
         let (journal, entries) = match dir {
             Some(d) => {
-                let (j, e) = journal::Journal::open(d)?;
+                let (j, e) = journal::Journal::open(d, cfg.meta_max_entries)?;
                 (Some(j), e)
             }
             None => (None, Vec::new()),

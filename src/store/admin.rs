@@ -250,7 +250,7 @@ pub fn list(root: &Path, repo: Option<&str>) -> Result<Listing> {
     let mut files: Vec<CachedFile> = snap
         .refs
         .iter()
-        .filter(|(e, _)| repo.is_none_or(|r| e.repo == r))
+        .filter(|(e, _)| repo.is_none_or(|r| e.repo.eq_ignore_ascii_case(r)))
         .map(|(e, id)| {
             let b = &snap.blobs[id];
             CachedFile {
@@ -345,8 +345,11 @@ pub fn verify(root: &Path, mut progress: impl FnMut(&VerifyProgress)) -> Result<
 /// a commit), except those another repo or revision still names, and forgets the purged names.
 pub fn purge(root: &Path, repo: &str, revision: Option<&str>) -> Result<PurgeReport> {
     let snap = Snapshot::take(root)?;
-    let purged =
-        |e: &RefEntry| e.repo == repo && revision.is_none_or(|r| e.revision == r || e.commit == r);
+    // Repo ids and commits compare as on the Hub: case-insensitively.
+    let purged = |e: &RefEntry| {
+        e.repo.eq_ignore_ascii_case(repo)
+            && revision.is_none_or(|r| e.revision == r || e.commit.eq_ignore_ascii_case(r))
+    };
     let (gone, kept): (Vec<_>, Vec<_>) = snap.refs.iter().partition(|(e, _)| purged(e));
     let still_named: HashSet<BlobId> = kept.iter().map(|(_, id)| *id).collect();
     let targets: BTreeSet<BlobId> = gone.iter().map(|(_, id)| *id).collect();
@@ -780,6 +783,7 @@ mod tests {
 
         purge(s.root(), "org/a", None).unwrap();
         server.record(&entry("org/b", "main", "b", &b));
+        server.flush();
         assert_eq!(s.names(), [name("org/b", "main", "b")]);
     }
 

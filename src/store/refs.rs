@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::hub::grammar::canonical_revision;
 use crate::hub::BlobId;
-use crate::jsonl::{self, Appender};
+use crate::jsonl::{self, Appender, Compaction};
 
 /// One line of `refs.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,15 +34,24 @@ impl RefEntry {
         BlobId::parse_key(&self.blob)
     }
 
-    fn key(&self) -> (String, String, String, String) {
+    /// What names one entry: the repo as the Hub compares it (case-insensitively), the
+    /// revision and commit as it reads them ([`canonical_revision`]), and the path. Spellings
+    /// a client chooses (`GPT2` for `gpt2`, a commit in upper case) are one entry, in the file
+    /// and when it is compacted.
+    fn key(&self) -> RefKey {
         (
-            self.repo.clone(),
-            self.revision.clone(),
-            self.commit.clone(),
+            self.repo.to_ascii_lowercase(),
+            canonical_revision(&self.revision),
+            self.commit.to_ascii_lowercase(),
             self.path.clone(),
         )
     }
 }
+
+type RefKey = (String, String, String, String);
+
+/// Entries this process remembers having recorded (past that, one may be recorded again).
+const REMEMBER: usize = 100_000;
 
 pub fn refs_path(root: &Path) -> PathBuf {
     root.join("refs.jsonl")
@@ -62,17 +72,100 @@ pub fn rewrite_refs(root: &Path, keep: impl Fn(&RefEntry) -> bool) -> io::Result
 }
 
 /// The appender used while serving.
-pub struct RefsLog(Appender<(String, String, String, String)>);
+pub struct RefsLog(Appender<RefKey>);
 
 impl RefsLog {
-    /// Compacts the index to the blobs that exist, then opens it for appending.
+    /// Compacts the index to the blobs that exist, then opens it for appending (and keeps it
+    /// compacted as it grows: at most about twice its entries).
     pub fn open(root: &Path, present: &HashSet<BlobId>) -> io::Result<RefsLog> {
         rewrite_refs(root, |e| e.blob_id().is_some_and(|b| present.contains(&b)))?;
-        Ok(RefsLog(Appender::open(&refs_path(root))?))
+        let compaction = Compaction::new(RefEntry::key, usize::MAX);
+        Ok(RefsLog(Appender::open(
+            &refs_path(root),
+            compaction,
+            REMEMBER,
+        )?))
     }
 
-    /// Appends `e` unless this process already recorded the same key.
+    /// Appends `e` unless this process already recorded the same key; a commit (as the
+    /// revision too) is written in lower case.
     pub fn record(&self, e: &RefEntry) {
-        self.0.append(e.key(), e);
+        let e = RefEntry {
+            revision: canonical_revision(&e.revision),
+            commit: e.commit.to_ascii_lowercase(),
+            ..e.clone()
+        };
+        self.0.append(e.key(), &e);
+    }
+
+    /// Waits until what was recorded is in the file (it is written on a thread of its own).
+    #[cfg(test)]
+    pub fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn entry(repo: &str, revision: &str) -> RefEntry {
+        RefEntry {
+            repo: repo.into(),
+            revision: revision.into(),
+            commit: COMMIT.to_ascii_uppercase(),
+            path: "config.json".into(),
+            blob: format!("oid/{}", "b".repeat(40)),
+            size: 10,
+            time: 1,
+        }
+    }
+
+    /// The commit with the letters chosen by the bits of `i` in upper case.
+    fn case_variant(i: u32) -> String {
+        let mut letter = 0;
+        COMMIT
+            .chars()
+            .map(|c| match c.is_ascii_alphabetic() {
+                true => {
+                    letter += 1;
+                    match i >> (letter - 1) & 1 {
+                        1 => c.to_ascii_uppercase(),
+                        _ => c,
+                    }
+                }
+                false => c,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spellings_of_one_entry_are_recorded_once_and_compact_to_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = RefsLog::open(dir.path(), &HashSet::new()).unwrap();
+        for i in 0..200 {
+            let repo = if i % 2 == 0 { "GPT2" } else { "gpt2" };
+            log.record(&entry(repo, &case_variant(i)));
+        }
+        log.flush();
+        let text = std::fs::read_to_string(refs_path(dir.path())).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let kept = read_refs(dir.path()).unwrap();
+        assert_eq!(
+            (kept[0].revision.as_str(), kept[0].commit.as_str()),
+            (COMMIT, COMMIT)
+        );
+        // Branch names stay as they are (the Hub's are case-sensitive).
+        log.record(&entry("gpt2", "Main"));
+        log.record(&entry("gpt2", "main"));
+        log.flush();
+        assert_eq!(read_refs(dir.path()).unwrap().len(), 3);
+
+        // A file written before (one line per spelling) compacts to one line per entry.
+        let old: Vec<RefEntry> = (0..50).map(|i| entry("GPT2", &case_variant(i))).collect();
+        jsonl::rewrite(&refs_path(dir.path()), &old).unwrap();
+        assert_eq!(read_refs(dir.path()).unwrap().len(), 1);
     }
 }

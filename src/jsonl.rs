@@ -180,8 +180,18 @@ impl<D: Hash + Eq> Appender<D> {
     /// Queues `value` unless this process already appended one under `key`; drops it when
     /// the writer is that far behind.
     pub fn append<T: Serialize>(&self, key: D, value: &T) {
+        self.queue_line(key, value, false);
+    }
+
+    /// Queues `value` even if one was appended under `key` before: what it records may have
+    /// been removed from the file since (by `hf-edge cache` commands).
+    pub fn append_anew<T: Serialize>(&self, key: D, value: &T) {
+        self.queue_line(key, value, true);
+    }
+
+    fn queue_line<T: Serialize>(&self, key: D, value: &T, anew: bool) {
         let mut written = self.written.lock();
-        if written.contains(&key) {
+        if !anew && written.contains(&key) {
             return;
         }
         let Ok(mut line) = serde_json::to_vec(value) else {

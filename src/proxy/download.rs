@@ -355,31 +355,36 @@ impl DownloadFlow {
     /// `logging`: what a served download leaves behind: its name in `refs.jsonl`, and the
     /// bytes it moved.
     pub fn finish(&self, session: &Session, download: &Download, status: u16) {
+        let result = download.cache_result(session);
         if status == 200 || status == 206 {
-            self.record_ref(download);
+            self.record_ref(download, result == CacheResult::Miss);
         }
-        let from_store = download.cache_result(session).from_store();
+        let from_store = result.from_store();
         self.metrics
             .sent(from_store, session.as_downstream().body_bytes_sent());
         self.metrics
             .upstream_received(session.upstream_body_bytes_received());
     }
 
-    fn record_ref(&self, download: &Download) {
+    /// `filled`: this request fetched the blob, so its name is written even if it was before.
+    fn record_ref(&self, download: &Download, filled: bool) {
         let (r, meta) = (&download.request, &download.meta);
         let Some(blob) = meta.blob else { return };
         let time = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.store.record_ref(&RefEntry {
-            repo: r.repo.to_string(),
-            revision: r.revision.clone(),
-            commit: meta.commit.clone(),
-            path: r.path.clone(),
-            blob: blob.to_string(),
-            size: meta.size,
-            time,
-        });
+        self.store.record_ref(
+            &RefEntry {
+                repo: r.repo.to_string(),
+                revision: r.revision.clone(),
+                commit: meta.commit.clone(),
+                path: r.path.clone(),
+                blob: blob.to_string(),
+                size: meta.size,
+                time,
+            },
+            filled,
+        );
     }
 }
 

@@ -782,7 +782,7 @@ mod tests {
         let server = RefsLog::open(s.root(), &present).unwrap();
 
         purge(s.root(), "org/a", None).unwrap();
-        server.record(&entry("org/b", "main", "b", &b));
+        server.record(&entry("org/b", "main", "b", &b), false);
         server.flush();
         assert_eq!(s.names(), [name("org/b", "main", "b")]);
     }

@@ -160,8 +160,8 @@ impl BlobStore {
     }
 
     /// Records that a repo path names a blob (for operators' `cache ls/stats/purge`).
-    pub fn record_ref(&self, entry: &RefEntry) {
-        self.refs.record(entry);
+    pub fn record_ref(&self, entry: &RefEntry, filled: bool) {
+        self.refs.record(entry, filled);
     }
 
     /// Whether a complete copy of the blob is on disk (per the index).

@@ -87,15 +87,19 @@ impl RefsLog {
         )?))
     }
 
-    /// Appends `e` unless this process already recorded the same key; a commit (as the
-    /// revision too) is written in lower case.
-    pub fn record(&self, e: &RefEntry) {
+    /// Appends `e` unless this process already recorded the same key, or, with `filled`, in
+    /// any case: the blob was just written again, after `hf-edge cache` removed it and, with
+    /// it, its names. A commit (as the revision too) is written in lower case.
+    pub fn record(&self, e: &RefEntry, filled: bool) {
         let e = RefEntry {
             revision: canonical_revision(&e.revision),
             commit: e.commit.to_ascii_lowercase(),
             ..e.clone()
         };
-        self.0.append(e.key(), &e);
+        match filled {
+            true => self.0.append_anew(e.key(), &e),
+            false => self.0.append(e.key(), &e),
+        }
     }
 
     /// Waits until what was recorded is in the file (it is written on a thread of its own).
@@ -147,7 +151,7 @@ mod tests {
         let log = RefsLog::open(dir.path(), &HashSet::new()).unwrap();
         for i in 0..200 {
             let repo = if i % 2 == 0 { "GPT2" } else { "gpt2" };
-            log.record(&entry(repo, &case_variant(i)));
+            log.record(&entry(repo, &case_variant(i)), false);
         }
         log.flush();
         let text = std::fs::read_to_string(refs_path(dir.path())).unwrap();
@@ -158,8 +162,8 @@ mod tests {
             (COMMIT, COMMIT)
         );
         // Branch names stay as they are (the Hub's are case-sensitive).
-        log.record(&entry("gpt2", "Main"));
-        log.record(&entry("gpt2", "main"));
+        log.record(&entry("gpt2", "Main"), false);
+        log.record(&entry("gpt2", "main"), false);
         log.flush();
         assert_eq!(read_refs(dir.path()).unwrap().len(), 3);
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import running_fakehub
 from snippets import DOWNLOAD
 from support import Client, Edge, http, running_edge
 
@@ -67,6 +68,20 @@ else:
     with open(path, "rb") as f:
         result = {"sha256": hashlib.sha256(f.read()).hexdigest()}
 """
+
+
+# Where the fake CDN stands: on a host of its own, and on the Hub's own IP at another port, as self-hosted Hubs put
+# their S3 storage beside the Hub (S3, like the fake CDN, refuses a presigned URL that also carries Authorization):
+# credentials must go to the Hub's exact origin only, so the whole matrix runs against both.
+CDN_PLACES = {"cdn-apart": "127.0.0.2", "cdn-beside-hub": "127.0.0.1"}
+
+
+@pytest.fixture(scope="module", params=list(CDN_PLACES))
+def fakehub(request, model_dir, hash_cache, tmp_path_factory):
+    """This module's fake Hub, once per CDN placement (overrides the session's)."""
+    workdir = tmp_path_factory.mktemp(f"fakehub-{request.param}")
+    with running_fakehub(model_dir, hash_cache, workdir, "--cdn-host", CDN_PLACES[request.param]) as hub:
+        yield hub
 
 
 # --------------------------------------------------------------------------------------------------- hf-edge factory

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::fake_hub::{FakeHub, Fault};
 use crate::fixtures::{CONFIG, HELD_AFTER, LFS, LFS_SIZE, TINY_DS};
-use crate::harness::{wait_for, Edge};
+use crate::harness::{wait_for, Edge, SmallDisk};
 use crate::http::{sha256_hex, Download};
 
 #[test]
@@ -84,28 +84,6 @@ fn a_kill_during_a_fill_leaves_nothing_half_written() {
     let r = edge.get(LFS, &[]);
     assert_eq!(r.cache(), Some("miss"));
     r.assert_whole_lfs_file();
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a small tmpfs needs root (CI runs as root)");
-        SmallDisk(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -104,6 +104,7 @@ pub struct EdgeConfig {
     pub log: LogConfig,
     pub access: AccessConfig,
     pub ops: OpsConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +126,12 @@ pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_size: String,
     pub revision_ttl: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_max_entries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_snapshots_max_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_snapshots_max_files: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +142,15 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct LogConfig {
     pub access: String,
+}
+
+/// Bounds on client connections (hf-edge's defaults when unset).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LimitsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -190,6 +206,9 @@ impl EdgeConfig {
                 dir: dir.join("cache"),
                 max_size: "10GiB".into(),
                 revision_ttl: "60s".into(),
+                meta_max_entries: None,
+                api_snapshots_max_size: None,
+                api_snapshots_max_files: None,
             },
             metrics: MetricsConfig {
                 listen: ([127, 0, 0, 1], free_port()).into(),
@@ -199,6 +218,7 @@ impl EdgeConfig {
             },
             access: AccessConfig::default(),
             ops: OpsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -239,6 +259,26 @@ impl EdgeBuilder {
 
     pub fn max_size(self, size: &str) -> Self {
         self.configure(|c| c.cache.max_size = size.into())
+    }
+
+    /// `cache.meta_max_entries`: the answers `meta.jsonl` keeps.
+    pub fn meta_max_entries(self, entries: usize) -> Self {
+        self.configure(|c| c.cache.meta_max_entries = Some(entries))
+    }
+
+    /// `cache.api_snapshots_max_files`: the API answers kept in `cache/api`.
+    pub fn api_snapshots_max_files(self, files: usize) -> Self {
+        self.configure(|c| c.cache.api_snapshots_max_files = Some(files))
+    }
+
+    /// `limits.header_timeout`: the time a client has to send a request header.
+    pub fn header_timeout(self, timeout: &str) -> Self {
+        self.configure(|c| c.limits.header_timeout = Some(timeout.into()))
+    }
+
+    /// `limits.max_connections`: client connections open at once.
+    pub fn max_connections(self, connections: usize) -> Self {
+        self.configure(|c| c.limits.max_connections = Some(connections))
     }
 
     pub fn shutdown_grace(self, grace: &str) -> Self {
@@ -514,6 +554,32 @@ fn spawn_edge(config: &Path, dir: &Path) -> Child {
 impl Drop for Edge {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+// === a small disk ===
+
+/// A tmpfs of `size` mounted at a path for one test (a cache that fills up), unmounted when
+/// dropped. Mount it at [`EdgeBuilder::dir`]`/cache` before `start`; stop the edge, then drop
+/// it, before the edge's temp dir goes.
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("the mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a small tmpfs needs root (CI runs as root)");
+        SmallDisk(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 

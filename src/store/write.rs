@@ -72,9 +72,13 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 /// Why a fill's bytes could not be kept.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// The body is wrong (too long, or hashes to another id): resuming cannot mend it.
-    #[error("{0}")]
-    Wrong(String),
+    /// Resuming cannot mend these: the body is not the file.
+    #[error("upstream sent more than the expected {0} bytes")]
+    TooLong(u64),
+    #[error("body ended after {got} of {size} bytes")]
+    Short { got: u64, size: u64 },
+    #[error("content hashes to {0}; discarded")]
+    Mismatch(BlobId),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -129,10 +133,7 @@ impl FillWriter {
         }
         let received = self.received() + data.len() as u64;
         if received > self.fill.size {
-            return Err(WriteError::Wrong(format!(
-                "upstream sent more than the expected {} bytes",
-                self.fill.size
-            )));
+            return Err(WriteError::TooLong(self.fill.size));
         }
         self.pending_len += data.len();
         self.pending.push(data);
@@ -181,10 +182,8 @@ impl FillWriter {
     pub(super) async fn commit(mut self) -> Result<(), WriteError> {
         self.flush().await?;
         if self.queued != self.fill.size {
-            return Err(WriteError::Wrong(format!(
-                "body ended after {} of {} bytes",
-                self.queued, self.fill.size
-            )));
+            let (got, size) = (self.queued, self.fill.size);
+            return Err(WriteError::Short { got, size });
         }
         let state = self.settle().await?;
         let expected = self.fill.id;
@@ -201,9 +200,7 @@ impl FillWriter {
         });
         match done.await {
             Ok(Ok(None)) => Ok(()),
-            Ok(Ok(Some(actual))) => Err(WriteError::Wrong(format!(
-                "content hashes to {actual}; discarded"
-            ))),
+            Ok(Ok(Some(actual))) => Err(WriteError::Mismatch(actual)),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(std::io::Error::other("a writer thread failed").into()),
         }

@@ -81,7 +81,15 @@ pub async fn serve_reader(
         .write_response_header(Box::new(resp), header_only)
         .await?;
     if !header_only {
-        while let Some(chunk) = body.read_body().await? {
+        loop {
+            // While this waits for a fill's next bytes, a client that closes its connection is
+            // noticed at once, not at the next write: the fill's orphan policy counts its
+            // readers. (For a GET the idle read only ever ends in an error.)
+            let chunk = tokio::select! {
+                chunk = body.read_body() => chunk?,
+                Err(gone) = session.downstream_session.read_body_or_idle(true) => return Err(gone),
+            };
+            let Some(chunk) = chunk else { break };
             session.write_response_body(Some(chunk), false).await?;
         }
         session.write_response_body(None, true).await?;

@@ -101,15 +101,21 @@ async fn receive(
                     });
                 }
                 loop {
+                    let flush_due = writer.flush_due();
                     tokio::select! {
                         () = &mut orphaned, if watching => {
-                            if finish_orphan(fill, grace) {
+                            if finish_orphan(fill, writer.received(), grace) {
                                 watching = false;
                             } else if store.detach_orphan(fill) {
                                 return Err(End::Orphaned);
                             } else {
                                 // A reader came back just now.
                                 orphaned.set(self::orphaned(fill, grace));
+                            }
+                        }
+                        () = sleep_until(flush_due), if flush_due.is_some() => {
+                            if let Err(e) = writer.flush_pending().await {
+                                return Err(End::Failed(store.write_failure(fill, e)));
                             }
                         }
                         chunk = body.chunk() => match chunk {
@@ -190,15 +196,17 @@ async fn orphaned(fill: &Fill, grace: Duration) {
     }
 }
 
-/// The orphan policy: finish a fill at least half written.
-fn finish_orphan(fill: &Fill, grace: Duration) -> bool {
-    let written = match *fill.progress.borrow() {
-        Progress::Written(n) => n,
-        _ => 0,
-    };
-    let finish = written.saturating_mul(2) >= fill.size;
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(d.into()).await;
+    }
+}
+
+/// The orphan policy: finish a fill of which at least half was received.
+fn finish_orphan(fill: &Fill, received: u64, grace: Duration) -> bool {
+    let finish = received.saturating_mul(2) >= fill.size;
     log::info!(
-        "blob {}: no reader for {grace:?} at {written} of {} bytes: {}",
+        "blob {}: no reader for {grace:?} at {received} of {} bytes: {}",
         fill.id,
         fill.size,
         if finish {

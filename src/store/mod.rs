@@ -409,13 +409,19 @@ impl BlobStore {
         }
         let temp = self.layout.temp(&id);
         let path = temp.clone();
-        let created = tokio::task::spawn_blocking(move || {
-            let file = create_reserved(&path, size)?;
-            let read = file.try_clone()?;
-            Ok((file, read))
-        })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // On a writer thread, like the rest of the fill's disk work: a burst of cold requests
+        // must not grow tokio's blocking pool by a thread each.
+        let created = match self.writers() {
+            Ok(pool) => pool
+                .run(move || {
+                    let file = create_reserved(&path, size)?;
+                    let read = file.try_clone()?;
+                    Ok((file, read))
+                })
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a writer thread failed"))),
+            Err(e) => Err(e),
+        };
         let mut fills = self.fills.lock();
         fills.starting -= 1;
         let (file, read) = match created {

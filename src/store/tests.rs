@@ -247,6 +247,28 @@ async fn a_range_during_a_fill_waits_only_for_its_bytes() {
 }
 
 #[tokio::test]
+async fn bytes_that_arrived_reach_readers_while_the_origin_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = leak(dir.path());
+    let body = data(1000);
+    let origin = Origin::new();
+    let feed = origin.answer();
+    let mut r = started(fill(store, lfs_id(&body), body.len(), &origin).await);
+    // The second piece comes right after the first, too soon to be handed over on arrival;
+    // then the origin sends nothing more for a while.
+    feed.send(&body[..100]);
+    feed.send(&body[100..300]);
+    r.wait_opened().await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 300 {
+        let next = tokio::time::timeout(Duration::from_secs(2), r.read_body()).await;
+        got.extend_from_slice(&next.expect("bytes held back").unwrap().unwrap());
+    }
+    assert_eq!(got, body[..300]);
+    drop(feed);
+}
+
+#[tokio::test]
 async fn a_cut_body_resumes_from_the_first_missing_byte() {
     let dir = tempfile::tempdir().unwrap();
     let store = leak(dir.path());

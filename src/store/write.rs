@@ -126,6 +126,18 @@ impl FillWriter {
         self.queued + self.pending_len as u64
     }
 
+    /// When the bytes received but not yet handed over must be, if no more come before: readers
+    /// never wait longer than `FLUSH_AFTER` for bytes that arrived, even when the origin pauses.
+    pub(super) fn flush_due(&self) -> Option<std::time::Instant> {
+        let since = self.last_flush?;
+        (!self.pending.is_empty()).then_some(since + FLUSH_AFTER)
+    }
+
+    /// Hands what was received over, due or not.
+    pub(super) async fn flush_pending(&mut self) -> Result<(), WriteError> {
+        self.flush().await
+    }
+
     /// Takes the next piece of the body.
     pub(super) async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
         if data.is_empty() {

@@ -77,15 +77,33 @@ impl DownloadFlow {
             cache_result: None,
             body_retries: 0,
         };
+        let served = self
+            .serve_from_store(session, &mut download, ctx, stored)
+            .await;
+        // Recorded whatever happened (a client gone mid-body included): logging needs the flow
+        // and its cache result.
+        let answered = download.cache_result.is_some();
+        ctx.flow = Flow::Download(Box::new(download));
+        served.map(|()| answered)
+    }
+
+    /// Answers from the store when it has the blob, is filling it, or starts filling it; sets
+    /// the download's cache result as soon as that is known. Leaves it `None` when the request
+    /// is to go upstream uncached.
+    async fn serve_from_store(
+        &self,
+        session: &mut Session,
+        download: &mut Download,
+        ctx: &mut Ctx,
+        stored: bool,
+    ) -> Result<()> {
         if stored {
-            download.cache_result = self.serve_complete_hit(session, &download, ctx).await?;
+            self.serve_complete_hit(session, download, ctx).await?;
         }
         if download.cache_result.is_none() {
-            download.cache_result = self.serve_from_fill(session, &download, ctx).await?;
+            self.serve_from_fill(session, download, ctx).await?;
         }
-        let served = download.cache_result.is_some();
-        ctx.flow = Flow::Download(Box::new(download));
-        Ok(served)
+        Ok(())
     }
 
     /// Metadata for a GET or HEAD; on `Ok(None)` an error response was already written.
@@ -128,17 +146,18 @@ impl DownloadFlow {
     async fn serve_complete_hit(
         &self,
         session: &mut Session,
-        download: &Download,
+        download: &mut Download,
         ctx: &Ctx,
-    ) -> Result<Option<CacheResult>> {
+    ) -> Result<()> {
         let Some(blob) = download.meta.blob else {
-            return Ok(None);
+            return Ok(());
         };
-        let served = from_store::serve(session, self.store, download, &ctx.request_id).await?;
-        if served.is_some() {
-            self.touch(&blob, download.meta.size);
-        }
-        Ok(served)
+        let Some((body, result)) = from_store::open(self.store, &blob).await? else {
+            return Ok(());
+        };
+        download.cache_result = Some(result);
+        self.touch(&blob, download.meta.size);
+        from_store::serve_reader(session, body, download, result, &ctx.request_id).await
     }
 
     /// A hit moves the blob up the eviction manager's LRU order.
@@ -150,19 +169,21 @@ impl DownloadFlow {
 
     /// Serves a blob the store fills (or already holds, or is filling): the store's fill task
     /// reads the origin at its own pace, and this request reads from the store like every
-    /// other reader. `None`: the store does not take it, the request goes upstream uncached.
+    /// other reader. Leaves the cache result `None` when the store does not take the blob: the
+    /// request then goes upstream uncached.
     async fn serve_from_fill(
         &self,
         session: &mut Session,
-        download: &Download,
+        download: &mut Download,
         ctx: &mut Ctx,
-    ) -> Result<Option<CacheResult>> {
+    ) -> Result<()> {
         let meta = &download.meta;
         let (Some(blob), Some(target)) = (meta.blob, &download.target) else {
-            return Ok(None);
+            return Ok(());
         };
-        if meta.size > self.max_blob_size {
-            return Ok(None);
+        let size = meta.size;
+        if size > self.max_blob_size {
+            return Ok(());
         }
         let source = || -> Arc<dyn crate::store::Refetch> {
             Arc::new(refetch::UpstreamRefetch::new(
@@ -173,45 +194,40 @@ impl DownloadFlow {
                 session.req_header().uri.path(),
             ))
         };
-        let (mut reader, result) = match self.store.read_or_fill(blob, meta.size, source).await {
+        let (mut reader, result) = match self.store.read_or_fill(blob, size, source).await {
             Fetch::Complete(r) => {
-                self.touch(&blob, meta.size);
+                self.touch(&blob, size);
                 (r, CacheResult::Hit)
             }
             Fetch::Started(r) => (r, CacheResult::Miss),
             Fetch::Joined(r) => (r, CacheResult::Coalesced),
             Fetch::Refused(why) => {
-                log::info!(
-                    "{}: {} served uncached: {why}",
-                    ctx.request_id,
-                    download.request.path
-                );
-                return Ok(None);
+                let path = &download.request.path;
+                log::info!("{}: {path} served uncached: {why}", ctx.request_id);
+                return Ok(());
             }
         };
         let asked = Instant::now();
         match reader.wait_opened().await {
             Ok(()) => {}
             Err(FillFailure::Local(why)) => {
-                log::warn!(
-                    "{}: {} served uncached: {why}",
-                    ctx.request_id,
-                    download.request.path
-                );
-                return Ok(None);
+                let path = &download.request.path;
+                log::warn!("{}: {path} served uncached: {why}", ctx.request_id);
+                return Ok(());
             }
             Err(FillFailure::Upstream(e)) => {
+                download.cache_result = Some(result);
                 let (status, message) = refetch::answer_for(e.as_ref());
                 respond::error(session, status, &message, &ctx.request_id).await?;
-                return Ok(Some(result));
+                return Ok(());
             }
         }
+        download.cache_result = Some(result);
         if result == CacheResult::Miss {
             ctx.upstream_time = Some(asked.elapsed());
         }
         let body = Box::new(reader);
-        from_store::serve_reader(session, body, download, result, &ctx.request_id).await?;
-        Ok(Some(result))
+        from_store::serve_reader(session, body, download, result, &ctx.request_id).await
     }
 
     /// `upstream_response_filter`: the body answer must be the file the metadata named.

@@ -13,23 +13,18 @@ use pingora_proxy::{RangeType, Session};
 use super::ctx::Download;
 use super::range;
 use crate::hub::headers::apply_resolve_headers;
+use crate::hub::BlobId;
 use crate::metrics::CacheResult;
 use crate::store::{cache_key, BlobReader, BlobStore};
 
-/// Serves the request from the store when the blob is there or filling, returning the cache
-/// result (`Hit` or `Coalesced`); `None` when it is neither.
-pub async fn serve(
-    session: &mut Session,
+/// A reader of the blob when the store has it or is filling it, with its cache result
+/// (`Hit` or `Coalesced`).
+pub async fn open(
     store: &'static BlobStore,
-    download: &Download,
-    request_id: &str,
-) -> Result<Option<CacheResult>> {
-    let meta = &download.meta;
-    let Some(blob) = meta.blob else {
-        return Ok(None);
-    };
+    blob: &BlobId,
+) -> Result<Option<(HitHandler, CacheResult)>> {
     let span = Span::inactive().handle();
-    let Some((_, body)) = store.lookup(&cache_key(&blob), &span).await? else {
+    let Some((_, body)) = store.lookup(&cache_key(blob), &span).await? else {
         return Ok(None);
     };
     let filling = body
@@ -41,8 +36,7 @@ pub async fn serve(
     } else {
         CacheResult::Hit
     };
-    serve_reader(session, body, download, result, request_id).await?;
-    Ok(Some(result))
+    Ok(Some((body, result)))
 }
 
 /// Answers the request from `body`, a reader of the blob, labelled `result`.
@@ -86,6 +80,8 @@ pub async fn serve_reader(
             // noticed at once, not at the next write: the fill's orphan policy counts its
             // readers. (For a GET the idle read only ever ends in an error.)
             let chunk = tokio::select! {
+                // Bytes first: a client that closes right after its last byte is no error.
+                biased;
                 chunk = body.read_body() => chunk?,
                 Err(gone) = session.downstream_session.read_body_or_idle(true) => return Err(gone),
             };

@@ -611,8 +611,12 @@ impl BlobStore {
     }
 
     fn purge_in_background(&'static self, evicted: Vec<CacheEntryKey>) {
-        if !evicted.is_empty() {
-            tokio::spawn(self.purge_evicted(evicted));
+        if evicted.is_empty() {
+            return;
+        }
+        // (No runtime only while one shuts down: the blobs are then evicted at the next boot.)
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.purge_evicted(evicted));
         }
     }
 

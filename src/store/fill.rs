@@ -4,12 +4,11 @@
 //! abandons the fill. Requests, the one that started the fill included, only read the temp
 //! file, so a client that stops reading stalls nobody but itself.
 //!
-//! A fill left without readers keeps going for a grace period ([`ORPHAN_GRACE`] by default;
-//! a client's next range or
-//! its retry after a timeout usually comes within it); if it is still without readers then,
-//! it is finished when at least half of it is written (the rest costs less WAN than what was
-//! fetched) and cancelled otherwise, which frees its reservation under `cache.max_size` and
-//! its place under `cache.max_fills`.
+//! A fill left without readers keeps going for a grace period ([`ORPHAN_GRACE`] by default: a
+//! client's next range, or its retry after a timeout, usually comes within it); if it is still
+//! without readers then, it is finished when at least half of it was received (the rest costs
+//! less WAN than what was fetched, and the next client gets a hit) and cancelled otherwise,
+//! which frees its reservation under `cache.max_size` and its place under `cache.max_fills`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +57,7 @@ pub(super) async fn run(
     }
 }
 
+/// Abandons the fill when dropped armed: the fill task ended without deciding its fate.
 struct Unfinished(Option<(&'static BlobStore, Arc<Fill>)>);
 
 impl Drop for Unfinished {
@@ -158,9 +158,7 @@ async fn receive(
                 attempts.total
             );
             let why = format!("the upstream body was cut after {received} of {size} bytes");
-            return Err(End::Failed(FillFailure::Upstream(Arc::from(
-                RefetchGaveUp(why).boxed(),
-            ))));
+            return Err(End::Failed(FillFailure::Upstream(Arc::new(GaveUp(why)))));
         }
         store.note_resume();
         attempt_start = received;
@@ -172,15 +170,10 @@ async fn receive(
     }
 }
 
+/// A cut body that attempts no longer mend.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct RefetchGaveUp(String);
-
-impl RefetchGaveUp {
-    fn boxed(self) -> super::RefetchError {
-        Box::new(self)
-    }
-}
+struct GaveUp(String);
 
 /// Resolves once the fill has been without readers for `grace`.
 async fn orphaned(fill: &Fill, grace: Duration) {

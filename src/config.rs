@@ -139,6 +139,9 @@ pub struct Cache {
     /// removed first.
     pub api_snapshots_max_size: u64,
     pub api_snapshots_max_files: usize,
+    /// Fills (blobs being fetched into the store) at once; beyond, requests are served
+    /// uncached.
+    pub max_fills: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +294,8 @@ struct RawCache {
     api_snapshots_max_size: RawValue,
     #[serde(default = "default_api_snapshots_max_files")]
     api_snapshots_max_files: usize,
+    #[serde(default = "default_max_fills")]
+    max_fills: usize,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +349,9 @@ fn default_api_snapshots_max_size() -> RawValue {
 }
 fn default_api_snapshots_max_files() -> usize {
     100_000
+}
+fn default_max_fills() -> usize {
+    64
 }
 
 // === loading and validation ===
@@ -474,6 +482,9 @@ impl RawConfig {
         if max_size == 0 {
             return Err(bad("cache.max_size", "must be greater than 0"));
         }
+        if c.max_fills == 0 {
+            return Err(bad("cache.max_fills", "must be at least 1"));
+        }
         let cache = Cache {
             dir: c.dir,
             max_size,
@@ -488,6 +499,7 @@ impl RawConfig {
                 &c.api_snapshots_max_size,
             )?,
             api_snapshots_max_files: c.api_snapshots_max_files,
+            max_fills: c.max_fills,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,
@@ -758,6 +770,7 @@ metrics:
         assert_eq!(c.cache.dir, PathBuf::from("./hf-edge-cache"));
         assert_eq!(c.cache.max_size, 100 << 30);
         assert_eq!(c.cache.revision_ttl, Duration::from_secs(60));
+        assert_eq!(c.cache.max_fills, 64);
         assert_eq!(c.upstream.metadata_timeout, Duration::from_secs(5));
         assert_eq!(c.upstream.failure_hold_down, Duration::from_secs(10));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
@@ -839,6 +852,10 @@ metrics:
             (
                 MINIMAL.replace("max_size: \"100GiB\"", "max_size: 0"),
                 "cache.max_size: must be greater than 0",
+            ),
+            (
+                MINIMAL.replace("max_size: \"100GiB\"", "max_size: 1GiB\n  max_fills: 0"),
+                "cache.max_fills: must be at least 1",
             ),
             (
                 MINIMAL.replace(

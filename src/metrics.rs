@@ -124,6 +124,14 @@ pub struct StoreCounts {
     pub resumes: u64,
     pub resumed_bytes: u64,
     pub abandoned_fills: u64,
+    /// Fills in flight, and the bytes they reserve under `cache.max_size`.
+    pub fills: u64,
+    pub reserved_bytes: u64,
+    pub orphans_cancelled: u64,
+    /// Requests served uncached because no fill could start: `cache.max_fills` fills were
+    /// running, or fills in flight held all of `cache.max_size`.
+    pub over_max_fills: u64,
+    pub without_room: u64,
 }
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -155,6 +163,11 @@ pub struct Metrics {
     client_connections: IntGauge,
     client_refused: IntCounter,
     client_header_timeouts: IntCounter,
+    store_fills: IntGauge,
+    store_reserved_bytes: IntGauge,
+    store_orphans_cancelled: IntCounter,
+    store_over_max_fills: IntCounter,
+    store_without_room: IntCounter,
 }
 
 pub fn status_class(status: u16) -> &'static str {
@@ -332,6 +345,23 @@ impl Metrics {
                 "hf_edge_client_header_timeouts_total",
                 "Client requests whose header did not arrive within limits.header_timeout, answered 408 and closed.",
             )?,
+            store_fills: gauge("hf_edge_store_fills", "Fills in flight (bounded by cache.max_fills).")?,
+            store_reserved_bytes: gauge(
+                "hf_edge_store_reserved_bytes",
+                "Bytes reserved under cache.max_size by fills in flight.",
+            )?,
+            store_orphans_cancelled: counter(
+                "hf_edge_store_orphaned_fills_cancelled_total",
+                "Fills cancelled because no client read them any more and less than half was written.",
+            )?,
+            store_over_max_fills: counter(
+                "hf_edge_store_fills_over_max_total",
+                "Requests served uncached because cache.max_fills fills were running.",
+            )?,
+            store_without_room: counter(
+                "hf_edge_store_fills_without_room_total",
+                "Requests served uncached because fills in flight held all of cache.max_size.",
+            )?,
             registry,
         };
         for r in CacheResult::ALL {
@@ -465,6 +495,11 @@ impl Metrics {
         catch_up(&self.upstream_resumes, store.resumes);
         catch_up(&self.upstream_resumed_bytes, store.resumed_bytes);
         catch_up(&self.store_abandoned_fills, store.abandoned_fills);
+        catch_up(&self.store_orphans_cancelled, store.orphans_cancelled);
+        catch_up(&self.store_over_max_fills, store.over_max_fills);
+        catch_up(&self.store_without_room, store.without_room);
+        self.store_fills.set(store.fills as i64);
+        self.store_reserved_bytes.set(store.reserved_bytes as i64);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

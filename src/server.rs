@@ -1,8 +1,7 @@
-//! Builds the Pingora server from a [`Config`]: the store, eviction, cache lock, resolver,
-//! proxy service and the operator endpoints.
+//! Builds the Pingora server from a [`Config`]: the store (and how its fills are bounded),
+//! eviction, resolver, proxy service and the operator endpoints.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use http::HeaderValue;
@@ -11,7 +10,6 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
-use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
@@ -22,16 +20,12 @@ use crate::ops::OpsApp;
 use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
-use crate::store::BlobStore;
-
-/// How long a fill may hold the cache lock before another request may take over.
-/// Readers stream from the fill, so this only matters for a writer that stalls.
-const LOCK_AGE_TIMEOUT: Duration = Duration::from_secs(120);
+use crate::store::{BlobStore, FillPolicy};
 
 /// Starts hf-edge and serves until a signal stops it.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     crate::durable::restrict_new_files(cfg.cache.group_access);
-    let (store, found) = BlobStore::open(&cfg.cache.dir)
+    let (mut store, found) = BlobStore::open(&cfg.cache.dir)
         .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
     crate::durable::restrict_dir(&cfg.cache.dir, cfg.cache.group_access)
         .with_context(|| format!("cache.dir: cannot restrict {}", cfg.cache.dir.display()))?;
@@ -41,14 +35,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         found.len(),
         found.iter().map(|b| b.size).sum::<u64>()
     );
-    // Pingora's cache API takes `&'static` storage, eviction and lock; they live as long as
-    // the process.
-    let store: &'static BlobStore = Box::leak(Box::new(store));
+    // The store's fill tasks and Pingora's `Storage` API take `&'static` store and eviction;
+    // they live as long as the process.
     let eviction: &'static simple_lru::Manager = Box::leak(Box::new(simple_lru::Manager::new(
         cfg.cache.max_size as usize,
     )));
     let eviction_dyn: &'static (dyn EvictionManager + Sync) = eviction;
-    let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(LOCK_AGE_TIMEOUT));
+    store.set_fill_policy(FillPolicy {
+        max_fills: cfg.cache.max_fills,
+        max_size: cfg.cache.max_size,
+        eviction: Some(eviction_dyn),
+        ..FillPolicy::default()
+    });
+    let store: &'static BlobStore = Box::leak(Box::new(store));
 
     let metrics = Arc::new(Metrics::register(
         prometheus::Registry::new(),
@@ -100,7 +99,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             resolver: resolver.clone(),
             store,
             eviction: eviction_dyn,
-            lock,
             max_blob_size: cfg.cache.max_size,
             metrics: metrics.clone(),
         },

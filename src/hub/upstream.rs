@@ -547,17 +547,21 @@ impl Upstream {
         Ok(resp.header)
     }
 
-    /// Sends a `GET` for the bytes of `url` from `offset` on (`Range: bytes={offset}-`; the
-    /// answer may still be a whole 200) and returns the response, its body still to be read.
+    /// Sends a `GET` for the bytes of `url` from `offset` on (`Range: bytes={offset}-`, none
+    /// for offset 0; the answer may still be a whole 200) and returns the response, its body
+    /// still to be read.
     pub async fn get_from(
         &self,
         url: &Url,
         auth: Option<&HeaderValue>,
         offset: u64,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let range = hv(&format!("bytes={offset}-"))?;
+        let range = match offset {
+            0 => None,
+            n => Some(hv(&format!("bytes={n}-"))?),
+        };
         let (_, resp) = self
-            .send("GET", url, auth, Some(range), self.read_timeout)
+            .send("GET", url, auth, range, self.read_timeout)
             .await?;
         Ok(resp)
     }

@@ -3,21 +3,18 @@
 //! pass-through cannot hold a body range nor a download a JSON buffer. The flows' code is
 //! in `download.rs` and `passthrough.rs`.
 
-use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
-use pingora_cache::{CacheKey, CachePhase};
-use pingora_proxy::Session;
 
+use super::download::BodyCheck;
 use super::range::Cut;
 use crate::hub::grammar::{ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};
 use crate::metrics::CacheResult;
-use crate::store::cache_key;
 
 /// Which way a request travels, chosen in `request_filter`.
 pub enum Flow {
@@ -139,40 +136,22 @@ pub struct Download {
     pub hops: usize,
     /// The expired download URL was already signed anew once.
     pub reresolved: bool,
-    /// The cache result where hf-edge knows it better than Pingora's phase (served from the
-    /// store outside the cache phase, or from a fill another request started).
+    /// How the store answered (hit, miss, coalesced); `None`: not from the store (uncached).
     pub cache_result: Option<CacheResult>,
-    /// The blob offsets this response carries, once its header is built.
-    pub body_range: Option<Range<u64>>,
-    /// The range the body request asked upstream for (files hf-edge does not store only).
-    pub upstream_range: Option<Range<u64>>,
+    /// The range the body request asked upstream for (uncached files only).
+    pub upstream_range: Option<std::ops::Range<u64>>,
     /// Cuts a whole upstream body to the client's range (an origin that ignored `Range`).
     pub cut: Option<Cut>,
-    /// The upstream body was cut and the rest came from the store's resumed fill.
-    pub resumed: bool,
-    /// Body requests asked again after failing before any byte was used.
+    /// Checks a whole uncached body against its content address before its last bytes go out.
+    pub check: Option<BodyCheck>,
+    /// Uncached body requests asked again after failing before any byte was used.
     pub body_retries: usize,
 }
 
 impl Download {
-    /// Pingora's cache key: the blob id only. The signed URL (which changes hourly) and the
-    /// repo path never enter it.
-    pub fn cache_key(&self) -> Result<CacheKey> {
-        self.meta
-            .blob
-            .map(|b| cache_key(&b))
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no blob id for cache key"))
-    }
-
     /// The cache result label of this download.
-    pub fn cache_result(&self, session: &Session) -> CacheResult {
-        self.cache_result
-            .unwrap_or_else(|| match session.cache.phase() {
-                CachePhase::Hit => CacheResult::Hit,
-                CachePhase::Miss => CacheResult::Miss,
-                CachePhase::Stale | CachePhase::StaleUpdating => CacheResult::Stale,
-                _ => CacheResult::Bypass,
-            })
+    pub fn cache_result(&self) -> CacheResult {
+        self.cache_result.unwrap_or(CacheResult::Bypass)
     }
 }
 

@@ -1,19 +1,20 @@
 //! The download flow: `GET /{repo}/resolve/{rev}/{path}`.
 //!
-//! resolve (metadata from the resolver) → complete hit (served from the store, before
-//! Pingora's cache phase) | coalesced (a fill another request started) | miss (Pingora's cache
-//! phase fetches the body from the CDN or Hub URL the metadata names, streaming it to the
-//! client and into the store at once). The blob is keyed by content address only.
+//! resolve (metadata from the resolver) → complete hit | coalesced (a fill another request
+//! started) | miss (this request starts the store's fill from the CDN or Hub URL the metadata
+//! names) — all three read from the store, the miss like any other reader of its fill, so a
+//! client that stops reading holds up nobody else. What the store does not fill (no content
+//! address, over `cache.max_size`, `cache.max_fills` fills running, no room, no disk) goes
+//! through Pingora upstream and back, uncached. The blob is keyed by content address only.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora_cache::lock::CacheKeyLockImpl;
-use pingora_cache::{CacheMeta, CachePhase, NoCacheReason, RespCacheable};
 use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Download, Flow, Target};
@@ -23,12 +24,13 @@ use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::{self, FileMeta};
 use crate::hub::status;
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError};
+use crate::hub::BlobId;
 use crate::metrics::{CacheResult, Metrics};
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
-use crate::store::{cache_key, BlobReader, BlobStore, FillSource, RefEntry};
+use crate::store::{cache_key, BlobStore, ContentHasher, Fetch, FillFailure, RefEntry};
 
 /// Redirects followed on a body request (the metadata request follows its own).
-const MAX_BODY_HOPS: usize = 3;
+pub(super) const MAX_BODY_HOPS: usize = 3;
 /// Body requests asked again after a failure before any byte was used.
 const MAX_BODY_RETRIES: usize = 2;
 /// Stored blobs never expire: a content address names the same bytes forever.
@@ -40,14 +42,13 @@ pub struct DownloadFlow {
     pub resolver: Arc<Resolver>,
     pub store: &'static BlobStore,
     pub eviction: &'static (dyn EvictionManager + Sync),
-    pub lock: &'static CacheKeyLockImpl,
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
 }
 
 impl DownloadFlow {
-    /// `request_filter` for a file: resolves it, answers a `HEAD`, an uncachable miss or a
-    /// complete hit at once (`true`), or records the download for Pingora's phases.
+    /// `request_filter` for a file: resolves it, answers a `HEAD`, a hit or the store's fill
+    /// at once (`true`), or records the download for Pingora's phases (uncached).
     pub async fn start(
         &self,
         session: &mut Session,
@@ -87,18 +88,38 @@ impl DownloadFlow {
             hops: 0,
             reresolved: false,
             cache_result: None,
-            body_range: None,
             upstream_range: None,
             cut: None,
-            resumed: false,
+            check: None,
             body_retries: 0,
         };
-        if stored {
-            download.cache_result = self.serve_complete_hit(session, &download, ctx).await?;
-        }
-        let served = download.cache_result.is_some();
+        let served = self
+            .serve_from_store(session, &mut download, ctx, stored)
+            .await;
+        // Recorded whatever happened (a client gone mid-body included): logging needs the flow
+        // and its cache result.
+        let answered = download.cache_result.is_some();
         ctx.flow = Flow::Download(Box::new(download));
-        Ok(served)
+        served.map(|()| answered)
+    }
+
+    /// Answers from the store when it has the blob, is filling it, or starts filling it; sets
+    /// the download's cache result as soon as that is known. Leaves it `None` when the request
+    /// is to go upstream uncached.
+    async fn serve_from_store(
+        &self,
+        session: &mut Session,
+        download: &mut Download,
+        ctx: &mut Ctx,
+        stored: bool,
+    ) -> Result<()> {
+        if stored {
+            self.serve_complete_hit(session, download, ctx).await?;
+        }
+        if download.cache_result.is_none() {
+            self.serve_from_fill(session, download, ctx).await?;
+        }
+        Ok(())
     }
 
     /// Metadata for a GET or HEAD; on `Ok(None)` an error response was already written.
@@ -141,51 +162,88 @@ impl DownloadFlow {
     async fn serve_complete_hit(
         &self,
         session: &mut Session,
-        download: &Download,
+        download: &mut Download,
         ctx: &Ctx,
-    ) -> Result<Option<CacheResult>> {
+    ) -> Result<()> {
         let Some(blob) = download.meta.blob else {
-            return Ok(None);
+            return Ok(());
         };
-        let served = from_store::serve(session, self.store, download, &ctx.request_id).await?;
-        if served.is_some() {
-            let key = CacheEntryKey::key_only(cache_key(&blob).to_compact());
-            self.eviction.access(
-                &key,
-                download.meta.size as usize,
-                SystemTime::now() + FOREVER,
-            );
-        }
-        Ok(served)
+        let Some((body, result)) = from_store::open(self.store, &blob).await? else {
+            return Ok(());
+        };
+        download.cache_result = Some(result);
+        self.touch(&blob, download.meta.size);
+        from_store::serve_reader(session, body, download, result, &ctx.request_id).await
     }
 
-    /// `request_cache_filter`: the store takes blobs with a content address up to `max_size`.
-    pub fn enable_cache(&self, session: &mut Session, download: &Download) {
-        let meta = &download.meta;
-        if meta.blob.is_some() && meta.size <= self.max_blob_size {
-            session
-                .cache
-                .enable(self.store, Some(self.eviction), None, Some(self.lock), None);
-            session
-                .cache
-                .set_max_file_size_bytes(self.max_blob_size as usize);
-        }
+    /// A hit moves the blob up the eviction manager's LRU order.
+    fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
+        let key = CacheEntryKey::key_only(cache_key(blob).to_compact());
+        self.eviction
+            .access(&key, size as usize, SystemTime::now() + FOREVER);
     }
 
-    /// `proxy_upstream_filter`: late coalescing; `true` sends the request upstream. `false`
-    /// makes Pingora drop this request's cache lock; the response was written here.
-    pub async fn coalesce_late(
+    /// Serves a blob the store fills (or already holds, or is filling): the store's fill task
+    /// reads the origin at its own pace, and this request reads from the store like every
+    /// other reader. Leaves the cache result `None` when the store does not take the blob: the
+    /// request then goes upstream uncached.
+    async fn serve_from_fill(
         &self,
         session: &mut Session,
         download: &mut Download,
-        request_id: &str,
-    ) -> Result<bool> {
-        if !session.cache.enabled() {
-            return Ok(true);
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let meta = &download.meta;
+        let (Some(blob), Some(target)) = (meta.blob, &download.target) else {
+            return Ok(());
+        };
+        let size = meta.size;
+        if size > self.max_blob_size {
+            return Ok(());
         }
-        let served = from_store::serve(session, self.store, download, request_id).await?;
-        download.cache_result = served;
-        Ok(served.is_none())
+        let source = || -> Arc<dyn crate::store::Refetch> {
+            Arc::new(refetch::UpstreamRefetch::new(
+                self,
+                (target.clone(), ctx.auth.clone()),
+                download,
+                blob,
+                session.req_header().uri.path(),
+            ))
+        };
+        let (mut reader, result) = match self.store.read_or_fill(blob, size, source).await {
+            Fetch::Complete(r) => {
+                self.touch(&blob, size);
+                (r, CacheResult::Hit)
+            }
+            Fetch::Started(r) => (r, CacheResult::Miss),
+            Fetch::Joined(r) => (r, CacheResult::Coalesced),
+            Fetch::Refused(why) => {
+                let path = &download.request.path;
+                log::info!("{}: {path} served uncached: {why}", ctx.request_id);
+                return Ok(());
+            }
+        };
+        let asked = Instant::now();
+        match reader.wait_opened().await {
+            Ok(()) => {}
+            Err(FillFailure::Local(why)) => {
+                let path = &download.request.path;
+                log::warn!("{}: {path} served uncached: {why}", ctx.request_id);
+                return Ok(());
+            }
+            Err(FillFailure::Upstream(e)) => {
+                download.cache_result = Some(result);
+                let (status, message) = refetch::answer_for(e.as_ref());
+                respond::error(session, status, &message, &ctx.request_id).await?;
+                return Ok(());
+            }
+        }
+        download.cache_result = Some(result);
+        if result == CacheResult::Miss {
+            ctx.upstream_time = Some(asked.elapsed());
+        }
+        let body = Box::new(reader);
+        from_store::serve_reader(session, body, download, result, &ctx.request_id).await
     }
 
     /// `upstream_response_filter`: the body answer must be the file the metadata named.
@@ -207,6 +265,12 @@ impl DownloadFlow {
             return self.reresolve(session, download, auth).await;
         }
         check_body_response(resp, download)?;
+        if resp.status.as_u16() == 200 {
+            download.check = download
+                .meta
+                .blob
+                .map(|b| BodyCheck::new(&b, download.meta.size));
+        }
         keep_only_body_headers(resp);
         Ok(())
     }
@@ -260,75 +324,8 @@ impl DownloadFlow {
         }
     }
 
-    /// `response_cache_filter`: a whole body of the promised size is stored, with the origin
-    /// its fill resumes from if it is cut.
-    pub fn cacheability(
-        &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        download: &Download,
-        auth: Option<&http::HeaderValue>,
-    ) -> RespCacheable {
-        let whole = resp.status.as_u16() == 200
-            && headers::content_length(&resp.headers) == Some(download.meta.size);
-        if !whole {
-            return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-        }
-        let now = SystemTime::now();
-        let mut cache_meta = CacheMeta::new(now + FOREVER, now, 0, 0, resp.clone());
-        if let Some(source) = self.fill_source(session, download, auth) {
-            cache_meta.extensions_mut().insert(source);
-        }
-        RespCacheable::Cacheable(cache_meta)
-    }
-
-    /// Where a fill of this response resumes from if its body is cut.
-    fn fill_source(
-        &self,
-        session: &Session,
-        download: &Download,
-        auth: Option<&http::HeaderValue>,
-    ) -> Option<FillSource> {
-        Some(FillSource(Arc::new(refetch::UpstreamRefetch {
-            upstream: self.upstream.clone(),
-            resolver: self.resolver.clone(),
-            target: parking_lot::Mutex::new(download.target.clone()?),
-            auth: auth.cloned(),
-            request: download.request.clone(),
-            raw_path: session.req_header().uri.path().to_string(),
-            blob: download.meta.blob?,
-            size: download.meta.size,
-        })))
-    }
-
-    /// `fail_to_proxy`: the response from the store instead, where the fill this request
-    /// started is resuming (or another request's copy is). `None`: nothing there, the fill
-    /// was given up.
-    pub async fn recover(
-        &self,
-        session: &mut Session,
-        download: &mut Download,
-        request_id: &str,
-    ) -> Option<CacheResult> {
-        let result = match session.response_written().map(|r| r.status.as_u16()) {
-            None => from_store::serve(session, self.store, download, request_id)
-                .await
-                .ok()
-                .flatten(),
-            Some(200 | 206) => {
-                from_store::finish_cut_response(session, self.store, download, request_id)
-                    .await
-                    .then_some(CacheResult::Miss)
-            }
-            Some(_) => None,
-        }?;
-        download.resumed = true;
-        download.cache_result = Some(result);
-        Some(result)
-    }
-
-    /// `error_while_proxy`: a body cut before anything reached the client or the store is
-    /// simply asked for again; a timeout is not (the client would wait several for a 504).
+    /// `error_while_proxy`: an uncached body that failed before anything reached the client
+    /// is simply asked for again; a timeout is not (the client would wait several for a 504).
     pub fn retry_untouched(
         &self,
         session: &mut Session,
@@ -339,12 +336,7 @@ impl DownloadFlow {
             e.etype(),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
         );
-        // (`miss_handler` panics outside the miss phases.)
-        let filling = matches!(
-            session.cache.phase(),
-            CachePhase::Miss | CachePhase::Expired
-        ) && session.cache.miss_handler().is_some();
-        let untouched = session.response_written().is_none() && !filling;
+        let untouched = session.response_written().is_none();
         let retry = untouched && !timed_out && download.body_retries < MAX_BODY_RETRIES;
         if retry {
             download.body_retries += 1;
@@ -355,13 +347,14 @@ impl DownloadFlow {
     /// `logging`: what a served download leaves behind: its name in `refs.jsonl`, and the
     /// bytes it moved.
     pub fn finish(&self, session: &Session, download: &Download, status: u16) {
-        let result = download.cache_result(session);
+        let result = download.cache_result();
         if status == 200 || status == 206 {
             self.record_ref(download, result == CacheResult::Miss);
         }
-        let from_store = result.from_store();
-        self.metrics
-            .sent(from_store, session.as_downstream().body_bytes_sent());
+        self.metrics.sent(
+            result.from_store(),
+            session.as_downstream().body_bytes_sent(),
+        );
         self.metrics
             .upstream_received(session.upstream_body_bytes_received());
     }
@@ -373,29 +366,64 @@ impl DownloadFlow {
         let time = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.store.record_ref(
-            &RefEntry {
-                repo: r.repo.to_string(),
-                revision: r.revision.clone(),
-                commit: meta.commit.clone(),
-                path: r.path.clone(),
-                blob: blob.to_string(),
-                size: meta.size,
-                time,
-            },
-            filled,
-        );
+        let entry = RefEntry {
+            repo: r.repo.to_string(),
+            revision: r.revision.clone(),
+            commit: meta.commit.clone(),
+            path: r.path.clone(),
+            blob: blob.to_string(),
+            size: meta.size,
+            time,
+        };
+        self.store.record_ref(&entry, filled);
     }
 }
 
-/// `cache_hit_filter`: a hit on a fill in progress is a coalesced read.
-pub fn on_hit(hit: &pingora_cache::HitHandler, download: &mut Download) {
-    let filling = hit
-        .as_any()
-        .downcast_ref::<BlobReader>()
-        .is_some_and(BlobReader::is_filling);
-    if filling {
-        download.cache_result = Some(CacheResult::Coalesced);
+/// The content check of a whole body served uncached: it is hashed as it streams, and its
+/// last piece is held back until the hash matches, so a corrupt body reaches the client cut
+/// short of its `Content-Length` (an error to every client), never whole.
+pub struct BodyCheck {
+    expected: BlobId,
+    hasher: Option<ContentHasher>,
+    held: Option<Bytes>,
+}
+
+impl BodyCheck {
+    pub fn new(expected: &BlobId, size: u64) -> BodyCheck {
+        BodyCheck {
+            expected: *expected,
+            hasher: Some(ContentHasher::new(expected, size)),
+            held: None,
+        }
+    }
+
+    /// `response_body_filter`: passes on the previous piece and holds this one; at the end,
+    /// passes on what is held only if the content matches.
+    pub fn filter(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> Result<()> {
+        let Some(hasher) = self.hasher.as_mut() else {
+            return Ok(());
+        };
+        let arrived = body.take();
+        if let Some(piece) = &arrived {
+            hasher.update(piece);
+        }
+        let held = std::mem::replace(&mut self.held, arrived);
+        if !end_of_stream {
+            *body = held;
+            return Ok(());
+        }
+        let actual = self.hasher.take().map(ContentHasher::finish);
+        if actual != Some(self.expected) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                format!("upstream body is not {} (got {actual:?})", self.expected),
+            );
+        }
+        *body = match (held, self.held.take()) {
+            (Some(a), Some(b)) => Some([a, b].concat().into()),
+            (a, b) => a.or(b),
+        };
+        Ok(())
     }
 }
 
@@ -495,10 +523,9 @@ mod tests {
             hops: 0,
             reresolved: false,
             cache_result: None,
-            body_range: None,
             upstream_range: asked,
             cut: None,
-            resumed: false,
+            check: None,
             body_retries: 0,
         }
     }
@@ -553,5 +580,31 @@ mod tests {
         keep_only_body_headers(&mut r);
         let names: Vec<_> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-length"]);
+    }
+
+    #[test]
+    fn a_corrupt_uncached_body_never_ends_whole() {
+        let data = b"the whole file, in three pieces";
+        use sha2::Digest;
+        let id = BlobId::from_etag(&hex::encode(sha2::Sha256::digest(data))).unwrap();
+        let run = |content: &[u8]| -> (Vec<u8>, bool) {
+            let mut check = BodyCheck::new(&id, data.len() as u64);
+            let mut out = Vec::new();
+            let pieces: Vec<&[u8]> = content.chunks(11).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                let mut body = Some(Bytes::copy_from_slice(piece));
+                if check.filter(&mut body, i + 1 == pieces.len()).is_err() {
+                    return (out, false);
+                }
+                out.extend(body.unwrap_or_default());
+            }
+            (out, true)
+        };
+        assert_eq!(run(data), (data.to_vec(), true));
+        let mut bad = data.to_vec();
+        bad[3] ^= 1;
+        let (sent, ok) = run(&bad);
+        assert!(!ok);
+        assert!(sent.len() < data.len(), "the last piece is never sent");
     }
 }

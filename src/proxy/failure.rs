@@ -13,14 +13,14 @@ use crate::hub::status;
 use crate::hub::upstream::UpstreamError;
 use crate::metrics::{Metrics, UpstreamCause};
 
-/// `fail_to_proxy`: the best answer left after a failure, in order: the download's fill (a
-/// cut body resuming), nothing (the header went out: closing before `Content-Length` is the
-/// only honest signal), the last good API answer (the Hub is unavailable), a JSON error.
+/// `fail_to_proxy`: the best answer left after a failure, in order: nothing (the header went
+/// out: closing before `Content-Length` is the only honest signal), the last good API answer
+/// (the Hub is unavailable), a JSON error.
 pub async fn answer(
     session: &mut Session,
     e: &Error,
     ctx: &mut Ctx,
-    (downloads, passthrough): (&DownloadFlow, &PassthroughFlow),
+    passthrough: &PassthroughFlow,
     metrics: &Metrics,
 ) -> FailToProxy {
     let (status, message) = response_for(e);
@@ -33,15 +33,6 @@ pub async fn answer(
     };
     if status == 0 {
         return sent(0);
-    }
-    if let Flow::Download(d) = &mut ctx.flow {
-        if downloads
-            .recover(session, d, &ctx.request_id)
-            .await
-            .is_some()
-        {
-            return sent(session.response_written().map_or(0, |r| r.status.as_u16()));
-        }
     }
     if session.response_written().is_some() {
         return sent(status);

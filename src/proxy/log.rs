@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use pingora::Error;
 use pingora_proxy::Session;
 
-use super::ctx::{Ctx, Flow};
+use super::ctx::Ctx;
 use crate::access_log::{AccessEntry, AccessLog};
 use crate::hub::grammar::Route;
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ pub fn record(
 ) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let download = ctx.download();
-    let cache = download.map(|d| d.cache_result(session));
+    let cache = download.map(|d| d.cache_result());
     let route = ctx.route.as_ref().map_or("invalid", Route::kind);
     let req = session.req_header();
     let total = ctx.started.elapsed();
@@ -52,8 +52,6 @@ pub fn record(
     if !access_log.enabled() {
         return;
     }
-    // A cut body that the resumed fill completed is no error to the client.
-    let resumed = matches!(&ctx.flow, Flow::Download(d) if d.resumed);
     access_log.write(&AccessEntry {
         time: rfc3339(SystemTime::now()),
         request_id: &ctx.request_id,
@@ -78,7 +76,7 @@ pub fn record(
         cache: cache.map(|c| c.label()),
         upstream_ms: ctx.upstream_time.map(|d| d.as_secs_f64() * 1e3),
         total_ms: total.as_secs_f64() * 1e3,
-        error: e.filter(|_| !resumed).map(|e| e.to_string()),
+        error: e.map(|e| e.to_string()),
     });
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`admission`]: sizes, the path grammar and the site's policy, before anything else;
 //! - [`download`]: `GET /{repo}/resolve/{rev}/{path}` from the blob store, filled on a miss
-//!   (with [`from_store`], [`range`] and [`refetch`]);
+//!   by the store's own task (with [`from_store`], [`range`] and [`refetch`]), so Pingora's
+//!   cache phase is never enabled;
 //! - [`passthrough`]: everything else, to the Hub and back, uncached;
 //! - [`failure`]: how failures are answered and retried; [`respond`]: answers hf-edge writes;
 //! - [`log`]: request ids, metrics and access lines.
@@ -27,8 +28,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
-use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora::{Error, Result};
 use pingora_proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 
 pub use ctx::{Ctx, Flow, Target};
@@ -88,30 +88,6 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        if let Flow::Download(d) = &ctx.flow {
-            self.downloads.enable_cache(session, d);
-        }
-        Ok(())
-    }
-
-    fn cache_key_callback(&self, _session: &Session, ctx: &mut Ctx) -> Result<CacheKey> {
-        match &ctx.flow {
-            Flow::Download(d) => d.cache_key(),
-            _ => Error::e_explain(ErrorType::InternalError, "cache key outside a download"),
-        }
-    }
-
-    async fn proxy_upstream_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match &mut ctx.flow {
-            Flow::Download(d) => {
-                let id = &ctx.request_id;
-                self.downloads.coalesce_late(session, d, id).await
-            }
-            _ => Ok(true),
-        }
-    }
-
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let target = ctx.target().ok_or_else(ctx::no_target)?;
         match self.upstream.peer(&target.url.origin).await {
@@ -167,61 +143,29 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    fn response_cache_filter(
-        &self,
-        session: &Session,
-        resp: &ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<RespCacheable> {
-        Ok(match &ctx.flow {
-            Flow::Download(d) => self
-                .downloads
-                .cacheability(session, resp, d, ctx.auth.as_ref()),
-            _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
-        })
-    }
-
     fn range_header_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        _ctx: &mut Ctx,
     ) -> RangeType {
-        let range = range::select(session.req_header(), resp);
-        if let Flow::Download(d) = &mut ctx.flow {
-            d.body_range = range::blob_span(&range, d.meta.size);
-        }
-        range
+        range::select(session.req_header(), resp)
     }
 
     async fn response_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Flow::Download(d) = &ctx.flow {
-            download::decorate(resp, d, d.cache_result(session))?;
+            download::decorate(resp, d, d.cache_result())?;
         }
         // The Hub's own request id, when it sent one, passes through unchanged.
         if resp.headers.get("x-request-id").is_none() {
             resp.insert_header("x-request-id", &ctx.request_id)?;
         }
         Ok(())
-    }
-
-    async fn cache_hit_filter(
-        &self,
-        _session: &mut Session,
-        _meta: &CacheMeta,
-        hit_handler: &mut pingora_cache::HitHandler,
-        _is_fresh: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<pingora_cache::ForcedFreshness>> {
-        if let Flow::Download(d) = &mut ctx.flow {
-            download::on_hit(hit_handler, d);
-        }
-        Ok(None)
     }
 
     fn response_body_filter(
@@ -240,6 +184,9 @@ impl ProxyHttp for EdgeProxy {
                 if let Some(cut) = &mut d.cut {
                     cut.filter(body);
                 }
+                if let Some(check) = &mut d.check {
+                    check.filter(body, end_of_stream)?;
+                }
             }
             Flow::Local => {}
         }
@@ -250,8 +197,7 @@ impl ProxyHttp for EdgeProxy {
     where
         Ctx: Send + Sync,
     {
-        let flows = (&self.downloads, &self.passthrough);
-        failure::answer(session, e, ctx, flows, &self.metrics).await
+        failure::answer(session, e, ctx, &self.passthrough, &self.metrics).await
     }
 
     fn error_while_proxy(
@@ -263,11 +209,6 @@ impl ProxyHttp for EdgeProxy {
         client_reused: bool,
     ) -> Box<Error> {
         failure::retry(session, e, ctx, &self.downloads, client_reused)
-    }
-
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
-        // The client got its whole body from the resumed fill.
-        matches!(&ctx.flow, Flow::Download(d) if d.resumed)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {

@@ -150,16 +150,6 @@ pub fn unsatisfiable(req: &RequestHeader, meta: &FileMeta) -> bool {
     matches!(decide_for(req, meta), RangeType::Invalid)
 }
 
-/// The blob offsets a response carries, for resuming it from the store; `None` when it
-/// carries no single span (a 416).
-pub fn blob_span(range: &RangeType, size: u64) -> Option<Range<u64>> {
-    match range {
-        RangeType::None => Some(0..size),
-        RangeType::Single(r) => Some(r.start as u64..r.end as u64),
-        RangeType::Multi(_) | RangeType::Invalid => None,
-    }
-}
-
 /// The body request for a file hf-edge does not store carries the client's range, in the
 /// rule's form (the CDN's own reading of a malformed `Range` could differ), or none. Returns
 /// the range asked for. A file Pingora caches is fetched whole (Pingora drops `Range` and
@@ -280,7 +270,11 @@ mod tests {
             .get(header::CONTENT_RANGE)
             .map(|v| v.to_str().unwrap().to_string());
         let length = headers::content_length(&resp.headers).unwrap();
-        let span = blob_span(&range, size);
+        let span = match &range {
+            RangeType::None => Some(0..size),
+            RangeType::Single(r) => Some(r.start as u64..r.end as u64),
+            RangeType::Multi(_) | RangeType::Invalid => None,
+        };
         if let Some(s) = &span {
             assert_eq!(length, s.end - s.start, "Content-Length is the span's");
         }

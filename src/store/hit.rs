@@ -15,7 +15,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheKey;
 use tokio::sync::watch;
 
-use super::Progress;
+use super::{FillFailure, Progress, ReaderSlot};
 use crate::hub::BlobId;
 
 /// Bytes per `read_body` chunk.
@@ -30,6 +30,9 @@ pub struct BlobReader {
     end: u64,
     /// Progress of the fill; `None` once the blob is known complete.
     fill: Option<watch::Receiver<Progress>>,
+    /// This reader's place among the fill's readers (for the orphan policy), and why the
+    /// fill failed if it does.
+    slot: Option<ReaderSlot>,
 }
 
 impl BlobReader {
@@ -41,24 +44,52 @@ impl BlobReader {
             pos: 0,
             end: size,
             fill: None,
+            slot: None,
         }
     }
 
-    pub(super) fn filling(
-        id: BlobId,
-        file: File,
-        size: u64,
-        fill: watch::Receiver<Progress>,
-    ) -> BlobReader {
+    pub(super) fn filling(slot: ReaderSlot) -> BlobReader {
+        let fill = slot.fill();
         BlobReader {
-            fill: Some(fill),
-            ..BlobReader::complete(id, Arc::new(file), size)
+            fill: Some(fill.progress.subscribe()),
+            ..BlobReader::complete(fill.id, fill.file.clone(), fill.size)
         }
+        .with_slot(slot)
+    }
+
+    fn with_slot(mut self, slot: ReaderSlot) -> BlobReader {
+        self.slot = Some(slot);
+        self
     }
 
     /// Whether this reader streams a fill still in progress.
     pub fn is_filling(&self) -> bool {
         self.fill.is_some()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Waits until the fill's origin answered with the body, before anything is sent to the
+    /// client: a fill that fails before its first byte gets its reader an error answer (or an
+    /// uncached fetch), never a header followed by a cut.
+    pub async fn wait_opened(&mut self) -> std::result::Result<(), FillFailure> {
+        let Some(rx) = self.fill.as_mut() else {
+            return Ok(());
+        };
+        let state = rx.wait_for(|p| *p != Progress::Opening).await.map(|p| *p);
+        match state {
+            Ok(Progress::Failed) | Err(_) => Err(self.failure()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn failure(&self) -> FillFailure {
+        self.slot
+            .as_ref()
+            .and_then(|s| s.fill().failure.get().cloned())
+            .unwrap_or_else(|| FillFailure::Local("the fill ended without committing".into()))
     }
 
     fn error(&self, what: &str) -> Box<Error> {
@@ -77,12 +108,15 @@ impl BlobReader {
                     self.fill = None;
                     return Ok(self.size);
                 }
-                Progress::Failed => return Err(self.error("the fill failed upstream")),
+                Progress::Failed => {
+                    let why = self.failure();
+                    return Err(self.error(&format!("the fill failed: {why}")));
+                }
                 // Hold back the final byte until the blob is verified and committed.
                 Progress::Written(n) if n.min(self.size.saturating_sub(1)) > self.pos => {
                     return Ok(n.min(self.size - 1))
                 }
-                Progress::Written(_) => {}
+                Progress::Written(_) | Progress::Opening => {}
             }
             if rx.changed().await.is_err() {
                 return Err(self.error("the fill ended without committing"));

@@ -5,19 +5,28 @@
 //! headers come from the resolver per request). The stored "meta" is therefore derived from
 //! the blob itself and nothing but the body is written to disk.
 //!
-//! Streaming partial writes are supported: while a blob fills, other requests for it read the
-//! same temp file as bytes arrive, instead of waiting for the whole download.
+//! Fills are the store's own ([`BlobStore::read_or_fill`]): a task per blob reads the origin
+//! into a temp file at the origin's pace, and every request for the blob, the one that
+//! started the fill included, reads that file as bytes arrive. Pingora's cache phase is not
+//! used for fills: there a miss is one loop per request (upstream body, cache write,
+//! downstream write), so a client that stops reading stops the fill for every reader.
+//!
+//! Fills are bounded: at most `cache.max_fills` at once, their bytes reserved under
+//! `cache.max_size` (eviction makes room before the first byte is fetched), their writes on a
+//! fixed set of writer threads ([`pool`]).
 
 pub mod admin;
+mod fill;
 mod hit;
 mod layout;
-mod miss;
+mod pool;
 mod refs;
 mod resume;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -27,18 +36,19 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora_cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
-use pingora_cache::storage::{
-    streaming_write::U64WriteId, HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType,
-};
+use pingora_cache::storage::{HitHandler, MissHandler, PurgeOutcome, PurgeTarget, PurgeType};
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta, Storage};
 use tokio::sync::watch;
 
 pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
-pub use miss::{BlobWriter, ContentHasher};
 pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
-pub use resume::{FillSource, Refetch, RefetchBody, RefetchError};
+pub use resume::{Refetch, RefetchBody, RefetchError};
+pub use write::ContentHasher;
+
+use pool::WriterPool;
+use write::WriteError;
 
 use crate::hub::BlobId;
 
@@ -58,18 +68,131 @@ const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How far a fill has got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
+    /// The origin has not yet answered with the body: readers send no header before it did.
+    Opening,
     Written(u64),
     Committed,
     Failed,
 }
 
-/// One in-flight write, shared by its writer and every reader of the partial blob.
+/// One fill, shared by its task and every reader of the partial blob.
 pub struct Fill {
     id: BlobId,
-    tag: U64WriteId,
     size: u64,
     temp: std::path::PathBuf,
+    /// The temp file, for readers (positional reads; the writer has its own handle).
+    file: Arc<std::fs::File>,
     progress: watch::Sender<Progress>,
+    /// Requests reading this fill: the orphan policy acts when there are none.
+    readers: watch::Sender<usize>,
+    /// Why the fill failed, once it did.
+    failure: OnceLock<FillFailure>,
+}
+
+/// Why a fill failed.
+#[derive(Debug, Clone)]
+pub enum FillFailure {
+    /// This store could not keep the blob (disk, I/O) or stopped filling it: a reader that
+    /// has not answered yet may still fetch the file uncached.
+    Local(String),
+    /// The origin failed, or sent a body that is not the file: the origin's error, which a
+    /// reader may downcast to its own type.
+    Upstream(Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl std::fmt::Display for FillFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillFailure::Local(why) => f.write_str(why),
+            FillFailure::Upstream(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A reader's place in a fill's reader count, given back when the reader is dropped.
+struct ReaderSlot(Arc<Fill>);
+
+impl ReaderSlot {
+    /// Counts a new reader; under the fills lock, so that the orphan policy never cancels a
+    /// fill a request has just joined.
+    fn join(fill: &Arc<Fill>) -> ReaderSlot {
+        fill.readers.send_modify(|n| *n += 1);
+        ReaderSlot(fill.clone())
+    }
+
+    fn fill(&self) -> &Fill {
+        &self.0
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        self.0.readers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// What [`BlobStore::read_or_fill`] found or started.
+pub enum Fetch {
+    /// A complete blob.
+    Complete(BlobReader),
+    /// A fill this request started.
+    Started(BlobReader),
+    /// A fill another request started.
+    Joined(BlobReader),
+    /// No fill could start: the request is served uncached.
+    Refused(Refused),
+}
+
+/// Why a fill could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("cache.max_fills fills are running")]
+    MaxFills,
+    #[error("fills in flight hold all of cache.max_size")]
+    NoRoom,
+    #[error("cannot create the temp file: {0}")]
+    Disk(std::io::Error),
+}
+
+/// How fills are bounded (from `cache.*`).
+pub struct FillPolicy {
+    /// Fills running at once at most.
+    pub max_fills: usize,
+    /// `cache.max_size`: complete blobs and the bytes reserved by fills in flight together.
+    pub max_size: u64,
+    /// Writer threads.
+    pub writers: usize,
+    /// How long a fill without readers keeps going before the orphan policy decides.
+    pub orphan_grace: std::time::Duration,
+    /// Where complete blobs are admitted and reservations make room; `None`: no eviction
+    /// (the `hf-edge cache` commands, tests).
+    pub eviction: Option<&'static (dyn EvictionManager + Sync)>,
+}
+
+impl Default for FillPolicy {
+    fn default() -> FillPolicy {
+        FillPolicy {
+            max_fills: 64,
+            max_size: u64::MAX,
+            writers: default_writers(),
+            orphan_grace: fill::ORPHAN_GRACE,
+            eviction: None,
+        }
+    }
+}
+
+/// Writer threads: hashing is CPU work and writes go to the page cache, so one per CPU keeps
+/// every fill at disk speed; at least two, so that an fsync never holds up every other fill.
+fn default_writers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// The fills in flight, and fills between their admission and their registration (their
+/// temp file is being created), which count against `max_fills` too.
+#[derive(Default)]
+struct Fills {
+    running: HashMap<BlobId, Arc<Fill>>,
+    starting: usize,
 }
 
 /// Counters an operator wants (exported as metrics).
@@ -87,6 +210,15 @@ pub struct StoreStats {
     pub resumed_bytes: AtomicU64,
     /// Fills given up: cut beyond resuming, write errors, wrong content.
     pub abandoned_fills: AtomicU64,
+    /// Fills cancelled by the orphan policy (no reader left, less than half written).
+    pub orphans_cancelled: AtomicU64,
+    /// Requests served uncached: `max_fills` fills were running; their reservations held all
+    /// of `max_size`. (A temp file that cannot be created is a write error.)
+    pub over_max_fills: AtomicU64,
+    pub without_room: AtomicU64,
+    /// Fills in flight, and the bytes they reserve under `cache.max_size` (gauges).
+    pub fills: AtomicU64,
+    pub reserved_bytes: AtomicU64,
 }
 
 impl StoreStats {
@@ -102,6 +234,11 @@ impl StoreStats {
             resumes: get(&self.resumes),
             resumed_bytes: get(&self.resumed_bytes),
             abandoned_fills: get(&self.abandoned_fills),
+            orphans_cancelled: get(&self.orphans_cancelled),
+            over_max_fills: get(&self.over_max_fills),
+            without_room: get(&self.without_room),
+            fills: get(&self.fills),
+            reserved_bytes: get(&self.reserved_bytes),
         }
     }
 }
@@ -110,12 +247,15 @@ pub struct BlobStore {
     layout: Layout,
     /// Complete blobs by cache-key hash (what eviction hands back), with their size.
     index: Mutex<HashMap<HashBinary, (BlobId, u64)>>,
-    fills: Mutex<HashMap<BlobId, Arc<Fill>>>,
+    fills: Mutex<Fills>,
+    policy: FillPolicy,
+    /// Bytes reserved by fills in flight (their whole size, from start to commit).
+    reserved: Mutex<u64>,
+    /// Started with the first fill (the `hf-edge cache` commands never need it).
+    pool: OnceLock<WriterPool>,
     /// Open handles of complete blobs (immutable, so a kept handle is always right), with
     /// when the blob was last checked on disk and its access time set.
     handles: Mutex<HashMap<BlobId, KeptHandle>>,
-    /// Streaming-write tags: tell this process's concurrent fills of one key apart.
-    next_write: AtomicU64,
     refs: RefsLog,
     pub stats: StoreStats,
 }
@@ -144,9 +284,11 @@ impl BlobStore {
             refs: RefsLog::open(layout.root(), &present)?,
             layout,
             index: Mutex::new(HashMap::new()),
-            fills: Mutex::new(HashMap::new()),
+            fills: Mutex::new(Fills::default()),
+            policy: FillPolicy::default(),
+            reserved: Mutex::new(0),
+            pool: OnceLock::new(),
             handles: Mutex::new(HashMap::new()),
-            next_write: AtomicU64::new(1),
             stats: StoreStats::default(),
         };
         for b in &found {
@@ -217,29 +359,264 @@ impl BlobStore {
         removed
     }
 
-    /// The writer verified and renamed the blob into place.
-    fn commit(&self, fill: &Arc<Fill>) {
+    /// Sets how fills are bounded; before the store is shared.
+    pub fn set_fill_policy(&mut self, policy: FillPolicy) {
+        self.policy = policy;
+    }
+
+    fn writers(&self) -> std::io::Result<&WriterPool> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        // Two first fills may race here; the loser's pool is dropped and its threads end.
+        let _ = self.pool.set(WriterPool::start(self.policy.writers)?);
+        Ok(self.pool.get().expect("set above"))
+    }
+
+    /// A reader of blob `id`: complete, filling, or filled from now on by a task of the store
+    /// that reads `source` (called only then). Coalescing happens here: one fill per blob,
+    /// whatever the number of requests.
+    pub async fn read_or_fill(
+        &'static self,
+        id: BlobId,
+        size: u64,
+        source: impl FnOnce() -> Arc<dyn Refetch>,
+    ) -> Fetch {
+        {
+            let mut fills = self.fills.lock();
+            if let Some(fill) = fills.running.get(&id) {
+                return Fetch::Joined(BlobReader::filling(ReaderSlot::join(fill)));
+            }
+            // Checked under the fills lock: a commit indexes the blob before it leaves the
+            // map, so a blob is always found in one or the other.
+            if !self.contains(&id) {
+                if fills.running.len() + fills.starting >= self.policy.max_fills {
+                    return self.refuse(Refused::MaxFills);
+                }
+                fills.starting += 1;
+            }
+        }
+        if self.contains(&id) {
+            if let Some(reader) = self.open_complete(id).await {
+                return Fetch::Complete(reader);
+            }
+            // Removed under us: fill it after all.
+            self.fills.lock().starting += 1;
+        }
+        if !self.reserve(size) {
+            self.fills.lock().starting -= 1;
+            return self.refuse(Refused::NoRoom);
+        }
+        let temp = self.layout.temp(&id);
+        let path = temp.clone();
+        // On a writer thread, like the rest of the fill's disk work: a burst of cold requests
+        // must not grow tokio's blocking pool by a thread each.
+        let created = match self.writers() {
+            Ok(pool) => pool
+                .run(move || {
+                    let file = create_reserved(&path, size)?;
+                    let read = file.try_clone()?;
+                    Ok((file, read))
+                })
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::other("a writer thread failed"))),
+            Err(e) => Err(e),
+        };
+        let mut fills = self.fills.lock();
+        fills.starting -= 1;
+        let (file, read) = match created {
+            Ok(files) => files,
+            Err(e) => {
+                drop(fills);
+                self.release(size);
+                self.note_write_error(&e);
+                return self.refuse(Refused::Disk(e));
+            }
+        };
+        if let Some(fill) = fills.running.get(&id) {
+            // Another request started the same fill meanwhile.
+            let slot = ReaderSlot::join(fill);
+            drop(fills);
+            drop(file);
+            let _ = std::fs::remove_file(&temp);
+            self.release(size);
+            return Fetch::Joined(BlobReader::filling(slot));
+        }
+        let fill = Arc::new(Fill {
+            id,
+            size,
+            temp,
+            file: Arc::new(read),
+            progress: watch::channel(Progress::Opening).0,
+            readers: watch::channel(0).0,
+            failure: OnceLock::new(),
+        });
+        let slot = ReaderSlot::join(&fill);
+        fills.running.insert(id, fill.clone());
+        self.stats
+            .fills
+            .store(fills.running.len() as u64, Ordering::Relaxed);
+        drop(fills);
+        tokio::spawn(fill::run(self, fill, file, source()));
+        Fetch::Started(BlobReader::filling(slot))
+    }
+
+    fn refuse(&self, why: Refused) -> Fetch {
+        let counter = match why {
+            Refused::MaxFills => &self.stats.over_max_fills,
+            Refused::NoRoom => &self.stats.without_room,
+            Refused::Disk(_) => return Fetch::Refused(why),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Fetch::Refused(why)
+    }
+
+    /// The fill task verified and renamed the blob into place.
+    fn commit(&'static self, fill: &Arc<Fill>) {
         self.insert_index(fill.id, fill.size);
         self.remove_fill(fill);
         fill.progress.send_replace(Progress::Committed);
+        self.admit_committed(fill);
     }
 
-    /// The writer is gone without committing: readers must fail, the temp file goes.
-    fn abandon(&self, fill: &Arc<Fill>) {
+    /// The fill is given up: readers fail, the temp file and the reservation go.
+    fn abandon(&'static self, fill: &Arc<Fill>, failure: FillFailure) {
+        log::warn!("blob {}: fill abandoned: {failure}", fill.id);
         self.stats.abandoned_fills.fetch_add(1, Ordering::Relaxed);
         self.remove_fill(fill);
+        self.discard(fill, failure);
+    }
+
+    /// Takes a fill without readers out of the map, unless a reader came back: from then on a
+    /// request for the blob starts a new fill.
+    fn detach_orphan(&self, fill: &Arc<Fill>) -> bool {
+        let mut fills = self.fills.lock();
+        if *fill.readers.borrow() > 0 {
+            return false;
+        }
+        if fills
+            .running
+            .get(&fill.id)
+            .is_some_and(|f| Arc::ptr_eq(f, fill))
+        {
+            fills.running.remove(&fill.id);
+            self.stats
+                .fills
+                .store(fills.running.len() as u64, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// The orphan policy cancelled a (detached) fill.
+    fn cancel_orphan(&'static self, fill: &Arc<Fill>) {
+        self.stats.orphans_cancelled.fetch_add(1, Ordering::Relaxed);
+        self.discard(fill, FillFailure::Local("cancelled: no reader left".into()));
+    }
+
+    fn discard(&'static self, fill: &Arc<Fill>, failure: FillFailure) {
+        let _ = fill.failure.set(failure);
         fill.progress.send_replace(Progress::Failed);
         if let Err(e) = std::fs::remove_file(&fill.temp) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 log::warn!("cannot remove {}: {e}", fill.temp.display());
             }
         }
+        self.release(fill.size);
     }
 
     fn remove_fill(&self, fill: &Arc<Fill>) {
         let mut fills = self.fills.lock();
-        if fills.get(&fill.id).is_some_and(|f| Arc::ptr_eq(f, fill)) {
-            fills.remove(&fill.id);
+        if fills
+            .running
+            .get(&fill.id)
+            .is_some_and(|f| Arc::ptr_eq(f, fill))
+        {
+            fills.running.remove(&fill.id);
+            self.stats
+                .fills
+                .store(fills.running.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// How a write error is counted, and what readers are told.
+    fn write_failure(&self, fill: &Fill, e: WriteError) -> FillFailure {
+        match e {
+            WriteError::Io(e) => {
+                self.note_write_error(&e);
+                FillFailure::Local(format!("write to {} failed: {e}", fill.temp.display()))
+            }
+            wrong => {
+                if matches!(wrong, WriteError::Mismatch(_)) {
+                    self.note_integrity_failure();
+                }
+                FillFailure::Upstream(Arc::new(wrong))
+            }
+        }
+    }
+
+    /// Reserves `size` bytes under `max_size` for a fill, evicting complete blobs to make
+    /// room; `false` when fills in flight already hold too much of it.
+    fn reserve(&'static self, size: u64) -> bool {
+        let mut reserved = self.reserved.lock();
+        if reserved.saturating_add(size) > self.policy.max_size {
+            return false;
+        }
+        *reserved += size;
+        let evicted = self.resize_reservation(*reserved);
+        drop(reserved);
+        self.purge_in_background(evicted);
+        true
+    }
+
+    fn release(&'static self, size: u64) {
+        let mut reserved = self.reserved.lock();
+        *reserved = reserved.saturating_sub(size);
+        let evicted = self.resize_reservation(*reserved);
+        drop(reserved);
+        self.purge_in_background(evicted);
+    }
+
+    /// A committed blob trades its reservation for its place in the LRU.
+    fn admit_committed(&'static self, fill: &Fill) {
+        let mut reserved = self.reserved.lock();
+        *reserved = reserved.saturating_sub(fill.size);
+        let mut evicted = Vec::new();
+        if let Some(eviction) = self.policy.eviction {
+            eviction.remove((&reservation_key()).into());
+            let key = CacheEntryKey::key_only(cache_key(&fill.id).to_compact());
+            let expires = SystemTime::now() + FOREVER;
+            evicted = eviction.admit(key, fill.size as usize, expires);
+        }
+        evicted.extend(self.resize_reservation(*reserved));
+        drop(reserved);
+        self.purge_in_background(evicted);
+    }
+
+    /// The bytes of fills in flight stand in the eviction manager as one entry, re-admitted as
+    /// its most recently used on every change: admitting it evicts least recently used blobs
+    /// until complete blobs and reservations fit `max_size` together, and it is never evicted
+    /// itself, since it never exceeds `max_size` (checked in `reserve`). Called under the
+    /// `reserved` lock.
+    fn resize_reservation(&self, reserved: u64) -> Vec<CacheEntryKey> {
+        self.stats.reserved_bytes.store(reserved, Ordering::Relaxed);
+        let Some(eviction) = self.policy.eviction else {
+            return Vec::new();
+        };
+        let key = reservation_key();
+        eviction.remove((&key).into());
+        if reserved == 0 {
+            return Vec::new();
+        }
+        eviction.admit(key, reserved as usize, SystemTime::now() + FOREVER)
+    }
+
+    fn purge_in_background(&'static self, evicted: Vec<CacheEntryKey>) {
+        if evicted.is_empty() {
+            return;
+        }
+        // (No runtime only while one shuts down: the blobs are then evicted at the next boot.)
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.purge_evicted(evicted));
         }
     }
 
@@ -252,20 +629,23 @@ impl BlobStore {
         self.stats.resumes.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn note_resumed_bytes(&self, n: usize) {
+        self.stats
+            .resumed_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     fn note_integrity_failure(&self) {
         self.stats
             .integrity_failures
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn open_complete(&self, id: BlobId) -> Option<(CacheMeta, HitHandler)> {
+    async fn open_complete(&self, id: BlobId) -> Option<BlobReader> {
         let kept = self.handles.lock().get(&id).cloned();
         if let Some((file, size, checked)) = kept {
             if checked.elapsed() < HANDLE_RECHECK {
-                return Some((
-                    blob_meta(&id, size),
-                    Box::new(BlobReader::complete(id, file, size)),
-                ));
+                return Some(BlobReader::complete(id, file, size));
             }
             self.handles.lock().remove(&id);
         }
@@ -291,10 +671,7 @@ impl BlobStore {
                 }
                 handles.insert(id, (file.clone(), size, std::time::Instant::now()));
                 drop(handles);
-                Some((
-                    blob_meta(&id, size),
-                    Box::new(BlobReader::complete(id, file, size)),
-                ))
+                Some(BlobReader::complete(id, file, size))
             }
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {
@@ -307,24 +684,20 @@ impl BlobStore {
             }
         }
     }
-
-    fn open_filling(&self, fill: &Arc<Fill>) -> Option<(CacheMeta, HitHandler)> {
-        // Subscribe before opening, so no progress is missed; a failed fill shows as Failed.
-        let rx = fill.progress.subscribe();
-        let file = std::fs::File::open(&fill.temp).ok()?;
-        Some((
-            blob_meta(&fill.id, fill.size),
-            Box::new(BlobReader::filling(fill.id, file, fill.size, rx)),
-        ))
-    }
 }
 
 /// Creates a temp file with `size` bytes reserved on disk. A disk too full for the blob fails
-/// here, before any byte is served, so Pingora serves the request straight through uncached
+/// here, before anything is fetched, so the request is served straight through uncached
 /// instead of cutting readers off mid-body when a later write would hit ENOSPC.
 fn create_reserved(path: &std::path::Path, size: u64) -> std::io::Result<std::fs::File> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::File::create(path)?;
+    // Readable too: readers of the fill read through a duplicate of this handle.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
     // Held until the file is renamed or dropped: `Layout::prepare` in another process sees a
     // locked temp file as a live writer's, whatever PID namespace either runs in.
     file.try_lock().map_err(std::io::Error::other)?;
@@ -359,6 +732,11 @@ fn blob_meta(id: &BlobId, size: u64) -> CacheMeta {
     CacheMeta::new(now + FOREVER, now, 0, 0, h)
 }
 
+/// The eviction manager's entry for the bytes reserved by fills in flight.
+fn reservation_key() -> CacheEntryKey {
+    CacheEntryKey::key_only(CacheKey::new("hf-edge:reserved-by-fills", "").to_compact())
+}
+
 fn blob_id(key: &CacheKey) -> Result<BlobId> {
     key.primary_key_str()
         .and_then(BlobId::parse_key)
@@ -375,77 +753,26 @@ impl Storage for BlobStore {
         let id = blob_id(key)?;
         // A fill in progress first: its rename may happen at any moment, and the temp file
         // stays readable through an open handle either way.
-        let fill = self.fills.lock().get(&id).cloned();
-        if let Some(fill) = fill {
-            if let Some(hit) = self.open_filling(&fill) {
-                return Ok(Some(hit));
-            }
-        }
-        Ok(self.open_complete(id).await)
-    }
-
-    async fn lookup_streaming_write(
-        &'static self,
-        key: &CacheKey,
-        tag: Option<&[u8]>,
-        trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(tag) = tag else {
-            return self.lookup(key, trace).await;
+        let joined = self.fills.lock().running.get(&id).map(ReaderSlot::join);
+        let reader = match joined {
+            Some(slot) => Some(BlobReader::filling(slot)),
+            None => self.open_complete(id).await,
         };
-        let id = blob_id(key)?;
-        let fill = self.fills.lock().get(&id).cloned();
-        Ok(fill
-            .filter(|f| f.tag.as_bytes() == tag)
-            .and_then(|f| self.open_filling(&f)))
+        Ok(reader.map(|r| (blob_meta(&id, r.size()), Box::new(r) as HitHandler)))
     }
 
     async fn get_miss_handler(
         &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
+        _key: &CacheKey,
+        _meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        let id = blob_id(key)?;
-        let size = crate::hub::headers::content_length(meta.headers()).ok_or_else(|| {
-            Error::explain(
-                ErrorType::InternalError,
-                "blob response has no Content-Length",
-            )
-        })?;
-        let seq = self.next_write.fetch_add(1, Ordering::Relaxed);
-        let temp = self.layout.temp(&id);
-        let path = temp.clone();
-        let file = tokio::task::spawn_blocking(move || create_reserved(&path, size))
-            .await
-            .map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?
-            .map_err(|e| {
-                self.note_write_error(&e);
-                Error::explain(
-                    ErrorType::InternalError,
-                    format!("cannot create {}: {e}", temp.display()),
-                )
-            })?;
-        let (progress, _) = watch::channel(Progress::Written(0));
-        let fill = Arc::new(Fill {
-            id,
-            tag: U64WriteId::from(seq),
-            size,
-            temp,
-            progress,
-        });
-        let source = meta.extensions().get::<FillSource>().map(|s| s.0.clone());
-        let writer = BlobWriter::new(self, fill.clone(), file, source).map_err(|e| {
-            let _ = std::fs::remove_file(&fill.temp);
-            self.note_write_error(&e);
-            Error::explain(
-                ErrorType::InternalError,
-                format!("cannot start the writer of {}: {e}", fill.temp.display()),
-            )
-        })?;
-        // The cache lock lets one writer per key through; a leftover entry is a dead fill.
-        self.fills.lock().insert(id, fill);
-        Ok(Box::new(writer))
+        // Fills are the store's own (`read_or_fill`); the proxy never enables Pingora's cache
+        // phase, which would make a miss one loop per request.
+        Error::e_explain(
+            ErrorType::InternalError,
+            "blobs are filled by BlobStore::read_or_fill, not by Pingora's cache phase",
+        )
     }
 
     async fn purge(
@@ -482,10 +809,6 @@ impl Storage for BlobStore {
     ) -> Result<bool> {
         // Nothing to update: blobs are immutable and their meta is derived.
         Ok(true)
-    }
-
-    fn support_streaming_partial_write(&self) -> bool {
-        true
     }
 
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync + 'static) {

@@ -227,10 +227,6 @@ CORRUPTIBLE = {
     "small LFS file from the CDN": ("gpt2", "model", None, "cdn"),  # one read upstream
     "regular file from the Hub": ("gpt2", "model", "config.json", "hub"),  # from /api/resolve-cache/, one read
 }
-SMALL_BODY_BUG = pytest.mark.xfail(strict=True, reason=(
-    "hf-edge bug: when the fill of a small body fails its hash check before the response header went out, "
-    "error_while_proxy marks the request retryable and Pingora fetches the body again with the cache disabled: "
-    "that pass-through body is not checked, so a second corrupt copy reaches the client as a complete 200"))
 
 
 def metric(edge, name: str) -> float:
@@ -239,8 +235,7 @@ def metric(edge, name: str) -> float:
     return sum(float(line.split()[-1]) for line in body.decode().splitlines() if line.startswith(name))
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=SMALL_BODY_BUG) if "small" in c or "regular" in c else c
-                                  for c in CORRUPTIBLE])
+@pytest.mark.parametrize("case", CORRUPTIBLE)
 def test_corrupt_bytes_are_never_served_as_the_file(other_fakehub, other_edge, tmp_path, case):
     """The upstream sends bodies of the right length with the wrong content, every time. hf-edge's hash check
     catches each fill: the client, which resumes cut downloads on its own, ends with an error, never with the
@@ -254,7 +249,7 @@ def test_corrupt_bytes_are_never_served_as_the_file(other_fakehub, other_edge, t
     edge = other_edge(hub.hub)
     want = hub.expected(repo_id, repo_type=repo_type)["files"][filename]
     body_path = f"/blobs/{want['sha256']}" if server == "cdn" else f"/api/resolve-cache/.*/{re.escape(filename)}$"
-    hub.fault({"mode": "corrupt", "server": server, "path": body_path})
+    hub.fault({"mode": "corrupt", "server": server, "method": "GET", "path": body_path})
 
     got = Client(edge.url, tmp_path / "first").run(GET_ONE, repo_id=repo_id, repo_type=repo_type, filename=filename)
 

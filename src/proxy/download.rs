@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
@@ -18,19 +17,18 @@ use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
 use pingora_proxy::Session;
 
 use super::ctx::{Ctx, Download, Flow, Target};
+use super::refetch::MAX_BODY_HOPS;
+use super::verify::BodyCheck;
 use super::{from_store, range, refetch, respond};
 use crate::access::Policy;
 use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::{self, FileMeta};
 use crate::hub::status;
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError};
-use crate::hub::BlobId;
 use crate::metrics::{CacheResult, Metrics};
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
-use crate::store::{cache_key, BlobStore, ContentHasher, Fetch, FillFailure, RefEntry};
+use crate::store::{cache_key, BlobStore, Fetch, FillFailure, RefEntry};
 
-/// Redirects followed on a body request (the metadata request follows its own).
-pub(super) const MAX_BODY_HOPS: usize = 3;
 /// Body requests asked again after a failure before any byte was used.
 const MAX_BODY_RETRIES: usize = 2;
 /// Stored blobs never expire: a content address names the same bytes forever.
@@ -203,7 +201,7 @@ impl DownloadFlow {
         }
         let source = || -> Arc<dyn crate::store::Refetch> {
             Arc::new(refetch::UpstreamRefetch::new(
-                self,
+                (&self.upstream, &self.resolver, &self.metrics),
                 (target.clone(), ctx.auth.clone()),
                 download,
                 blob,
@@ -379,54 +377,6 @@ impl DownloadFlow {
     }
 }
 
-/// The content check of a whole body served uncached: it is hashed as it streams, and its
-/// last piece is held back until the hash matches, so a corrupt body reaches the client cut
-/// short of its `Content-Length` (an error to every client), never whole.
-pub struct BodyCheck {
-    expected: BlobId,
-    hasher: Option<ContentHasher>,
-    held: Option<Bytes>,
-}
-
-impl BodyCheck {
-    pub fn new(expected: &BlobId, size: u64) -> BodyCheck {
-        BodyCheck {
-            expected: *expected,
-            hasher: Some(ContentHasher::new(expected, size)),
-            held: None,
-        }
-    }
-
-    /// `response_body_filter`: passes on the previous piece and holds this one; at the end,
-    /// passes on what is held only if the content matches.
-    pub fn filter(&mut self, body: &mut Option<Bytes>, end_of_stream: bool) -> Result<()> {
-        let Some(hasher) = self.hasher.as_mut() else {
-            return Ok(());
-        };
-        let arrived = body.take();
-        if let Some(piece) = &arrived {
-            hasher.update(piece);
-        }
-        let held = std::mem::replace(&mut self.held, arrived);
-        if !end_of_stream {
-            *body = held;
-            return Ok(());
-        }
-        let actual = self.hasher.take().map(ContentHasher::finish);
-        if actual != Some(self.expected) {
-            return Error::e_explain(
-                ErrorType::HTTPStatus(502),
-                format!("upstream body is not {} (got {actual:?})", self.expected),
-            );
-        }
-        *body = match (held, self.held.take()) {
-            (Some(a), Some(b)) => Some([a, b].concat().into()),
-            (a, b) => a.or(b),
-        };
-        Ok(())
-    }
-}
-
 /// `response_filter`: the Hub's headers for this file, whatever the body's source.
 pub fn decorate(resp: &mut ResponseHeader, download: &Download, result: CacheResult) -> Result<()> {
     headers::apply_resolve_headers(resp, &download.meta, &download.file_name);
@@ -580,31 +530,5 @@ mod tests {
         keep_only_body_headers(&mut r);
         let names: Vec<_> = r.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-length"]);
-    }
-
-    #[test]
-    fn a_corrupt_uncached_body_never_ends_whole() {
-        let data = b"the whole file, in three pieces";
-        use sha2::Digest;
-        let id = BlobId::from_etag(&hex::encode(sha2::Sha256::digest(data))).unwrap();
-        let run = |content: &[u8]| -> (Vec<u8>, bool) {
-            let mut check = BodyCheck::new(&id, data.len() as u64);
-            let mut out = Vec::new();
-            let pieces: Vec<&[u8]> = content.chunks(11).collect();
-            for (i, piece) in pieces.iter().enumerate() {
-                let mut body = Some(Bytes::copy_from_slice(piece));
-                if check.filter(&mut body, i + 1 == pieces.len()).is_err() {
-                    return (out, false);
-                }
-                out.extend(body.unwrap_or_default());
-            }
-            (out, true)
-        };
-        assert_eq!(run(data), (data.to_vec(), true));
-        let mut bad = data.to_vec();
-        bad[3] ^= 1;
-        let (sent, ok) = run(&bad);
-        assert!(!ok);
-        assert!(sent.len() < data.len(), "the last piece is never sent");
     }
 }

@@ -19,6 +19,7 @@ mod passthrough;
 pub mod range;
 mod refetch;
 mod respond;
+mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,7 +15,6 @@ use http::{header, HeaderValue};
 use parking_lot::Mutex;
 
 use super::ctx::Download;
-use super::download::{DownloadFlow, MAX_BODY_HOPS};
 use super::Target;
 use crate::hub::grammar::ResolveRequest;
 use crate::hub::headers::content_length;
@@ -70,6 +69,9 @@ pub fn answer_for(e: &(dyn std::error::Error + Send + Sync + 'static)) -> (u16, 
     (status, format!("fetching the file upstream failed: {e}"))
 }
 
+/// Redirects followed on a body request (the metadata request follows its own).
+pub const MAX_BODY_HOPS: usize = 3;
+
 pub struct UpstreamRefetch {
     pub upstream: Arc<Upstream>,
     pub resolver: Arc<Resolver>,
@@ -89,22 +91,22 @@ impl UpstreamRefetch {
     /// The origin of `download`'s body (blob `blob`), for a fill started by a request with
     /// `auth`.
     pub fn new(
-        flow: &DownloadFlow,
+        (upstream, resolver, metrics): (&Arc<Upstream>, &Arc<Resolver>, &Arc<Metrics>),
         (target, auth): (Target, Option<HeaderValue>),
         download: &Download,
         blob: BlobId,
         raw_path: &str,
     ) -> UpstreamRefetch {
         UpstreamRefetch {
-            upstream: flow.upstream.clone(),
-            resolver: flow.resolver.clone(),
+            upstream: upstream.clone(),
+            resolver: resolver.clone(),
             target: Mutex::new(target),
             auth,
             request: download.request.clone(),
             raw_path: raw_path.to_string(),
             blob,
             size: download.meta.size,
-            metrics: flow.metrics.clone(),
+            metrics: metrics.clone(),
             opened: AtomicBool::new(false),
         }
     }

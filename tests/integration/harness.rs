@@ -132,6 +132,8 @@ pub struct CacheConfig {
     pub api_snapshots_max_size: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_snapshots_max_files: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_fills: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +211,7 @@ impl EdgeConfig {
                 meta_max_entries: None,
                 api_snapshots_max_size: None,
                 api_snapshots_max_files: None,
+                max_fills: None,
             },
             metrics: MetricsConfig {
                 listen: ([127, 0, 0, 1], free_port()).into(),
@@ -269,6 +272,11 @@ impl EdgeBuilder {
     /// `cache.api_snapshots_max_files`: the API answers kept in `cache/api`.
     pub fn api_snapshots_max_files(self, files: usize) -> Self {
         self.configure(|c| c.cache.api_snapshots_max_files = Some(files))
+    }
+
+    /// `cache.max_fills`: fills running at once (beyond, requests are served uncached).
+    pub fn max_fills(self, fills: usize) -> Self {
+        self.configure(|c| c.cache.max_fills = Some(fills))
     }
 
     /// `limits.header_timeout`: the time a client has to send a request header.

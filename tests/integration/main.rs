@@ -15,6 +15,7 @@ mod cache_cmd; // `hf-edge cache ...`, on hand-written stores and beside a runni
 mod cli; // config validation, hash-key, exit codes
 mod errors; // bad input and upstream failures
 mod eviction; // cache.max_size
+mod fill_limits; // cache.max_fills, reservations under max_size, the orphan policy
 mod fills; // fills under concurrency, disconnects, kills, full disks
 mod journals; // refs.jsonl, meta.jsonl and kept API answers: one line per answer, capped
 mod limits; // limits.header_timeout (slowloris) and limits.max_connections
@@ -25,3 +26,4 @@ mod resilience; // a slow, failing or absent Hub; offline mode; resumed bodies
 mod resolve; // /resolve metadata, bodies, the blob store, ranges
 mod security; // hostile clients: credentials, the site token, repo rules, poisoning
 mod shutdown; // SIGTERM and shutdown_grace
+mod stalled; // a client that stops reading stalls no other client of its fill

@@ -494,16 +494,7 @@ impl BlobStore {
         if *fill.readers.borrow() > 0 {
             return false;
         }
-        if fills
-            .running
-            .get(&fill.id)
-            .is_some_and(|f| Arc::ptr_eq(f, fill))
-        {
-            fills.running.remove(&fill.id);
-            self.stats
-                .fills
-                .store(fills.running.len() as u64, Ordering::Relaxed);
-        }
+        self.unregister(&mut fills, fill);
         true
     }
 
@@ -525,7 +516,11 @@ impl BlobStore {
     }
 
     fn remove_fill(&self, fill: &Arc<Fill>) {
-        let mut fills = self.fills.lock();
+        self.unregister(&mut self.fills.lock(), fill);
+    }
+
+    /// Takes `fill` out of the running fills (if it is still the one registered for its blob).
+    fn unregister(&self, fills: &mut Fills, fill: &Arc<Fill>) {
         if fills
             .running
             .get(&fill.id)

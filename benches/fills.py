@@ -45,36 +45,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, free_port, http, read_line, stop, wait_healthy  # noqa: E402
+from support import FakeHub, read_line, start_edge, stop  # noqa: E402
 
 MODEL = "/sentence-transformers/all-MiniLM-L6-v2/resolve/main/model.safetensors"
 FAST_CLIENTS = 8
 MiB = 1 << 20
 # (name, files, size, seconds the CDN waits before each 1 MiB chunk)
 ABANDONED = [("50 x 1 MiB, CDN 2 s", 50, 1 * MiB, 2.0), ("50 x 5 MiB, CDN 6 s/MiB", 50, 5 * MiB, 6.0)]
-
-
-def start_edge(binary: Path, hub_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
-    port, metrics_port = free_port(), free_port()
-    config = {
-        "listen": f"127.0.0.1:{port}",
-        "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"]},
-        "cache": {"dir": str(workdir / "cache"), "max_size": "10GiB"},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        "log": {"access": "off"},
-    }
-    (workdir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    stderr_path = workdir / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen([str(binary), "serve", "--config", str(workdir / "config.yaml")],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-    metrics = f"http://127.0.0.1:{metrics_port}"
-    try:
-        wait_healthy(process, f"{metrics}/healthz", stderr_path)
-    except BaseException:
-        stop(process, signal.SIGINT)
-        raise
-    return process, f"127.0.0.1:{port}", metrics
 
 
 def header_only(edge: str, path: str, timeout: float) -> socket.socket:
@@ -248,7 +225,7 @@ def main() -> int:
         if not line:
             raise RuntimeError(f"the fake Hub did not start:\n{Path(log.name).read_text()}")
         urls = json.loads(line)
-        return FakeHub(urls["hub"], urls["cdn"])
+        return FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
 
     try:
         hubs = {(n, size): fake_hub(f"{n}:{size}") for _, n, size, _ in ABANDONED}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, free_port, http, read_line, stop, wait_healthy  # noqa: E402
+from support import FakeHub, http, read_line, start_edge, stop  # noqa: E402
 
 VARIANTS = 200
 JUNK_QUERIES = 100
@@ -60,23 +60,10 @@ def files_in(directory: Path) -> tuple[int, int]:
 
 
 def run(binary: Path, hub: FakeHub, workdir: Path) -> dict:
-    port, metrics_port = free_port(), free_port()
     cache = workdir / "cache"
-    config = {
-        "listen": f"127.0.0.1:{port}",
-        "upstream": {"endpoint": hub.hub, "cdn_hosts": ["127.0.0.2"]},
-        "cache": {"dir": str(cache), "max_size": "10GiB"},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        "log": {"access": "off"},
-    }
-    (workdir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    stderr_path = workdir / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen([str(binary), "serve", "--config", str(workdir / "config.yaml")],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    process, addr, _ = start_edge(binary, hub.hub, workdir)
     try:
-        wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
-        edge = f"http://127.0.0.1:{port}"
+        edge = f"http://{addr}"
         status, headers, _ = http("HEAD", f"{edge}/gpt2/resolve/main/config.json", timeout=10)
         assert status == 200, status
         commit = headers["X-Repo-Commit"]
@@ -121,7 +108,7 @@ def main() -> int:
             if not line:
                 sys.exit(f"the fake Hub did not start:\n{(Path(tmp) / 'fakehub.log').read_text()}")
             urls = json.loads(line)
-            hub = FakeHub(urls["hub"], urls["cdn"])
+            hub = FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
             for n, binary in enumerate(binaries):
                 workdir = Path(tmp) / str(n)
                 workdir.mkdir()

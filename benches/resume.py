@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, free_port, http, read_line, stop, wait_healthy  # noqa: E402
+from support import FakeHub, http, read_line, start_edge, stop  # noqa: E402
 
 REPO, FILE = "sentence-transformers/all-MiniLM-L6-v2", "model.safetensors"
 CASES = {"uncut": None, "cut at 10%": 0.1, "cut at 50%": 0.5, "cut at 90%": 0.9}
@@ -49,30 +49,6 @@ BODY_DELAY = 0.05  # seconds before each chunk of the cut response
 FAKE_CHUNK = 1 << 20  # fakehub.CHUNK_SIZE: the delay is paid once per chunk sent before the cut
 REQUEST_TIMEOUT = 60.0  # one download, start to end
 MiB = 1 << 20
-
-
-def start_edge(binary: Path, hub_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
-    """A fresh hf-edge on an empty cache in `workdir`: (process, its URL, its metrics URL)."""
-    port, metrics_port = free_port(), free_port()
-    config = {
-        "listen": f"127.0.0.1:{port}",
-        "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"]},
-        "cache": {"dir": str(workdir / "cache"), "max_size": "10GiB"},
-        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-        "log": {"access": "off"},
-    }
-    (workdir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    stderr_path = workdir / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen([str(binary), "serve", "--config", str(workdir / "config.yaml")],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-    metrics = f"http://127.0.0.1:{metrics_port}"
-    try:
-        wait_healthy(process, f"{metrics}/healthz", stderr_path)
-    except BaseException:
-        stop(process, signal.SIGINT)
-        raise
-    return process, f"127.0.0.1:{port}", metrics
 
 
 def download(edge: str) -> dict:
@@ -244,7 +220,7 @@ def main() -> int:
         if not line:
             sys.exit(f"the fake Hub did not start:\n{(workdir / 'fakehub.log').read_text()}")
         urls = json.loads(line)
-        hub = FakeHub(urls["hub"], urls["cdn"])
+        hub = FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
         want = hub.expected(REPO)["files"][FILE]
         cuts = {case: fraction and int(want["size"] * fraction) for case, fraction in CASES.items()}
         rows: dict[str, list[dict]] = {case: [] for case in CASES}

@@ -261,3 +261,28 @@ def running_edge(hub_url: str, workdir: Path, env: dict[str, str] | None = None,
         yield Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path)
     finally:
         stop(process, signal.SIGINT)  # Pingora's fast shutdown; SIGTERM's graceful one waits out a grace period
+
+
+def start_edge(binary: Path, hub_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+    """A fresh hf-edge (the benchmarks' config) on an empty cache in `workdir`: (process, its
+    address host:port, its metrics URL); the caller stops it."""
+    port, metrics_port = free_port(), free_port()
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"]},
+        "cache": {"dir": str(workdir / "cache"), "max_size": "10GiB"},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+        "log": {"access": "off"},
+    }
+    (workdir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    stderr_path = workdir / "stderr.log"
+    with open(stderr_path, "wb") as stderr:
+        process = subprocess.Popen([str(binary), "serve", "--config", str(workdir / "config.yaml")],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+    metrics = f"http://127.0.0.1:{metrics_port}"
+    try:
+        wait_healthy(process, f"{metrics}/healthz", stderr_path)
+    except BaseException:
+        stop(process, signal.SIGINT)
+        raise
+    return process, f"127.0.0.1:{port}", metrics

@@ -3,6 +3,8 @@
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
+#  - tinyproxy, the real HTTP proxy the egress tests put between hf-edge and the fake Hub (Debian's
+#    tinyproxy-bin: the binary without a service);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -23,6 +25,12 @@ if ! command -v openssl >/dev/null; then
   echo "setup: installing openssl (the TLS tests make their CA with it)" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
+fi
+
+if ! command -v tinyproxy >/dev/null; then
+  echo "setup: installing tinyproxy (the egress proxy tests run it)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends tinyproxy-bin >/dev/null
 fi
 
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then

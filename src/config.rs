@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::{OfflineRestricted, Policy, RepoGlob, SiteKey};
+use crate::hub::egress::EgressProxy;
 use crate::hub::upstream::{CaBundle, HostPattern, Origin};
 
 /// The embedded default, also what `hf-edge serve` runs with no `--config`.
@@ -107,6 +108,8 @@ pub struct Upstream {
     pub offline: bool,
     /// Certificate authorities trusted for upstream TLS besides the system's.
     pub ca_file: Option<CaBundle>,
+    /// The site's HTTP proxy for upstream connections.
+    pub egress: Option<EgressProxy>,
 }
 
 impl Upstream {
@@ -120,6 +123,7 @@ impl Upstream {
             metadata_timeout: self.metadata_timeout,
             offline: self.offline,
             ca_file: self.ca_file.clone(),
+            egress: self.egress.clone(),
         }
     }
 }
@@ -277,6 +281,12 @@ struct RawUpstream {
     offline: bool,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    proxy: Option<String>,
+    #[serde(default)]
+    no_proxy: Vec<String>,
+    #[serde(default)]
+    proxy_credentials_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -408,6 +418,35 @@ fn bad(key: &str, message: impl Into<String>) -> Invalid {
     (key.to_string(), message.into())
 }
 
+/// `upstream.proxy`, `upstream.no_proxy` and `upstream.proxy_credentials_file`.
+fn egress(
+    proxy: Option<String>,
+    no_proxy: &[String],
+    credentials_file: Option<PathBuf>,
+) -> Result<Option<EgressProxy>, Invalid> {
+    let Some(proxy) = proxy else {
+        return match (no_proxy.is_empty(), credentials_file) {
+            (true, None) => Ok(None),
+            (false, _) => Err(bad("upstream.no_proxy", "needs upstream.proxy")),
+            (_, Some(_)) => Err(bad(
+                "upstream.proxy_credentials_file",
+                "needs upstream.proxy",
+            )),
+        };
+    };
+    let credentials = credentials_file
+        .map(|path| {
+            std::fs::read_to_string(&path).map_err(|e| {
+                bad(
+                    "upstream.proxy_credentials_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })
+        })
+        .transpose()?;
+    EgressProxy::parse(&proxy, no_proxy, credentials.as_deref()).map(Some)
+}
+
 impl RawConfig {
     fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, Invalid> {
         let listen = parse_addr("listen", &self.listen)?;
@@ -472,6 +511,7 @@ impl RawConfig {
                 .ca_file
                 .map(|path| CaBundle::load(&path).map_err(|m| bad("upstream.ca_file", m)))
                 .transpose()?,
+            egress: egress(u.proxy, &u.no_proxy, u.proxy_credentials_file)?,
         };
 
         let c = self.cache;
@@ -896,6 +936,45 @@ metrics:
             assert!(got.contains(want), "{got:?} should contain {want:?}");
             assert!(got.starts_with("t.yaml: "), "{got}");
             assert!(!got.contains('\n'), "one line: {got:?}");
+        }
+    }
+
+    #[test]
+    fn egress_proxy_keys() {
+        let with = |keys: &str| {
+            MINIMAL.replace(
+                "endpoint: \"https://huggingface.co\"",
+                &format!("endpoint: \"https://huggingface.co\"\n  {keys}"),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("creds");
+        std::fs::write(&creds, "edge:pw\n").unwrap();
+        let c = parse(&with(&format!(
+            "proxy: \"http://proxy:3128\"\n  no_proxy: [\".site\"]\n  proxy_credentials_file: \"{}\"",
+            creds.display()
+        )))
+        .unwrap();
+        let egress = c.upstream.egress.unwrap();
+        assert!(egress.auth.is_some());
+        assert!(!egress.applies_to("hub.site") && egress.applies_to("huggingface.co"));
+        assert!(parse(MINIMAL).unwrap().upstream.egress.is_none());
+        for (keys, want) in [
+            (
+                "proxy: \"https://proxy:3128\"",
+                "t.yaml: upstream.proxy: must be an http:// origin",
+            ),
+            (
+                "no_proxy: [\"x\"]",
+                "t.yaml: upstream.no_proxy: needs upstream.proxy",
+            ),
+            (
+                "proxy: \"http://p:1\"\n  proxy_credentials_file: \"/nonexistent/c\"",
+                "t.yaml: upstream.proxy_credentials_file: /nonexistent/c: ",
+            ),
+        ] {
+            let got = err(&with(keys));
+            assert!(got.starts_with(want), "{got}");
         }
     }
 

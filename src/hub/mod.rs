@@ -1,6 +1,7 @@
 //! The Hub's protocol: URL grammar, response headers, and the upstream client that asks the
 //! Hub for file metadata.
 
+pub mod egress;
 pub mod grammar;
 pub mod headers;
 pub mod intent;

@@ -21,6 +21,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use pingora::ErrorType;
 
+use super::egress::{EgressProxy, Tunnel};
+
 /// `scheme://host[:port]` (plus a path when parsed from a full URL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -49,6 +51,15 @@ impl Origin {
         if self.port == self.default_port() {
             self.host.clone()
         } else if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// `host:port`, as a `CONNECT` request names its target.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
@@ -433,6 +444,8 @@ pub struct Settings {
     pub offline: bool,
     /// `upstream.ca_file`: CAs trusted besides the system's.
     pub ca_file: Option<CaBundle>,
+    /// `upstream.proxy`: the site's HTTP proxy, for every host it applies to.
+    pub egress: Option<EgressProxy>,
 }
 
 /// The upstream side of hf-edge: the Hub origin, the CDN allowlist and the connector.
@@ -446,6 +459,7 @@ pub struct Upstream {
     metadata_timeout: Duration,
     /// With `upstream.ca_file`: the system's trust roots and the file's, for every TLS peer.
     trust: Option<Arc<CaType>>,
+    egress: Option<EgressProxy>,
     connector: Connector,
 }
 
@@ -459,6 +473,7 @@ impl Upstream {
             read_timeout: cfg.read_timeout,
             metadata_timeout: cfg.metadata_timeout,
             trust: cfg.ca_file.as_ref().map(trust_roots),
+            egress: cfg.egress,
             connector: Connector::new(None),
         }
     }
@@ -487,25 +502,10 @@ impl Upstream {
         }
     }
 
-    /// A peer for `origin` with hf-edge's timeouts. Resolves the name without blocking
-    /// (`HttpPeer::new` with a host name would call the blocking resolver).
+    /// A peer for `origin` with hf-edge's timeouts: the origin itself, or the site's proxy
+    /// (a tunnel to the origin for https, the proxy as the peer for http). Resolves names
+    /// without blocking (`HttpPeer::new` with a host name would call the blocking resolver).
     pub async fn peer(&self, origin: &Origin) -> Result<HttpPeer, UpstreamError> {
-        let addr: SocketAddr = tokio::net::lookup_host((origin.host.as_str(), origin.port))
-            .await
-            .map_err(|e| UpstreamError::Unreachable {
-                host: origin.host.clone(),
-                reason: format!("DNS lookup failed: {e}"),
-            })?
-            .next()
-            .ok_or_else(|| UpstreamError::Unreachable {
-                host: origin.host.clone(),
-                reason: "DNS lookup returned no address".into(),
-            })?;
-        let sni = if origin.tls {
-            origin.host.clone()
-        } else {
-            String::new()
-        };
         // The Hub answers metadata (API calls, small files): connecting to it may take no longer
         // than a metadata answer, so that a Hub dropping connection attempts costs the API calls
         // that have a last good answer to fall back on no more than the metadata requests.
@@ -514,7 +514,35 @@ impl Upstream {
         } else {
             self.connect_timeout
         };
-        let mut peer = HttpPeer::new(addr, origin.tls, sni);
+        let sni = if origin.tls {
+            origin.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = match self.proxy_for(&origin.host) {
+            None => HttpPeer::new(resolve(origin, None).await?, origin.tls, sni),
+            Some(p) => {
+                let proxy = resolve(&p.proxy, Some(origin)).await?;
+                // An https origin through a tunnel of its own (pooled tunnels lead to one
+                // origin each); http origins share plain connections to the proxy.
+                let target = origin.tls.then(|| origin.host_port());
+                let mut peer = HttpPeer::new(proxy, origin.tls, sni);
+                if let Some(t) = &target {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    t.hash(&mut h);
+                    peer.group_key = h.finish();
+                }
+                peer.options.custom_l4 = Some(Arc::new(Tunnel {
+                    proxy,
+                    proxy_name: p.proxy.host_port(),
+                    target,
+                    auth: p.auth.clone(),
+                    timeout: connect,
+                }));
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect * 2);
         peer.options.read_timeout = Some(self.read_timeout);
@@ -523,6 +551,44 @@ impl Upstream {
             peer.options.ca = self.trust.clone();
         }
         Ok(peer)
+    }
+
+    fn proxy_for(&self, host: &str) -> Option<&EgressProxy> {
+        self.egress.as_ref().filter(|p| p.applies_to(host))
+    }
+
+    /// A `407` to an http request sent through the proxy is the proxy's refusal, not the
+    /// Hub's answer: an upstream failure (502), never passed to a client as if it were.
+    pub fn proxy_refusal(&self, url: &Url, status: u16) -> Result<(), UpstreamError> {
+        match self.proxy_for(&url.origin.host) {
+            Some(p) if status == 407 && !url.origin.tls => Err(UpstreamError::Unreachable {
+                host: url.origin.host.clone(),
+                reason: format!(
+                    "upstream proxy {} refused the request: 407 Proxy Authentication Required \
+                     (check upstream.proxy_credentials_file)",
+                    p.proxy.host_port()
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Readies a request for `url` for the way it travels: through the proxy, an http
+    /// request names its whole URL (absolute form) and carries the proxy's credentials;
+    /// otherwise no proxy credentials at all (a client's own must not travel on).
+    pub fn prepare(&self, url: &Url, req: &mut RequestHeader) -> Result<(), UpstreamError> {
+        req.remove_header("proxy-authorization");
+        let Some(p) = self.proxy_for(&url.origin.host).filter(|_| !url.origin.tls) else {
+            return Ok(());
+        };
+        let absolute = format!("{}{}", url.origin, url.path_and_query);
+        req.set_raw_path(absolute.as_bytes())
+            .map_err(|e| UpstreamError::Invalid(format!("request target {absolute}: {e}")))?;
+        if let Some(a) = &p.auth {
+            req.insert_header("proxy-authorization", a.clone())
+                .expect("static header name");
+        }
+        Ok(())
     }
 
     /// Sends a `HEAD` (no redirects followed) and returns the response header, all of it,
@@ -577,7 +643,6 @@ impl Upstream {
         let host = url.origin.host.clone();
         let peer = self.peer(&url.origin).await?;
         let up = |e: Box<pingora::Error>| UpstreamError::from_pingora(&host, &e);
-        let (mut session, _reused) = self.connector.get_http_session(&peer).await.map_err(up)?;
         let mut req = RequestHeader::build(method, url.path_and_query.as_bytes(), None)
             .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
         let set = |req: &mut RequestHeader, k: &'static str, v: HeaderValue| {
@@ -601,17 +666,30 @@ impl Upstream {
         if let Some(r) = range {
             set(&mut req, "range", r);
         }
-        session.set_read_timeout(Some(timeout));
-        session
-            .write_request_header(Box::new(req))
-            .await
-            .map_err(up)?;
-        session.finish_request_body().await.map_err(up)?;
-        session.read_response_header().await.map_err(up)?;
+        self.prepare(url, &mut req)?;
+        // A kept-alive connection the server (or a proxy) closed meanwhile fails before any
+        // answer: HEAD and GET are safe to send again, on the next pooled connection or a new
+        // one. A new connection's failure is final.
+        let mut stale = 0;
+        let session = loop {
+            let (mut session, reused) = self.connector.get_http_session(&peer).await.map_err(up)?;
+            session.set_read_timeout(Some(timeout));
+            let sent = async {
+                session.write_request_header(Box::new(req.clone())).await?;
+                session.finish_request_body().await?;
+                session.read_response_header().await
+            };
+            match sent.await {
+                Ok(()) => break session,
+                Err(_) if reused && stale < MAX_STALE_CONNECTIONS => stale += 1,
+                Err(e) => return Err(up(e)),
+            }
+        };
         let header = session
             .response_header()
             .cloned()
             .ok_or_else(|| UpstreamError::Invalid("no response header".into()))?;
+        self.proxy_refusal(url, header.status.as_u16())?;
         let resp = UpstreamResponse {
             header,
             session,
@@ -619,6 +697,26 @@ impl Upstream {
         };
         Ok((peer, resp))
     }
+}
+
+/// How many pooled connections in a row may turn out closed before a request fails.
+const MAX_STALE_CONNECTIONS: usize = 4;
+
+/// The address of `origin`, looked up without blocking. `via`: the upstream this proxy is
+/// asked for, named in the error.
+async fn resolve(origin: &Origin, via: Option<&Origin>) -> Result<SocketAddr, UpstreamError> {
+    let fail = |reason: String| UpstreamError::Unreachable {
+        host: via.unwrap_or(origin).host.clone(),
+        reason: match via {
+            Some(_) => format!("upstream proxy {}: {reason}", origin.host_port()),
+            None => reason,
+        },
+    };
+    tokio::net::lookup_host((origin.host.as_str(), origin.port))
+        .await
+        .map_err(|e| fail(format!("DNS lookup failed: {e}")))?
+        .next()
+        .ok_or_else(|| fail("DNS lookup returned no address".into()))
 }
 
 /// An upstream answer whose body is read as it arrives.
@@ -703,6 +801,7 @@ mod tests {
             metadata_timeout,
             offline: false,
             ca_file: None,
+            egress: None,
         }
     }
 
@@ -871,6 +970,7 @@ IV1UdhgVAiEA0wF6uRFZgtgfmv0IPs5N3w0oJPAzh0Ur8kU/HkqV4cs=
             metadata_timeout: Duration::from_secs(1),
             offline: false,
             ca_file: None,
+            egress: None,
         });
         let class = |u: &str| up.classify(&Url::parse(u).unwrap());
         assert_eq!(class("https://hub.test/api/x"), HostClass::Hub);

@@ -105,6 +105,9 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let target = ctx.target().ok_or_else(ctx::no_target)?;
         target.apply(upstream_request, ctx.auth.as_ref())?;
+        self.upstream
+            .prepare(&target.url, upstream_request)
+            .map_err(failure::unreachable)?;
         if ctx.flow.wants_identity() {
             upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
         }
@@ -128,6 +131,11 @@ impl ProxyHttp for EdgeProxy {
         let elapsed = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
         ctx.upstream_time = Some(elapsed);
         let code = resp.status.as_u16();
+        if let Some(target) = ctx.target() {
+            self.upstream
+                .proxy_refusal(&target.url, code)
+                .map_err(failure::unreachable)?;
+        }
         let auth = ctx.auth.as_ref();
         match &mut ctx.flow {
             Flow::Download(d) => {

@@ -3,6 +3,7 @@
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
+#  - haproxy, the real load balancer the client-listener tests put in front of hf-edge (PROXY protocol);
 #  - tinyproxy, the real HTTP proxy the egress tests put between hf-edge and the fake Hub (Debian's
 #    tinyproxy-bin: the binary without a service);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
@@ -25,6 +26,13 @@ if ! command -v openssl >/dev/null; then
   echo "setup: installing openssl (the TLS tests make their CA with it)" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
+fi
+
+if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+  echo "setup: installing haproxy (the client-listener tests run it)" >&2
+  as_root apt-get update -qq
+  # Its packaged configuration binds no port; the tests run instances of their own.
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends haproxy >/dev/null
 fi
 
 if ! command -v tinyproxy >/dev/null; then

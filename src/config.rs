@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::access::{OfflineRestricted, Policy, RepoGlob, SiteKey};
+use crate::client::{Cidr, TrustedProxies};
 use crate::hub::egress::EgressProxy;
 use crate::hub::upstream::{CaBundle, HostPattern, Origin};
+use crate::tls::Certificates;
 
 /// The embedded default, also what `hf-edge serve` runs with no `--config`.
 pub const DEFAULT_YAML: &str = include_str!("../conf/hf-edge.yaml");
@@ -70,6 +72,18 @@ pub struct Config {
     pub public_url: Option<Origin>,
     pub ops: Ops,
     pub limits: Limits,
+    /// `tls`: a second client listener, speaking TLS.
+    pub tls: Option<Tls>,
+    /// Peers whose PROXY protocol header and `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// The TLS client listener.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Bounds on client connections.
@@ -176,6 +190,23 @@ struct RawConfig {
     ops: RawOps,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    tls: Option<RawTls>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default = "default_tls_listen")]
+    listen: String,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+fn default_tls_listen() -> String {
+    "0.0.0.0:8443".into()
 }
 
 #[derive(Deserialize)]
@@ -574,7 +605,33 @@ impl RawConfig {
                 n => n,
             },
         };
+        let tls = match self.tls {
+            Some(t) => {
+                let tls = Tls {
+                    listen: parse_addr("tls.listen", &t.listen)?,
+                    cert_file: t.cert_file,
+                    key_file: t.key_file,
+                };
+                if tls.listen == listen {
+                    return Err(bad("tls.listen", "must differ from listen"));
+                }
+                // Loaded here so that check-config and startup name a bad pair.
+                Certificates::load(&tls.cert_file, &tls.key_file)
+                    .map_err(|m| bad("tls.cert_file", m))?;
+                Some(tls)
+            }
+            None => None,
+        };
+        let trusted_proxies = TrustedProxies(
+            self.trusted_proxies
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Cidr::parse(c).map_err(|m| bad(&format!("trusted_proxies[{i}]"), m)))
+                .collect::<Result<_, _>>()?,
+        );
         Ok(Config {
+            tls,
+            trusted_proxies,
             limits,
             public_url,
             ops: Ops { admin_token },

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::SslDigest;
 use pingora::protocols::{
@@ -35,6 +36,7 @@ use pingora_proxy::Session;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::client::{self, TrustedProxies};
 use crate::metrics::Metrics;
 
 /// The configured bounds.
@@ -64,6 +66,9 @@ fn answer(status: &str, message: &str) -> Vec<u8> {
 pub struct Bounded<A> {
     inner: Arc<A>,
     limits: Limits,
+    /// Peers whose connections may start with a PROXY protocol header (the plain listener;
+    /// the TLS listener reads it before its handshake, see `client::ProxyHeaderBeforeTls`).
+    trusted: TrustedProxies,
     open: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     busy: Vec<u8>,
@@ -78,10 +83,16 @@ impl<A> Bounded<A> {
         Bounded {
             inner: Arc::new(inner),
             limits,
+            trusted: TrustedProxies::default(),
             open: Arc::new(AtomicUsize::new(0)),
             metrics,
             busy: answer("503 Service Unavailable", &busy),
         }
+    }
+
+    /// Accepts the PROXY protocol from `trusted` peers on the plain listener.
+    pub fn trusting(self, trusted: TrustedProxies) -> Bounded<A> {
+        Bounded { trusted, ..self }
     }
 
     /// Answers a connection over the cap and closes it.
@@ -128,9 +139,33 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Bounded<A> {
             return None;
         }
         self.metrics.client_connections(open);
+        let mut stream = stream;
+        if !self.trusted.is_empty() && (*stream).as_any().is::<L4Stream>() {
+            let mut plain = stream
+                .into_any()
+                .downcast::<L4Stream>()
+                .expect("checked to be a plain stream");
+            let accepted =
+                client::accept_proxy_header(&mut plain, &self.trusted, self.limits.header_timeout)
+                    .await;
+            if let Err(e) = accepted {
+                let open = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+                self.metrics.client_connections(open);
+                log::warn!("client connection dropped: {e}");
+                return None;
+            }
+            stream = plain;
+        }
+        // HTTP/2 multiplexes requests on one connection: the header deadline, which reads
+        // the connection as one request after another, does not apply (h2 has its own
+        // flow control and Pingora's idle timeouts).
+        let phase = match stream.selected_alpn_proto() {
+            Some(ALPN::H2) => REQUEST,
+            _ => HEADER,
+        };
         let guarded = Guarded {
             inner: stream,
-            phase: AtomicU8::new(HEADER),
+            phase: AtomicU8::new(phase),
             deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
             header_timeout: self.limits.header_timeout,
             open: self.open.clone(),

@@ -12,6 +12,7 @@
 pub mod access;
 pub mod access_log;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod downstream;
 pub mod durable;
@@ -24,6 +25,7 @@ pub mod resolver;
 pub mod server;
 pub mod snapshots;
 pub mod store;
+pub mod tls;
 
 /// Sent upstream on hf-edge's own requests.
 pub const USER_AGENT: &str = concat!("hf-edge/", env!("CARGO_PKG_VERSION"));

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use http::HeaderValue;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
 
 use crate::access_log::AccessLog;
+use crate::client::ProxyHeaderBeforeTls;
 use crate::config::Config;
 use crate::downstream;
 use crate::hub::upstream::Upstream;
@@ -21,6 +23,7 @@ use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
 use crate::store::{BlobStore, FillPolicy};
+use crate::tls::Certificates;
 
 /// Starts hf-edge and serves until a signal stops it.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -112,6 +115,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         access_log,
         request_ids: RequestIds::default(),
+        trusted_proxies: cfg.trusted_proxies.clone(),
     };
 
     let conf = ServerConf {
@@ -140,9 +144,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         header_timeout: cfg.limits.header_timeout,
         max_connections: cfg.limits.max_connections,
     };
-    let bounded = downstream::Bounded::new(proxy, limits, metrics.clone());
+    let bounded = downstream::Bounded::new(proxy, limits, metrics.clone())
+        .trusting(cfg.trusted_proxies.clone());
     let mut svc = Service::new("hf-edge proxy".to_string(), bounded);
     svc.add_tcp(&cfg.listen.to_string());
+    if let Some(tls) = &cfg.tls {
+        let certificates = Arc::new(
+            Certificates::load(&tls.cert_file, &tls.key_file)
+                .map_err(|m| anyhow::anyhow!("tls.cert_file: {m}"))?,
+        );
+        let mut settings = TlsSettings::intermediate("", "")?;
+        settings.set_cert_resolver(certificates);
+        settings.enable_h2();
+        svc.add_tls_with_settings(&tls.listen.to_string(), None, settings);
+        if !cfg.trusted_proxies.is_empty() {
+            svc.endpoints()
+                .set_pre_tls_callback(Arc::new(ProxyHeaderBeforeTls {
+                    trusted: cfg.trusted_proxies.clone(),
+                    timeout: cfg.limits.header_timeout,
+                }));
+        }
+    }
     let mut ops = Service::new(
         "hf-edge ops".to_string(),
         HttpServer::new_app(OpsApp {
@@ -156,8 +178,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     server.add_service(svc);
     server.add_service(ops);
     log::info!(
-        "hf-edge listening on {} (metrics on {}), upstream {}",
+        "hf-edge listening on {}{} (metrics on {}), upstream {}",
         cfg.listen,
+        cfg.tls
+            .as_ref()
+            .map_or_else(String::new, |t| format!(" and {} (TLS)", t.listen)),
         cfg.metrics.listen,
         cfg.upstream.endpoint
     );

@@ -11,6 +11,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 
 use super::range::Cut;
 use super::verify::BodyCheck;
+use crate::client::Client;
 use crate::hub::grammar::{ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};
@@ -41,6 +42,8 @@ impl Flow {
 
 pub struct Ctx {
     pub request_id: String,
+    /// Who asked, as `trusted_proxies` lets hf-edge tell.
+    pub client: Client,
     pub started: Instant,
     pub route: Option<Route>,
     /// The credentials used upstream: the client's own, a site key's, else the site token.
@@ -55,6 +58,7 @@ impl Ctx {
     pub fn new(request_id: String) -> Ctx {
         Ctx {
             request_id,
+            client: Client::default(),
             started: Instant::now(),
             route: None,
             auth: None,

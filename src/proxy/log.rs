@@ -61,9 +61,7 @@ pub fn record(
             .and_then(|v| v.to_str().ok())
             .filter(|id| *id != ctx.request_id)
             .map(str::to_string),
-        client: session
-            .client_addr()
-            .map_or_else(String::new, |a| a.to_string()),
+        client: ctx.client.addr.clone().unwrap_or_default(),
         method: req.method.as_str(),
         path: req.uri.path(),
         route,

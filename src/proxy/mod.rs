@@ -39,6 +39,7 @@ pub use passthrough::PassthroughFlow;
 
 use crate::access::Policy;
 use crate::access_log::AccessLog;
+use crate::client::{self, TrustedProxies};
 use crate::downstream;
 use crate::hub::grammar::Route;
 use crate::hub::upstream::Upstream;
@@ -54,6 +55,8 @@ pub struct EdgeProxy {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub request_ids: RequestIds,
+    /// Whose forwarding headers are believed (`trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[async_trait]
@@ -64,8 +67,16 @@ impl ProxyHttp for EdgeProxy {
         Ctx::new(self.request_ids.next())
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         downstream::header_received(session);
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.client = client::identify(
+            peer,
+            tls,
+            &session.req_header().headers,
+            &self.trusted_proxies,
+        );
         Ok(())
     }
 

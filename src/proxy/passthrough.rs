@@ -57,7 +57,10 @@ impl PassthroughFlow {
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let pass = Passthrough {
             target: Target::to(Url::on(&self.upstream.hub, pq), &self.upstream),
-            public_base: self.public_url.clone().or_else(|| public_base(req)),
+            public_base: self
+                .public_url
+                .clone()
+                .or_else(|| public_base(req, ctx.client.https)),
             rewrites_json: rewrites_json(route),
             json: None,
             snapshot_key: keeps_snapshot(route, &req.method)
@@ -216,19 +219,15 @@ fn strip_xet_hashes(raw: Vec<u8>) -> Bytes {
     }
 }
 
-/// `scheme://host` the client used, for `Link` rewriting.
-fn public_base(req: &RequestHeader) -> Option<String> {
+/// `scheme://host` the client used, for `Link` rewriting: https when it came over TLS, to
+/// hf-edge or (`X-Forwarded-Proto`) to a trusted proxy in front of it.
+fn public_base(req: &RequestHeader, https: bool) -> Option<String> {
     let host = req
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
-    let proto = req
-        .headers
-        .get("x-forwarded-proto")
-        .and_then(|p| p.to_str().ok())
-        .filter(|p| *p == "https" || *p == "http")
-        .unwrap_or("http");
+    let proto = if https { "https" } else { "http" };
     Some(format!("{proto}://{host}"))
 }
 
@@ -248,16 +247,15 @@ mod tests {
     #[test]
     fn public_base_is_what_the_client_used() {
         let r = req("/api/models/a/b", &[("host", "edge:8080")]);
-        assert_eq!(public_base(&r).as_deref(), Some("http://edge:8080"));
+        assert_eq!(public_base(&r, false).as_deref(), Some("http://edge:8080"));
+        assert_eq!(public_base(&r, true).as_deref(), Some("https://edge:8080"));
+        // The scheme is the connection's (or a trusted proxy's, see client.rs), never a header's.
         let r = req(
             "/x",
             &[("host", "edge.site"), ("x-forwarded-proto", "https")],
         );
-        assert_eq!(public_base(&r).as_deref(), Some("https://edge.site"));
-        // Only http and https: anything else is not a scheme a client can follow.
-        let r = req("/x", &[("host", "edge"), ("x-forwarded-proto", "gopher")]);
-        assert_eq!(public_base(&r).as_deref(), Some("http://edge"));
-        assert_eq!(public_base(&req("/x", &[])), None);
+        assert_eq!(public_base(&r, false).as_deref(), Some("http://edge.site"));
+        assert_eq!(public_base(&req("/x", &[]), false), None);
     }
 
     #[test]

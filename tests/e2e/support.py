@@ -35,11 +35,15 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30):
-    """(status, headers, body) of one request, without following redirects or raising on HTTP errors."""
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30,
+         context=None):
+    """(status, headers, body) of one request, without following redirects or raising on HTTP errors; `context`:
+    the ssl.SSLContext of an https URL (for a CA of the run's)."""
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    opener = _HTTP if context is None else urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), _NoRedirects(), urllib.request.HTTPSHandler(context=context))
     try:
-        with _HTTP.open(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
@@ -222,9 +226,10 @@ class Client:
 
 
 def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
-                upstream: dict | None = None, cache: dict | None = None) -> str:
-    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections."""
-    config = {
+                upstream: dict | None = None, cache: dict | None = None, top: dict | None = None) -> str:
+    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections, `top` adds
+    top-level keys (tls, trusted_proxies...)."""
+    config = (top or {}) | {
         "listen": f"127.0.0.1:{port}",
         "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
         "cache": {"dir": f"{workdir}/cache", "max_size": "10GiB", **(cache or {})},

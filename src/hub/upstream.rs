@@ -599,7 +599,7 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
-        let sent = self.send("HEAD", url, auth, None, self.metadata_timeout);
+        let sent = self.send("HEAD", url, auth, None, self.metadata_timeout, false);
         let (peer, mut resp) = tokio::time::timeout(self.metadata_timeout, sent)
             .await
             .map_err(|_| UpstreamError::Timeout {
@@ -627,7 +627,7 @@ impl Upstream {
             n => Some(hv(&format!("bytes={n}-"))?),
         };
         let (_, resp) = self
-            .send("GET", url, auth, range, self.read_timeout)
+            .send("GET", url, auth, range, self.read_timeout, true)
             .await?;
         Ok(resp)
     }
@@ -639,6 +639,7 @@ impl Upstream {
         auth: Option<&HeaderValue>,
         range: Option<HeaderValue>,
         timeout: Duration,
+        retry_stale: bool,
     ) -> Result<(HttpPeer, UpstreamResponse), UpstreamError> {
         let host = url.origin.host.clone();
         let peer = self.peer(&url.origin).await?;
@@ -668,8 +669,10 @@ impl Upstream {
         }
         self.prepare(url, &mut req)?;
         // A kept-alive connection the server (or a proxy) closed meanwhile fails before any
-        // answer: HEAD and GET are safe to send again, on the next pooled connection or a new
-        // one. A new connection's failure is final.
+        // answer. A fill's GET (`retry_stale`), which a failure would abandon, is sent again on
+        // the next pooled connection or a new one; a new connection's failure is final. A
+        // metadata HEAD is not: its failure is the Hub's state, which the resolver's failure
+        // hold-down counts on seeing once per request.
         let mut stale = 0;
         let session = loop {
             let (mut session, reused) = self.connector.get_http_session(&peer).await.map_err(up)?;
@@ -681,7 +684,7 @@ impl Upstream {
             };
             match sent.await {
                 Ok(()) => break session,
-                Err(_) if reused && stale < MAX_STALE_CONNECTIONS => stale += 1,
+                Err(_) if retry_stale && reused && stale < MAX_STALE_CONNECTIONS => stale += 1,
                 Err(e) => return Err(up(e)),
             }
         };

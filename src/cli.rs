@@ -278,12 +278,10 @@ fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
     let dir = cfg.cache.dir.as_path();
     crate::durable::restrict_new_files(cfg.cache.group_access);
     let done = match command {
-        CacheCommand::Stats => {
-            admin::stats(dir, cfg.cache.max_size).map(|r| emit(args.json, &r, render_stats))
-        }
-        CacheCommand::Ls { repo } => {
-            admin::list(dir, repo.as_deref()).map(|r| emit(args.json, &r, render_listing))
-        }
+        CacheCommand::Stats => admin::stats(dir, cfg.cache.max_size, &cfg.cache.pin)
+            .map(|r| emit(args.json, &r, render_stats)),
+        CacheCommand::Ls { repo } => admin::list(dir, repo.as_deref(), &cfg.cache.pin)
+            .map(|r| emit(args.json, &r, render_listing)),
         CacheCommand::Verify => {
             let mut bar = std::io::stderr().is_terminal().then(ProgressBar::new);
             let report = admin::verify(dir, |p| {
@@ -304,7 +302,7 @@ fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
                 .map(|r| emit(args.json, &r, render_purge))
         }
         CacheCommand::Evict { to } => {
-            admin::evict(dir, to).map(|r| emit(args.json, &r, render_evict))
+            admin::evict(dir, to, &cfg.cache.pin).map(|r| emit(args.json, &r, render_evict))
         }
     };
     match done {
@@ -342,6 +340,15 @@ fn render_stats(s: &Stats) -> String {
         size(s.max_size),
         s.fill_percent
     );
+    if s.pinned_objects > 0 {
+        let _ = writeln!(
+            out,
+            "pinned   {} blobs, {} of {} (cache.pin)",
+            s.pinned_objects,
+            size(s.pinned_bytes),
+            size(s.max_pinned)
+        );
+    }
     if s.repos.is_empty() {
         return out;
     }
@@ -392,13 +399,14 @@ fn render_listing(l: &Listing) -> String {
                 },
                 size(f.size),
                 utc(f.last_access),
+                if f.pinned { "pinned" } else { "" }.into(),
             ]
         })
         .collect();
     if !rows.is_empty() {
         table(
             &mut out,
-            &["REPO", "REVISION", "PATH", "SIZE", "LAST ACCESS"],
+            &["REPO", "REVISION", "PATH", "SIZE", "LAST ACCESS", "PIN"],
             &rows,
             &[3],
         );

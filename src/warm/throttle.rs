@@ -70,6 +70,7 @@ impl Refetch for Throttled {
             throttle: self.throttle.clone(),
             store: self.store,
             blob: self.blob,
+            held: None,
         }))
     }
 }
@@ -79,19 +80,29 @@ struct ThrottledBody {
     throttle: Arc<Throttle>,
     store: &'static BlobStore,
     blob: BlobId,
+    /// A piece received and not yet passed on, and when it may be: the fill polls `chunk`
+    /// in a `select!` that may drop it mid-wait, and the piece must not be lost then.
+    held: Option<(Bytes, tokio::time::Instant)>,
 }
 
 #[async_trait]
 impl RefetchBody for ThrottledBody {
     async fn chunk(&mut self) -> Result<Option<Bytes>, RefetchError> {
-        let chunk = self.body.chunk().await?;
-        if let Some(data) = &chunk {
+        if self.held.is_none() {
+            let Some(data) = self.body.chunk().await? else {
+                return Ok(None);
+            };
             // The job's own reader is one; any other is a client.
-            if self.store.fill_readers(&self.blob) <= 1 {
-                tokio::time::sleep(self.throttle.pay(data.len())).await;
-            }
+            let wait = match self.store.fill_readers(&self.blob) {
+                0 | 1 => self.throttle.pay(data.len()),
+                _ => Duration::ZERO,
+            };
+            self.held = Some((data, tokio::time::Instant::now() + wait));
         }
-        Ok(chunk)
+        if let Some((_, until)) = &self.held {
+            tokio::time::sleep_until(*until).await;
+        }
+        Ok(self.held.take().map(|(data, _)| data))
     }
 }
 

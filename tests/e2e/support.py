@@ -222,14 +222,17 @@ class Client:
 
 
 def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
-                upstream: dict | None = None, cache: dict | None = None) -> str:
-    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections."""
+                upstream: dict | None = None, cache: dict | None = None, mounts: list | None = None) -> str:
+    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections; `mounts` is
+    the `mounts:` list, as is."""
     config = {
         "listen": f"127.0.0.1:{port}",
         "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
         "cache": {"dir": f"{workdir}/cache", "max_size": "10GiB", **(cache or {})},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
     }
+    if mounts:
+        config["mounts"] = mounts
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 

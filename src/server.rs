@@ -1,5 +1,5 @@
 //! Builds the Pingora server from a [`Config`]: the store (and how its fills are bounded),
-//! eviction, resolver, proxy service and the operator endpoints.
+//! eviction, resolver, proxy service, the operator endpoints and warm jobs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use anyhow::Context;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
 
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{EdgeProxy, RequestIds};
 use crate::store::{BlobStore, FillPolicy};
+use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
 /// Starts hf-edge and serves until a signal stops it. `config_path` is the file a reload
 /// (SIGHUP, `POST /admin/reload`) re-reads; `None`: the embedded default, not reloadable.
@@ -39,6 +41,12 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         cfg.cache.max_size as usize,
     )));
     let eviction_dyn: &'static (dyn EvictionManager + Sync) = eviction;
+    store.set_pins(cfg.cache.pin.clone()).with_context(|| {
+        format!(
+            "cache.dir: cannot read {}/refs.jsonl",
+            cfg.cache.dir.display()
+        )
+    })?;
     store.set_fill_policy(FillPolicy {
         max_fills: cfg.cache.max_fills,
         max_size: cfg.cache.max_size,
@@ -58,6 +66,28 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let gateway = Arc::new(Gateway::new(cfg.clone(), config_path, shared)?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
+    // Warm jobs fetch through the mount at `/` as configured at startup.
+    let root = gateway.live.load().root().clone();
+    let warmer = Arc::new(Warmer {
+        upstream: root.upstream.clone(),
+        resolver: root.downloads.resolver.clone(),
+        store,
+        metrics: metrics.clone(),
+        auth: root.site_auth.clone(),
+        throttle: cfg.warm.max_rate.map(|r| Arc::new(Throttle::new(r))),
+        max_blob_size: cfg.cache.max_size,
+        jobs: Jobs::open(&cfg.cache.dir).with_context(|| {
+            format!(
+                "cache.dir: cannot read {}/warm-jobs.json",
+                cfg.cache.dir.display()
+            )
+        })?,
+    });
+    let schedule = Schedule {
+        warmer: warmer.clone(),
+        interval: cfg.warm.interval,
+        repos: cfg.warm.repos.clone(),
+    };
     let proxy = EdgeProxy {
         live: gateway.live.clone(),
         metrics: metrics.clone(),
@@ -99,11 +129,13 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             metrics,
             store,
             gateway,
+            warmer,
         }),
     );
     ops.add_tcp(&cfg.metrics.listen.to_string());
     server.add_service(svc);
     server.add_service(ops);
+    server.add_service(background_service("warm", schedule));
     log::info!(
         "hf-edge listening on {} (metrics on {}), upstream {}",
         cfg.listen,

@@ -40,6 +40,7 @@ pub use download::DownloadFlow;
 pub use log::RequestIds;
 pub use mount::{Live, Mount};
 pub use passthrough::PassthroughFlow;
+pub use refetch::{answer_for, UpstreamRefetch};
 
 use crate::downstream;
 use crate::hub::grammar::Route;

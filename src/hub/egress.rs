@@ -22,7 +22,7 @@ use super::upstream::Origin;
 const MAX_CONNECT_ANSWER: usize = 16 * 1024;
 
 /// `upstream.proxy` with its exceptions and credentials, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EgressProxy {
     /// `http://host:port` of the proxy.
     pub proxy: Origin,
@@ -33,27 +33,28 @@ pub struct EgressProxy {
 
 impl EgressProxy {
     /// Parses `upstream.proxy`: an `http://` origin (a proxy spoken to over TLS is not
-    /// supported; its tunnels carry TLS anyway).
+    /// supported; its tunnels carry TLS anyway). Errors name the key under the section
+    /// (`proxy`, `no_proxy[1]`, `proxy_credentials_file`).
     pub fn parse(
         proxy: &str,
         no_proxy: &[String],
         credentials: Option<&str>,
     ) -> Result<EgressProxy, (String, String)> {
         let at = |k: &str, m: String| (k.to_string(), m);
-        let origin = Origin::parse(proxy).map_err(|m| at("upstream.proxy", m))?;
+        let origin = Origin::parse(proxy).map_err(|m| at("proxy", m))?;
         if origin.tls || origin.has_path() {
             return Err(at(
-                "upstream.proxy",
+                "proxy",
                 "must be an http:// origin without a path, like http://proxy.site:3128".into(),
             ));
         }
         let no_proxy = no_proxy
             .iter()
             .enumerate()
-            .map(|(i, p)| NoProxy::parse(p).map_err(|m| at(&format!("upstream.no_proxy[{i}]"), m)))
+            .map(|(i, p)| NoProxy::parse(p).map_err(|m| at(&format!("no_proxy[{i}]"), m)))
             .collect::<Result<Vec<_>, _>>()?;
         let auth = credentials
-            .map(|c| basic_auth(c).map_err(|m| at("upstream.proxy_credentials_file", m)))
+            .map(|c| basic_auth(c).map_err(|m| at("proxy_credentials_file", m)))
             .transpose()?;
         Ok(EgressProxy {
             proxy: origin,
@@ -265,13 +266,13 @@ mod tests {
     #[test]
     fn proxies_are_plain_http_origins() {
         let e = EgressProxy::parse("https://proxy:3128", &[], None).unwrap_err();
-        assert_eq!(e.0, "upstream.proxy");
+        assert_eq!(e.0, "proxy");
         assert!(EgressProxy::parse("http://proxy:3128/x", &[], None).is_err());
         let ok = EgressProxy::parse("http://proxy:3128", &["hub.site".into()], None).unwrap();
         assert!(ok.applies_to("huggingface.co"));
         assert!(!ok.applies_to("hub.site"));
         let e = EgressProxy::parse("http://p:1", &["a b".into()], None).unwrap_err();
-        assert_eq!(e.0, "upstream.no_proxy[0]");
+        assert_eq!(e.0, "no_proxy[0]");
     }
 
     #[test]
@@ -281,7 +282,7 @@ mod tests {
         assert_eq!(p.auth.unwrap().to_str().unwrap(), "Basic ZWRnZTpzM2NyZXQ=");
         for bad in ["", "nocolon", ":pw"] {
             let e = EgressProxy::parse("http://p:1", &[], Some(bad)).unwrap_err();
-            assert_eq!(e.0, "upstream.proxy_credentials_file", "{bad:?}");
+            assert_eq!(e.0, "proxy_credentials_file", "{bad:?}");
         }
     }
 }

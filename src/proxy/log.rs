@@ -41,6 +41,7 @@ pub fn record(
     session: &Session,
     e: Option<&Error>,
     ctx: &Ctx,
+    mount: &str,
 ) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let download = ctx.download();
@@ -48,7 +49,7 @@ pub fn record(
     let route = ctx.route.as_ref().map_or("invalid", Route::kind);
     let req = session.req_header();
     let total = ctx.started.elapsed();
-    metrics.request(route, req.method.as_str(), status, cache, total);
+    metrics.request(mount, route, req.method.as_str(), status, cache, total);
     if !access_log.enabled() {
         return;
     }
@@ -63,6 +64,7 @@ pub fn record(
             .map(str::to_string),
         client: ctx.client.addr.clone().unwrap_or_default(),
         method: req.method.as_str(),
+        mount,
         path: req.uri.path(),
         route,
         repo: match &ctx.route {

@@ -43,9 +43,11 @@ fn keeps_snapshot(route: &Route, method: &Method) -> bool {
 pub struct PassthroughFlow {
     /// `public_url`, when configured: the base of rewritten `Link`s and `Location`s.
     pub public_url: Option<String>,
+    /// The mount's prefix as it goes in front of rewritten paths (empty at `/`).
+    pub mount_base: String,
     pub upstream: Arc<Upstream>,
     pub resolver: Arc<Resolver>,
-    pub snapshots: ApiSnapshots,
+    pub snapshots: Arc<ApiSnapshots>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -60,7 +62,8 @@ impl PassthroughFlow {
             public_base: self
                 .public_url
                 .clone()
-                .or_else(|| public_base(req, ctx.client.https)),
+                .or_else(|| public_base(req, ctx.client.https))
+                .map(|base| base + &self.mount_base),
             rewrites_json: rewrites_json(route),
             json: None,
             snapshot_key: keeps_snapshot(route, &req.method)

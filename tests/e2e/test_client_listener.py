@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import time
+from http.client import HTTPSConnection
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,48 @@ def test_the_proxy_protocol_from_a_trusted_load_balancer(fakehub, haproxy, pki, 
         answer = raw_request(plain_port, spoofed, source=CLIENT_IP)
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
         assert not any("198.51.100.7" in line.get("client", "") for line in access_lines(edge))
+
+
+def served_certificate(port: int, pki) -> str:
+    return ssl.get_server_certificate(("127.0.0.1", port), ca_certs=str(pki.ca.cert))
+
+
+def test_certificates_are_read_again_on_reload(fakehub, pki, tmp_path):
+    """A renewed certificate is served after POST /admin/reload, without a restart, while a connection opened
+    before goes on; files that do not load refuse the reload (400, JSON error) and the renewed one stays."""
+    workdir = tmp_path / "edge"
+    workdir.mkdir()
+    cert, key = workdir / "tls.pem", workdir / "tls.key"
+    cert.write_bytes(pki.good.cert.read_bytes())
+    key.write_bytes(pki.good.key.read_bytes())
+    port = free_port()
+    tls = {"listen": f"127.0.0.1:{port}", "cert_file": str(cert), "key_file": str(key)}
+    admin = {"Authorization": "Bearer reload-secret"}
+    with running_edge(fakehub.hub, workdir, ops={"admin_token": "reload-secret"}, top={"tls": tls}) as edge:
+        reload = f"http://{edge.metrics_addr}/admin/reload"
+        first = served_certificate(port, pki)
+        assert ssl.PEM_cert_to_DER_cert(first) == ssl.PEM_cert_to_DER_cert(pki.good.cert.read_text())
+        context = ssl.create_default_context(cafile=str(pki.ca.cert))
+        before = HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        before.request("GET", f"/api/models/{REPO}")
+        assert before.getresponse().read() and before.sock is not None
+        sock = before.sock
+
+        renewed = pki.ca.issue("renewed", ["IP:127.0.0.1"])
+        cert.write_bytes(renewed.cert.read_bytes())
+        key.write_bytes(renewed.key.read_bytes())
+        status, _, body = http("POST", reload, headers=admin)
+        assert status == 200, body
+
+        assert ssl.PEM_cert_to_DER_cert(served_certificate(port, pki)) == \
+            ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())
+        before.request("GET", f"/api/models/{REPO}")  # the connection from before the reload still serves
+        answer = before.getresponse()
+        assert answer.status == 200 and answer.read() and before.sock is sock
+        before.close()
+
+        cert.write_text("not a certificate\n")
+        status, headers, body = http("POST", reload, headers=admin)
+        assert status == 400 and "tls.cert_file" in json.loads(body)["error"], body
+        assert ssl.PEM_cert_to_DER_cert(served_certificate(port, pki)) == \
+            ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())

@@ -545,6 +545,16 @@ impl RawConfig {
             },
         };
         let warm = self.warm.validate()?;
+        if let Some(i) = warm
+            .repos
+            .iter()
+            .position(|r| access.check_repos(&[r.repo()]).is_err())
+        {
+            return Err(bad(
+                &format!("warm.repos[{i}].repo"),
+                "refused by access.repos: warming it would store what clients may not read",
+            ));
+        }
         Ok(Config {
             warm,
             limits,
@@ -1118,6 +1128,10 @@ metrics:
                     "max_size: \"100GiB\"\n  pin: ['org/m@']",
                 ),
                 "cache.pin[0]:",
+            ),
+            (
+                format!("{MINIMAL}access:\n  repos:\n    deny: ['org/*']\nwarm:\n  repos:\n    - repo: org/m\n"),
+                "warm.repos[0].repo: refused by access.repos",
             ),
             (
                 MINIMAL.replace(

@@ -106,6 +106,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         auth: site_auth.clone(),
         throttle: cfg.warm.max_rate.map(|r| Arc::new(Throttle::new(r))),
         max_blob_size: cfg.cache.max_size,
+        policy: cfg.access.clone(),
         jobs: Jobs::open(&cfg.cache.dir).with_context(|| {
             format!(
                 "cache.dir: cannot read {}/warm-jobs.json",

@@ -14,7 +14,7 @@ use super::{Jobs, Throttle, WarmSpec};
 use crate::hub::grammar::{Repo, ResolveRequest};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{Upstream, UpstreamError, Url};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WarmResult};
 use crate::proxy::{Target, UpstreamRefetch};
 use crate::resolver::{ResolveError, Resolver, DOWNLOAD_URL_TTL};
 use crate::store::{BlobStore, Fetch, FillFailure, RefEntry, Refetch, Refused};
@@ -47,6 +47,19 @@ const SEGMENT: &AsciiSet = &PATH.add(b'/');
 pub enum SubmitError {
     #[error(transparent)]
     Refused(#[from] RefusedJob),
+    /// `access.repos` refuses the repo: what clients may not read is not fetched for them.
+    #[error("{0}: refused by access.repos")]
+    Denied(String),
+}
+
+impl SubmitError {
+    /// The admin API's answer status.
+    pub fn status(&self) -> u16 {
+        match self {
+            SubmitError::Refused(_) => 429,
+            SubmitError::Denied(_) => 403,
+        }
+    }
 }
 
 /// What warm jobs work with: the proxy's own upstream, resolver and store.
@@ -61,6 +74,8 @@ pub struct Warmer {
     pub throttle: Option<Arc<Throttle>>,
     pub max_blob_size: u64,
     pub jobs: Jobs,
+    /// The site's repo rules (`access.repos`).
+    pub policy: crate::access::Policy,
 }
 
 /// The revision info the Hub lists files with.
@@ -79,6 +94,9 @@ struct Sibling {
 impl Warmer {
     /// Starts a job for `spec` on the current runtime.
     pub fn submit(self: &Arc<Self>, spec: WarmSpec, source: &str) -> Result<Arc<Job>, SubmitError> {
+        if self.policy.check_repos(&[spec.repo()]).is_err() {
+            return Err(SubmitError::Denied(spec.repo));
+        }
         let job = self.jobs.create(&spec, source)?;
         log::info!(
             "warm job {}: {}@{} ({source})",
@@ -252,7 +270,10 @@ impl Warmer {
                     job.update(|s| s.bytes_total += meta.size);
                     out.push((request, meta));
                 }
-                Err(e) => job.file_failed(&request.path, e),
+                Err(e) => {
+                    job.file_failed(&request.path, e);
+                    self.metrics.warm_file(WarmResult::Failed);
+                }
             }
         }
         out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
@@ -320,11 +341,16 @@ impl Parts {
                         s.files_skipped += 1;
                     }
                 });
+                self.metrics.warm_file(match how {
+                    Stored::Found => WarmResult::Stored,
+                    Stored::Fetched => WarmResult::Fetched,
+                });
                 self.record(&request, &meta, &revision, matches!(how, Stored::Fetched));
             }
             Err(e) => {
                 job.update(|s| s.bytes_done -= counted);
                 job.file_failed(&request.path, e);
+                self.metrics.warm_file(WarmResult::Failed);
             }
         }
     }

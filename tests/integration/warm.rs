@@ -75,6 +75,8 @@ fn warm_stores_every_selected_file_once_and_a_second_run_skips_them() {
         total,
         "one upstream body per file"
     );
+    let warmed = |result| edge.metric("hf_edge_warm_files_total", &[("result", result)]);
+    assert_eq!((warmed("fetched"), warmed("stored")), (total, 0));
     let listed = edge.cache_command(&["ls", GPT2, "--json"]).json();
     let paths: Vec<&str> = listed["files"]
         .as_array()
@@ -99,6 +101,7 @@ fn warm_stores_every_selected_file_once_and_a_second_run_skips_them() {
         (Some(total), Some(total))
     );
     assert_eq!(hub.body_fetches(), 0, "a second warm fetches nothing");
+    assert_eq!((warmed("fetched"), warmed("stored")), (total, total));
     let weights = edge.get("/gpt2/resolve/main/pytorch_model.bin", &[]);
     assert_eq!(weights.cache(), Some("hit"));
     assert_eq!(hub.body_fetches(), 0);
@@ -245,7 +248,7 @@ fn a_push_to_main_is_warmed_within_one_interval() {
 #[test]
 fn pinned_blobs_survive_eviction_pressure_that_removes_unpinned_ones() {
     let hub = FakeHub::start();
-    let edge = Edge::builder(&hub)
+    let mut edge = Edge::builder(&hub)
         .admin_token(ADMIN)
         .max_size("150KiB")
         .configure(|c| c.cache.pin = vec!["gpt2@main".into()])
@@ -282,6 +285,12 @@ fn pinned_blobs_survive_eviction_pressure_that_removes_unpinned_ones() {
         Some("miss"),
         "the unpinned one went"
     );
+    // At boot the pins come back from refs.jsonl.
+    edge.restart();
+    wait_for("the pins reloaded", || {
+        (edge.metric("hf_edge_store_pinned_bytes", &[]) == 64 * 1024).then_some(())
+    });
+    assert_eq!(edge.get(pinned, &[]).cache(), Some("hit"));
     let stats = edge.cache_command(&["stats", "--json"]).json();
     assert_eq!(stats["pinned_bytes"], 64 * 1024, "{stats}");
     let ls = edge.cache_command(&["ls", GPT2, "--json"]).json();
@@ -308,10 +317,11 @@ fn the_rate_cap_holds() {
             })
         })
         .start();
-    let started = Instant::now();
     let out = edge.warm_command(&[TINY_DS, "--include", "*.parquet"]);
-    let seconds = started.elapsed().as_secs_f64();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // The job's own time, from its creation to its end (the command's start-up and polling
+    // are not warming).
+    let seconds = last_status(&out)["seconds"].as_f64().unwrap();
     let measured = LFS_SIZE as f64 / seconds;
     println!("warm of {LFS_SIZE} bytes at a 2 MB/s cap: {seconds:.2} s, {measured:.0} B/s");
     assert!(
@@ -323,7 +333,17 @@ fn the_rate_cap_holds() {
 #[test]
 fn bad_input_is_a_clear_error_on_the_command_and_in_the_job() {
     let hub = FakeHub::start();
-    let edge = edge(&hub);
+    let edge = Edge::builder(&hub)
+        .admin_token(ADMIN)
+        .deny_repos(&["fake-org/private-*"])
+        .start();
+    let denied = edge.warm_command(&["fake-org/private-model"]);
+    assert_eq!(denied.code, 2);
+    assert!(
+        denied.stderr.contains("refused by access.repos"),
+        "{}",
+        denied.stderr
+    );
     let missing = edge.warm_command(&["fake-org/no-such-repo"]);
     assert_eq!(missing.code, 1);
     assert!(

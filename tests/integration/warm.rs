@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::fake_hub::{FakeHub, Fault};
 use crate::fixtures::{GPT2, HELD_AFTER, LFS, LFS_SIZE, TINY_DS};
 use crate::harness::{
-    poll_until, wait_for, CliOutput, Edge, SmallDisk, WarmConfig, WarmRepoConfig,
+    hf_edge, poll_until, wait_for, CliOutput, Edge, SmallDisk, WarmConfig, WarmRepoConfig,
 };
 use crate::http::{sha256_hex, Download};
 
@@ -396,6 +396,32 @@ fn bad_input_is_a_clear_error_on_the_command_and_in_the_job() {
         .cache_command(&["ls", "--json"])
         .stdout
         .contains("train.parquet"));
+}
+
+#[test]
+fn the_command_needs_the_admin_token_and_a_running_server() {
+    let hub = FakeHub::start();
+    let (_dir, no_token) = Edge::builder(&hub).write_config();
+    let out = hf_edge(&["warm", GPT2, "--config", no_token.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("ops.admin_token"), "{}", out.stderr);
+    let (_dir, not_running) = Edge::builder(&hub).admin_token(ADMIN).write_config();
+    let out = hf_edge(&["warm", GPT2, "--config", not_running.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot reach hf-edge's admin API"),
+        "{}",
+        out.stderr
+    );
+    let bad_type = hf_edge(&[
+        "warm",
+        GPT2,
+        "--type",
+        "kernel",
+        "--config",
+        not_running.to_str().unwrap(),
+    ]);
+    assert_eq!(bad_type.code, 2, "{}", bad_type.stderr);
 }
 
 #[test]

@@ -210,7 +210,7 @@ mod tests {
     fn the_progress_line_shows_files_bytes_rate_and_eta() {
         let s: JobStatus = serde_json::from_value(serde_json::json!({
             "id": 1, "repo": "org/m", "revision": "main", "include": [], "exclude": [],
-            "source": "api", "state": "fetching", "error": null, "commit": null,
+            "mount": "/", "source": "api", "state": "fetching", "error": null, "commit": null,
             "files_total": 4, "files_done": 1, "files_skipped": 0, "files_failed": 0,
             "bytes_total": 3000, "bytes_done": 1000, "created": 0, "finished": null,
             "seconds": 2.0, "failures": []

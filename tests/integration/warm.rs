@@ -442,3 +442,28 @@ fn a_full_disk_fails_the_file_and_keeps_nothing() {
     edge.stop();
     drop(disk);
 }
+
+#[test]
+fn a_warm_through_a_mount_fetches_from_that_mounts_hub() {
+    let public = FakeHub::start();
+    let internal = FakeHub::start();
+    let edge = Edge::builder(&public)
+        .admin_token(ADMIN)
+        .mount("/internal", &internal, None)
+        .start();
+    internal.push(GPT2, &[("only-internal.txt", "internal side")]);
+    public.clear_log();
+    internal.clear_log();
+    let out = edge.warm_command(&[GPT2, "--mount", "/internal", "--include", "only-*"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let status = last_status(&out);
+    assert_eq!(
+        (status["mount"].as_str(), status["files_total"].as_u64()),
+        (Some("/internal"), Some(1))
+    );
+    assert_eq!(internal.body_fetches(), 1);
+    assert_eq!(public.log().len(), 0, "the public Hub is not asked");
+    let r = edge.get("/internal/gpt2/resolve/main/only-internal.txt", &[]);
+    assert_eq!((r.status, r.cache()), (200, Some("hit")));
+    assert_eq!(r.text(), "internal side");
+}

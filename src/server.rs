@@ -17,7 +17,9 @@ use crate::downstream;
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
-use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
+use crate::proxy::{
+    DownloadFlow, EdgeProxy, LfsActions, PassthroughFlow, RequestIds, MAX_LFS_ACTIONS,
+};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
 use crate::store::{BlobStore, FillPolicy};
@@ -108,6 +110,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             resolver,
             snapshots,
             metrics: metrics.clone(),
+            lfs_actions: Arc::new(LfsActions::new(cfg.access.auth_ttl, MAX_LFS_ACTIONS)),
         },
         metrics: metrics.clone(),
         access_log,

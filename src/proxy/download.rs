@@ -175,7 +175,7 @@ impl DownloadFlow {
     }
 
     /// A hit moves the blob up the eviction manager's LRU order.
-    fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
+    pub(super) fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
         let key = CacheEntryKey::key_only(cache_key(blob).to_compact());
         self.eviction
             .access(&key, size as usize, SystemTime::now() + FOREVER);

@@ -5,6 +5,7 @@
 //! - [`download`]: `GET /{repo}/resolve/{rev}/{path}` from the blob store, filled on a miss
 //!   by the store's own task (with [`from_store`], [`range`] and [`refetch`]), so Pingora's
 //!   cache phase is never enabled;
+//! - [`lfs`]: git-lfs objects named by rewritten batch answers, from the same store;
 //! - [`passthrough`]: everything else, to the Hub and back, uncached;
 //! - [`failure`]: how failures are answered and retried; [`respond`]: answers hf-edge writes;
 //! - [`log`]: request ids, metrics and access lines.
@@ -14,6 +15,7 @@ mod ctx;
 mod download;
 mod failure;
 mod from_store;
+mod lfs;
 mod log;
 mod passthrough;
 pub mod range;
@@ -34,6 +36,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 
 pub use ctx::{Ctx, Flow, Target};
 pub use download::DownloadFlow;
+pub use lfs::{LfsActions, MAX_ACTIONS as MAX_LFS_ACTIONS};
 pub use log::RequestIds;
 pub use passthrough::PassthroughFlow;
 
@@ -84,6 +87,12 @@ impl ProxyHttp for EdgeProxy {
         match admitted.route {
             Route::Resolve(r) if is_file_read => {
                 self.downloads.start(session, ctx, r, &self.policy).await
+            }
+            Route::LfsObject(o) if is_file_read => {
+                let actions = &self.passthrough.lfs_actions;
+                self.downloads
+                    .serve_lfs_object(session, ctx, o, actions)
+                    .await
             }
             route => self.passthrough.start(session, ctx, &route).await,
         }

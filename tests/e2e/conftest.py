@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop
+from support import (REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop,
+                     venv_python)
 from tlsca import TestPKI
 
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
@@ -135,3 +136,9 @@ def new_client(endpoint, tmp_path):
     """A factory of further clients, each with its own empty cache."""
     homes = itertools.count(1)
     return lambda: Client(endpoint, tmp_path / f"client-{next(homes)}")
+
+
+@pytest.fixture(scope="session")
+def library_python() -> Path:
+    """A python with datasets and transformers (tests/e2e/requirements-libraries.txt), in a venv of its own."""
+    return venv_python(REPO_ROOT / "target" / "e2e-venv-libraries", Path(__file__).with_name("requirements-libraries.txt"))

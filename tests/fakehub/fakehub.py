@@ -1118,6 +1118,8 @@ class Hub:
             return json_response(200, {"cleared": True})
         if route == ("POST", "/_fake/push"):
             return self.push(json.loads(req.body))
+        if route == ("POST", "/_fake/repos"):
+            return self.create_repo(json.loads(req.body))
         if route == ("GET", "/_fake/faults"):
             with self.lock:
                 return json_response(200, [f.to_json() for f in self.faults])
@@ -1173,6 +1175,19 @@ class Hub:
             self.blobs.update({b.sha256: b for b in added.values() if b.lfs})
             repo.branches["main"] = commit.sha
         return json_response(200, {"commit": commit.sha})
+
+    def create_repo(self, spec: dict) -> Response:
+        """A new public repo whose main holds `files` (paths to base64 content), e.g. a dataset a test made with
+        the real pyarrow. Answers 409 if it exists (a session's tests share the fake)."""
+        kind, repo_id = spec.get("type", "model"), spec["repo"]
+        files = {p: base64.b64decode(content) for p, content in spec["files"].items()}
+        with self.lock:
+            if (kind, repo_id) in self.repos:
+                return json_response(409, {"error": f"{kind} {repo_id} exists"})
+            repo = make_repo(Repo(kind, repo_id), v1=files, main={}, pr={})
+            self.repos[(kind, repo_id)] = repo
+            self.blobs.update({b.sha256: b for c in repo.commits.values() for b in c.files.values() if b.lfs})
+        return json_response(200, {"commit": repo.branches["main"]})
 
     def expected_files(self, params: dict[str, str]) -> Response:
         """Ground truth for tests: the commit a revision points at and the content of its files."""

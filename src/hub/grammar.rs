@@ -120,6 +120,9 @@ pub enum ApiKind {
     PathsInfo,
     /// `/api/{type}s/{repo}/revision/{rev}`
     Revision,
+    /// `/api/{type}s/{repo}`: repo info at the default branch (`model_info`, which
+    /// transformers asks first to pin a commit).
+    Info,
     Other,
 }
 
@@ -341,7 +344,18 @@ fn api_kind(segs: &[&str]) -> ApiKind {
             _ => {}
         }
     }
+    let names_a_repo = rest
+        .iter()
+        .all(|s| valid_repo_part(s) && !is_api_subresource(s));
+    if (1..=2).contains(&rest.len()) && names_a_repo {
+        return ApiKind::Info;
+    }
     ApiKind::Other
+}
+
+/// A segment that names a sub-resource of `/api/{type}s/{repo}/...`, never a repo id part.
+pub fn is_api_subresource(seg: &str) -> bool {
+    API_SUBRESOURCES.contains(&seg)
 }
 
 fn check_raw(raw: &str) -> Result<(), PathError> {
@@ -597,7 +611,10 @@ mod tests {
                 resolve(Model, "gpt2", "main", "onnx/dé jà+v1.json"),
             ),
             ("/org/resolve/resolve/main/x", resolve(Model, "org/resolve", "main", "x")),
-            ("/api/models/gpt2", Route::Api(ApiKind::Other)),
+            ("/api/models/gpt2", Route::Api(ApiKind::Info)),
+            ("/api/datasets/org/d", Route::Api(ApiKind::Info)),
+            ("/api/models/org/refs", Route::Api(ApiKind::Other)),
+            ("/api/models", Route::Api(ApiKind::Other)),
             ("/api/models/org/m/tree/main", Route::Api(ApiKind::Tree)),
             ("/api/datasets/squad/tree/main/data%2Ftrain", Route::Api(ApiKind::Tree)),
             ("/api/models/org/m/paths-info/main", Route::Api(ApiKind::PathsInfo)),

@@ -33,13 +33,17 @@ const MAX_JSON_BODY: usize = 32 << 20;
 fn rewrites_json(route: &Route) -> bool {
     matches!(
         route,
-        Route::Api(ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision)
+        Route::Api(ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision | ApiKind::Info)
     )
 }
 
 /// The answers `snapshot_download` needs to start, kept for outages.
 fn keeps_snapshot(route: &Route, method: &Method) -> bool {
-    *method == Method::GET && matches!(route, Route::Api(ApiKind::Tree | ApiKind::Revision))
+    *method == Method::GET
+        && matches!(
+            route,
+            Route::Api(ApiKind::Tree | ApiKind::Revision | ApiKind::Info)
+        )
 }
 
 /// What the pass-through flow works with.

@@ -69,6 +69,7 @@ pub struct Config {
     pub public_url: Option<Origin>,
     pub ops: Ops,
     pub limits: Limits,
+    pub warm: Warm,
 }
 
 /// Bounds on client connections.
@@ -142,6 +143,8 @@ pub struct Cache {
     /// Fills (blobs being fetched into the store) at once; beyond, requests are served
     /// uncached.
     pub max_fills: usize,
+    /// `cache.pin` and `cache.max_pinned`: blobs of these repos are never evicted.
+    pub pin: crate::store::PinPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +175,8 @@ struct RawConfig {
     ops: RawOps,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    warm: RawWarm,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +301,10 @@ struct RawCache {
     api_snapshots_max_files: usize,
     #[serde(default = "default_max_fills")]
     max_fills: usize,
+    #[serde(default)]
+    pin: Vec<String>,
+    #[serde(default = "default_max_pinned")]
+    max_pinned: RawValue,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +509,7 @@ impl RawConfig {
             )?,
             api_snapshots_max_files: c.api_snapshots_max_files,
             max_fills: c.max_fills,
+            pin: pin_policy(&c.pin, &c.max_pinned)?,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen)?,
@@ -534,7 +544,9 @@ impl RawConfig {
                 n => n,
             },
         };
+        let warm = self.warm.validate()?;
         Ok(Config {
+            warm,
             limits,
             public_url,
             ops: Ops { admin_token },
@@ -659,6 +671,111 @@ impl RawAccess {
             offline_restricted,
         })
     }
+}
+
+// === warm and pin ===
+
+/// `warm:`: repos kept warm, and the bandwidth warming may use.
+#[derive(Debug, Clone)]
+pub struct Warm {
+    /// How often each entry's revision is resolved again (a moved branch starts a job).
+    pub interval: Duration,
+    /// Bytes per second all warm fills read at most together (lifted for a fill a client
+    /// reads too); `None`: no cap.
+    pub max_rate: Option<u64>,
+    pub repos: Vec<crate::warm::WarmSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWarm {
+    #[serde(default = "default_warm_interval")]
+    interval: RawValue,
+    #[serde(default)]
+    max_rate: Option<RawValue>,
+    #[serde(default)]
+    repos: Vec<crate::warm::RawSpec>,
+}
+
+impl Default for RawWarm {
+    fn default() -> Self {
+        RawWarm {
+            interval: default_warm_interval(),
+            max_rate: None,
+            repos: Vec::new(),
+        }
+    }
+}
+
+fn default_warm_interval() -> RawValue {
+    RawValue::Str("10m".into())
+}
+
+fn default_max_pinned() -> RawValue {
+    RawValue::Str("10GiB".into())
+}
+
+/// Entries in `warm.repos` at most (each costs a Hub request every interval).
+const MAX_WARM_REPOS: usize = 256;
+/// `cache.pin` patterns at most (each is matched against every name recorded).
+const MAX_PINS: usize = 256;
+
+impl RawWarm {
+    fn validate(self) -> Result<Warm, Invalid> {
+        let interval = duration("warm.interval", &self.interval)?;
+        if interval < Duration::from_secs(1) {
+            return Err(bad("warm.interval", "must be at least 1s"));
+        }
+        let max_rate = match &self.max_rate {
+            Some(v) => match size("warm.max_rate", v)? {
+                0 => {
+                    return Err(bad(
+                        "warm.max_rate",
+                        "must be greater than 0 (or unset: no cap)",
+                    ))
+                }
+                n => Some(n),
+            },
+            None => None,
+        };
+        if self.repos.len() > MAX_WARM_REPOS {
+            return Err(bad(
+                "warm.repos",
+                format!("more than {MAX_WARM_REPOS} entries"),
+            ));
+        }
+        let repos = self
+            .repos
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.validate()
+                    .map_err(|(field, m)| bad(&format!("warm.repos[{i}].{field}"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Warm {
+            interval,
+            max_rate,
+            repos,
+        })
+    }
+}
+
+fn pin_policy(pin: &[String], max_pinned: &RawValue) -> Result<crate::store::PinPolicy, Invalid> {
+    if pin.len() > MAX_PINS {
+        return Err(bad("cache.pin", format!("more than {MAX_PINS} patterns")));
+    }
+    let patterns = pin
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            crate::store::PinPattern::parse(p).map_err(|m| bad(&format!("cache.pin[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::store::PinPolicy {
+        patterns,
+        max_pinned: size("cache.max_pinned", max_pinned)?,
+    })
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
@@ -942,5 +1059,77 @@ metrics:
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn warm_and_pin_keys_are_read_and_checked() {
+        let cfg = parse(&format!(
+            "{MINIMAL}warm:\n  interval: 30s\n  max_rate: 5MB\n  repos:\n    - repo: org/m\n      include: ['*.json']\n    - repo: org/d\n      type: dataset\n      revision: v1\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.warm.interval, Duration::from_secs(30));
+        assert_eq!(cfg.warm.max_rate, Some(5_000_000));
+        let repos: Vec<_> = cfg
+            .warm
+            .repos
+            .iter()
+            .map(|r| (r.repo.as_str(), r.revision.as_str()))
+            .collect();
+        assert_eq!(repos, [("org/m", "main"), ("datasets/org/d", "v1")]);
+        let defaults = parse(MINIMAL).unwrap();
+        assert_eq!(
+            (defaults.warm.interval, defaults.warm.max_rate),
+            (Duration::from_secs(600), None)
+        );
+        assert_eq!(defaults.cache.pin.max_pinned, 10 << 30);
+        let pinned = parse(&MINIMAL.replace(
+            "max_size: \"100GiB\"",
+            "max_size: \"100GiB\"\n  pin: ['org/*', 'other/m@v1.0']\n  max_pinned: 1GiB",
+        ))
+        .unwrap();
+        assert_eq!(
+            (pinned.cache.pin.patterns.len(), pinned.cache.pin.max_pinned),
+            (2, 1 << 30)
+        );
+        let cases = [
+            (
+                format!("{MINIMAL}warm:\n  interval: 0s\n"),
+                "warm.interval: must be at least 1s",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  max_rate: 0\n"),
+                "warm.max_rate: must be greater than 0",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: 'a b'\n"),
+                "warm.repos[0].repo:",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: org/m\n      type: kernel\n"),
+                "warm.repos[0].type:",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: org/m\n      branch: main\n"),
+                "unknown field `branch`",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: \"100GiB\"\n  pin: ['org/m@']",
+                ),
+                "cache.pin[0]:",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: \"100GiB\"\n  max_pinned: lots",
+                ),
+                "cache.max_pinned:",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = err(&yaml);
+            assert!(got.contains(want), "{got} does not contain {want}");
+        }
     }
 }

@@ -24,6 +24,7 @@ pub mod resolver;
 pub mod server;
 pub mod snapshots;
 pub mod store;
+pub mod warm;
 
 /// Sent upstream on hf-edge's own requests.
 pub const USER_AGENT: &str = concat!("hf-edge/", env!("CARGO_PKG_VERSION"));

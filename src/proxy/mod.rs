@@ -39,6 +39,7 @@ pub use download::DownloadFlow;
 pub use lfs::{LfsActions, MAX_ACTIONS as MAX_LFS_ACTIONS};
 pub use log::RequestIds;
 pub use passthrough::PassthroughFlow;
+pub use refetch::{answer_for, UpstreamRefetch};
 
 use crate::access::Policy;
 use crate::access_log::AccessLog;

@@ -27,3 +27,4 @@ mod resolve; // /resolve metadata, bodies, the blob store, ranges
 mod security; // hostile clients: credentials, the site token, repo rules, poisoning
 mod shutdown; // SIGTERM and shutdown_grace
 mod stalled; // a client that stops reading stalls no other client of its fill
+mod warm; // warm jobs, repos kept warm, the warming bandwidth cap, pinned blobs

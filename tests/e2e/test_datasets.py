@@ -6,6 +6,8 @@ import pytest
 
 from support import Client
 
+pytestmark = pytest.mark.client("datasets")
+
 # Two data sets of one format each (datasets infers one builder for all the configs of a repo). Config
 # `first` (the default) has a train and a test split, `second` a train split. Written by the real pyarrow.
 MAKE = """

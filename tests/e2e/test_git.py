@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from support import TARGET, http, sha256, sha256_file
+from support import http, sha256, sha256_file
+
+pytestmark = pytest.mark.client("git + git-lfs")
 
 GIT_TIMEOUT = 120
 GATED, PRIVATE = "fake-org/gated-model", "fake-org/private-model"

@@ -65,6 +65,8 @@ class OldClient(Client):
 
 
 @pytest.mark.edge_only
+@pytest.mark.client("hf_transfer")
+@pytest.mark.client("huggingface_hub 0.x")
 def test_hf_transfer_downloads_a_cold_file_through_an_unread_get(fakehub, other_edge, old_python, tmp_path):
     """The client gets the right bytes, at upstream speed: within twice (plus 3 s of slack for a busy machine)
     the time the same client takes straight from the fake Hub and CDN, where it hung for 150 s; the CDN saw
@@ -91,6 +93,8 @@ def test_hf_transfer_downloads_a_cold_file_through_an_unread_get(fakehub, other_
     assert statuses.count(206) >= 2 and 200 in statuses, statuses
 
 
+@pytest.mark.client("hf CLI")
+@pytest.mark.client("huggingface_hub 0.x")
 @pytest.mark.parametrize("command", ["hf", "huggingface-cli"])
 def test_download_commands_of_huggingface_hub_0_36(fakehub, endpoint, old_python, tmp_path, command):
     """`hf download` and `huggingface-cli download` (0.36 has both; the current client's `hf` is in

@@ -8,6 +8,8 @@ import pytest
 
 from support import Client
 
+pytestmark = pytest.mark.client("transformers")
+
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
 
 # result: what the model is, as transformers and safetensors read it from `args["source"]` (a repo id or a dir).

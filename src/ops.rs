@@ -11,7 +11,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
-use crate::hub::upstream::Upstream;
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
 use crate::warm::{SubmitError, Warmer};
@@ -23,9 +23,9 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
-    pub upstream: Arc<Upstream>,
-    /// `ops.admin_token`; `None`: admin endpoints are refused.
-    pub admin_token: Option<String>,
+    /// The live config: mounts' upstreams, `ops.admin_token` (`None`: admin endpoints are
+    /// refused), and reload.
+    pub gateway: Arc<Gateway>,
     pub warmer: Arc<Warmer>,
 }
 
@@ -104,8 +104,10 @@ impl OpsApp {
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        let hub = &self.upstream.hub;
-        let upstream = if self.upstream.is_offline() {
+        // The top-level upstream: the one every client reaches without a prefix.
+        let root = self.gateway.live.load().root().upstream.clone();
+        let hub = &root.hub;
+        let upstream = if root.is_offline() {
             Ok(())
         } else {
             let addr = (hub.host.clone(), hub.port);
@@ -122,7 +124,7 @@ impl OpsApp {
             serde_json::json!({
                 "status": if ready { "ready" } else { "not ready" },
                 "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
-                "upstream": match (&upstream, self.upstream.is_offline()) {
+                "upstream": match (&upstream, root.is_offline()) {
                     (_, true) => "offline mode".to_string(),
                     (Ok(()), false) => "reachable".to_string(),
                     (Err(e), false) => format!("unreachable: {e}"),
@@ -142,8 +144,12 @@ impl OpsApp {
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("enabled=")));
             match wanted {
-                Some("true") => self.upstream.set_offline(true),
-                Some("false") => self.upstream.set_offline(false),
+                // Every mount's upstream: offline mode is about the site's link, not one Hub.
+                Some(on @ ("true" | "false")) => {
+                    for u in self.gateway.upstreams() {
+                        u.set_offline(on == "true");
+                    }
+                }
                 _ => {
                     return json(
                         400,
@@ -153,15 +159,32 @@ impl OpsApp {
             }
             log::warn!(
                 "offline mode set to {} via the ops listener",
-                self.upstream.is_offline()
+                self.is_offline()
             );
         } else if req.method != http::Method::GET {
             return json(405, serde_json::json!({"error": "GET or POST"}));
         }
-        json(
-            200,
-            serde_json::json!({"offline": self.upstream.is_offline()}),
-        )
+        json(200, serde_json::json!({"offline": self.is_offline()}))
+    }
+
+    /// `POST`: re-reads the config file, as SIGHUP does.
+    async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().method != http::Method::POST {
+            return json(405, serde_json::json!({"error": "POST"}));
+        }
+        let gateway = self.gateway.clone();
+        match tokio::task::spawn_blocking(move || gateway.reload()).await {
+            Ok(Ok(())) => json(200, serde_json::json!({"reloaded": true})),
+            Ok(Err(e)) => json(400, serde_json::json!({"error": e})),
+            Err(e) => json(
+                500,
+                serde_json::json!({"error": format!("reload failed: {e}")}),
+            ),
+        }
+    }
+
+    fn is_offline(&self) -> bool {
+        self.gateway.upstreams().iter().all(|u| u.is_offline())
     }
 }
 
@@ -248,16 +271,16 @@ impl ServeHttp for OpsApp {
                 let req = session.req_header();
                 let auth = req.headers.get(http::header::AUTHORIZATION);
                 let origin = req.headers.contains_key(http::header::ORIGIN);
-                if let Err(r) = admit_admin(
-                    self.admin_token.as_deref(),
-                    auth.map(|v| v.as_bytes()),
-                    origin,
-                ) {
+                let admin_token = self.gateway.admin_token();
+                if let Err(r) =
+                    admit_admin(admin_token.as_deref(), auth.map(|v| v.as_bytes()), origin)
+                {
                     return admin_refused(r);
                 }
                 let method = req.method.clone();
                 match path {
                     "/admin/offline" => self.offline(session).await,
+                    "/admin/reload" => self.reload(session).await,
                     "/admin/warm" => self.warm(session).await,
                     "/admin/jobs" => self.jobs(&method, None),
                     p if p.starts_with("/admin/jobs/") => {

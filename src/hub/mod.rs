@@ -5,6 +5,7 @@ pub mod egress;
 pub mod grammar;
 pub mod headers;
 pub mod intent;
+pub mod lfs;
 pub mod status;
 pub mod upstream;
 

@@ -599,7 +599,7 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
-        let sent = self.send("HEAD", url, auth, None, &[], self.metadata_timeout, false);
+        let sent = self.send("HEAD", url, auth, None, &[]);
         let (peer, mut resp) = tokio::time::timeout(self.metadata_timeout, sent)
             .await
             .map_err(|_| UpstreamError::Timeout {
@@ -626,9 +626,7 @@ impl Upstream {
             0 => None,
             n => Some(hv(&format!("bytes={n}-"))?),
         };
-        let (_, resp) = self
-            .send("GET", url, auth, range, &[], self.read_timeout, true)
-            .await?;
+        let (_, resp) = self.send("GET", url, auth, range, &[]).await?;
         Ok(resp)
     }
 
@@ -644,9 +642,7 @@ impl Upstream {
             0 => None,
             n => Some(hv(&format!("bytes={n}-"))?),
         };
-        let (_, resp) = self
-            .send("GET", url, None, range, headers, self.read_timeout, true)
-            .await?;
+        let (_, resp) = self.send("GET", url, None, range, headers).await?;
         Ok(resp)
     }
 
@@ -657,9 +653,12 @@ impl Upstream {
         auth: Option<&HeaderValue>,
         range: Option<HeaderValue>,
         extra: &[(HeaderName, HeaderValue)],
-        timeout: Duration,
-        retry_stale: bool,
     ) -> Result<(HttpPeer, UpstreamResponse), UpstreamError> {
+        // A HEAD is metadata (answered within metadata_timeout); a GET is a body to read.
+        let (timeout, retry_stale) = match method {
+            "HEAD" => (self.metadata_timeout, false),
+            _ => (self.read_timeout, true),
+        };
         let host = url.origin.host.clone();
         let peer = self.peer(&url.origin).await?;
         let up = |e: Box<pingora::Error>| UpstreamError::from_pingora(&host, &e);
@@ -692,7 +691,7 @@ impl Upstream {
         }
         self.prepare(url, &mut req)?;
         // A kept-alive connection the server (or a proxy) closed meanwhile fails before any
-        // answer. A fill's GET (`retry_stale`), which a failure would abandon, is sent again on
+        // answer. A fill's GET, which a failure would abandon, is sent again on
         // the next pooled connection or a new one; a new connection's failure is final. A
         // metadata HEAD is not: its failure is the Hub's state, which the resolver's failure
         // hold-down counts on seeing once per request.

@@ -37,15 +37,15 @@ pub async fn answer(
     if session.response_written().is_some() {
         return sent(status);
     }
+    // After a failed upstream attempt Pingora 0.9 closes the client connection whatever this
+    // returns (its `can_reuse_downstream` is read only on errors before the upstream phase), so
+    // the answer says `Connection: close`: a client must not send its next request on a
+    // connection that is about to be closed (it would meet a reset, not an answer).
+    session.set_keepalive(None);
     if status::unavailable(status)
         && matches!(passthrough.serve_snapshot(session, ctx).await, Ok(true))
     {
-        // A whole answer to a GET (the only request a snapshot answers): the connection
-        // stays usable, and a client that reuses it must not meet a reset.
-        return FailToProxy {
-            error_code: 200,
-            can_reuse_downstream: true,
-        };
+        return sent(200);
     }
     let _ = respond::error(session, status, &message, &ctx.request_id).await;
     sent(status)

@@ -5,6 +5,8 @@ expect, and clears the fake Hub's faults afterwards."""
 
 import json
 import time
+from http.client import HTTPConnection
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -36,6 +38,15 @@ def test_a_cold_client_snapshots_a_cached_revision_while_the_hub_is_gone(other_f
     assert pushed != want["commit"]
 
     hub.fault({"mode": outage})
+    # The first request to find the Hub gone gets the last good answer after a failed upstream attempt, and hf-edge
+    # closes that connection then (Pingora does): the answer says so, or a client sending its next request on it
+    # would meet a reset.
+    connection = HTTPConnection(urlsplit(edge.url).netloc, timeout=10)  # HTTP/1.1, keep-alive asked for
+    connection.request("GET", "/api/models/gpt2/revision/main")
+    answer = connection.getresponse()
+    assert answer.status == 200 and json.loads(answer.read())["sha"] == want["commit"]
+    assert answer.getheader("Connection") == "close"
+    connection.close()
     cold = Client(edge.url, tmp_path / "cold")
     started = time.monotonic()
     got = cold.run(SNAPSHOT_AT, repo_id="gpt2")

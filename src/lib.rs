@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod durable;
+pub mod health;
 pub mod hub;
 pub mod jsonl;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod proxy;
 pub mod resolver;
 pub mod server;
 pub mod snapshots;
+pub mod status;
 pub mod store;
 
 /// Sent upstream on hf-edge's own requests.

@@ -1,16 +1,16 @@
 //! The operator endpoints on `metrics.listen`: `/metrics`, `/healthz` (alive), `/readyz`
-//! (store writable, upstream reachable), open; and `/admin/*`, which needs the bearer
+//! (store writable; the Hub's state reported, never required: see [`crate::health`]), open; and `/admin/*`, which needs the bearer
 //! `ops.admin_token` (a cross-site "simple request" cannot carry one). Never on the client
 //! listener.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::health::{self, HubProbe};
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
@@ -20,6 +20,7 @@ pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
     pub upstream: Arc<Upstream>,
+    pub hub: Arc<HubProbe>,
     /// `ops.admin_token`; `None`: admin endpoints are refused.
     pub admin_token: Option<String>,
 }
@@ -91,6 +92,7 @@ fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 impl OpsApp {
+    /// Ready while the store is writable; the Hub's state is in the body, not in the status.
     async fn readiness(&self) -> Response<Vec<u8>> {
         let probe = self.store.layout().root().join("tmp/.ready-probe");
         let store = tokio::task::spawn_blocking(move || {
@@ -99,29 +101,16 @@ impl OpsApp {
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        let hub = &self.upstream.hub;
-        let upstream = if self.upstream.is_offline() {
-            Ok(())
-        } else {
-            let addr = (hub.host.clone(), hub.port);
-            let connect = tokio::net::TcpStream::connect(addr);
-            match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("connect timed out".to_string()),
-            }
-        };
-        let ready = store.is_ok() && upstream.is_ok();
+        let r = health::readiness(store, self.hub.state());
+        let status = if r.ready { 200 } else { 503 };
         json(
-            if ready { 200 } else { 503 },
+            status,
             serde_json::json!({
-                "status": if ready { "ready" } else { "not ready" },
-                "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
-                "upstream": match (&upstream, self.upstream.is_offline()) {
-                    (_, true) => "offline mode".to_string(),
-                    (Ok(()), false) => "reachable".to_string(),
-                    (Err(e), false) => format!("unreachable: {e}"),
-                },
+                "status": if r.ready { "ready" } else { "not ready" },
+                "store": r.store,
+                "config": r.config,
+                "hub": r.hub,
+                "upstream": r.hub_detail,
             }),
         )
     }
@@ -164,11 +153,15 @@ impl OpsApp {
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => reply(
-                200,
-                "text/plain; version=0.0.4",
-                self.metrics.gather(self.store.stats.counts()),
-            ),
+            "/metrics" => {
+                // Brings hf_edge_hub_state up to date (a probe at most every PROBE_EVERY).
+                self.hub.state();
+                reply(
+                    200,
+                    "text/plain; version=0.0.4",
+                    self.metrics.gather(self.store.stats.counts()),
+                )
+            }
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
             path if path.starts_with("/admin/") => {

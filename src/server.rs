@@ -14,12 +14,14 @@ use pingora_cache::eviction::{simple_lru, EvictionManager};
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::downstream;
+use crate::health::HubProbe;
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
+use crate::status::StatusSource;
 use crate::store::{BlobStore, FillPolicy};
 
 /// Starts hf-edge and serves until a signal stops it.
@@ -55,6 +57,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     )?);
     let upstream = Arc::new(Upstream::new(cfg.upstream.settings()));
     let ops_upstream = upstream.clone();
+    let hub = HubProbe::new(upstream.clone(), metrics.clone());
+    let status = Arc::new(StatusSource::new(
+        store,
+        metrics.clone(),
+        upstream.clone(),
+        hub.clone(),
+        cfg.public_url.as_ref().map(ToString::to_string),
+        cfg.listen,
+        cfg.cache.max_size,
+    ));
     let site_auth = match &cfg.upstream.token {
         Some(t) => Some(
             HeaderValue::from_str(&format!("Bearer {}", t.expose()))
@@ -112,6 +124,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         access_log,
         request_ids: RequestIds::default(),
+        status,
     };
 
     let conf = ServerConf {
@@ -149,6 +162,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             metrics,
             store,
             upstream: ops_upstream,
+            hub,
             admin_token: cfg.ops.admin_token.as_ref().map(|t| t.expose().to_string()),
         }),
     );

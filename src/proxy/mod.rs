@@ -43,6 +43,7 @@ use crate::downstream;
 use crate::hub::grammar::Route;
 use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, UpstreamKind};
+use crate::status::{Page, StatusSource};
 
 pub struct EdgeProxy {
     pub upstream: Arc<Upstream>,
@@ -54,6 +55,8 @@ pub struct EdgeProxy {
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
     pub request_ids: RequestIds,
+    /// `GET /` and `/status.json`: the status page.
+    pub status: Arc<StatusSource>,
 }
 
 #[async_trait]
@@ -81,6 +84,9 @@ impl ProxyHttp for EdgeProxy {
             Err(r) => return respond::refusal(session, &r, &ctx.request_id).await,
         };
         ctx.route = Some(admitted.route.clone());
+        if let Some(page) = Page::at(session.req_header().uri.path()).filter(|_| is_file_read) {
+            return respond::status_page(session, &self.status, page, &ctx.request_id).await;
+        }
         match admitted.route {
             Route::Resolve(r) if is_file_read => {
                 self.downloads.start(session, ctx, r, &self.policy).await

@@ -27,3 +27,4 @@ mod resolve; // /resolve metadata, bodies, the blob store, ranges
 mod security; // hostile clients: credentials, the site token, repo rules, poisoning
 mod shutdown; // SIGTERM and shutdown_grace
 mod stalled; // a client that stops reading stalls no other client of its fill
+mod status; // /readyz through Hub outages, the status page and /status.json

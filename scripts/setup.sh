@@ -3,6 +3,7 @@
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
+#  - chromium, systemd-analyze, buildah and mmdebstrap for the deploy kit's tests (Debian's packages);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -42,6 +43,21 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
   if [ -n "$added_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
   if [ "$status" != 0 ]; then echo "setup: installing prometheus failed" >&2; exit "$status"; fi
+fi
+
+# Deploy kit (issue 15): Debian's chromium renders the status page in its e2e test,
+# systemd-analyze verifies and rates deploy/hf-edge.service, buildah and mmdebstrap build and run
+# the container image (deploy/container) without any registry.
+deploy_missing=
+for tool in chromium:chromium systemd-analyze:systemd buildah:buildah mmdebstrap:mmdebstrap; do
+  command -v "${tool%%:*}" >/dev/null || deploy_missing="$deploy_missing ${tool#*:}"
+done
+if [ -n "$deploy_missing" ]; then
+  echo "setup: installing$deploy_missing (the deploy kit's tests)" >&2
+  as_root apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends $deploy_missing >/dev/null
 fi
 
 if [ "${1:-}" = "--venv" ]; then

@@ -3,8 +3,10 @@
 //! cache's job, so a Hub outage must not take hf-edge out of a load balancer.
 //!
 //! The Hub is probed with a `HEAD /` on the path requests take (same connector, trust roots
-//! and timeouts), at most once per [`PROBE_EVERY`], in the background: a probe waits up to
-//! `upstream.metadata_timeout`, longer than a load balancer waits for `/readyz`.
+//! and timeouts) when `/readyz` or the status page asks, at most once per [`PROBE_EVERY`], in
+//! the background: a probe waits up to `upstream.metadata_timeout`, longer than a load balancer
+//! waits for `/readyz`. A scrape of `/metrics` does not probe (the load balancer's `/readyz`
+//! keeps `hf_edge_hub_state` current), so nothing goes upstream that no client or probe asked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -153,15 +153,11 @@ impl OpsApp {
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => {
-                // Brings hf_edge_hub_state up to date (a probe at most every PROBE_EVERY).
-                self.hub.state();
-                reply(
-                    200,
-                    "text/plain; version=0.0.4",
-                    self.metrics.gather(self.store.stats.counts()),
-                )
-            }
+            "/metrics" => reply(
+                200,
+                "text/plain; version=0.0.4",
+                self.metrics.gather(self.store.stats.counts()),
+            ),
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
             path if path.starts_with("/admin/") => {

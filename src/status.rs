@@ -480,18 +480,18 @@ pub fn html(s: &Status) -> String {
         h.push_str("<p id=\"fills\" class=\"muted\">None.</p>\n");
     } else {
         h.push_str(
-            "<table id=\"fills\"><tr><th>blob</th><th>progress</th><th class=\"num\">size</th>\
-             <th class=\"num\">readers</th></tr>",
+            "<table id=\"fills\"><tr><th>blob</th><th>progress</th>\
+             <th class=\"num\">readers</th></tr>\n",
         );
         for f in &s.fills {
+            let done = percent(f.written, f.size);
             let _ = writeln!(
                 h,
-                "<tr data-blob=\"{blob}\"><td><code>{blob}</code></td><td>{} {} of {}</td>\
-                 <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
-                bar("", percent(f.written, f.size)),
+                "<tr data-blob=\"{blob}\"><td><code>{blob}</code></td>\
+                 <td>{} {} of {} ({done:.1} %)</td><td class=\"num\">{}</td></tr>",
+                bar("", done),
                 human_bytes(f.written),
                 human_bytes(f.size),
-                f.size,
                 f.readers,
                 blob = escape(&f.blob),
             );

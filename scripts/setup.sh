@@ -3,7 +3,7 @@
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
-#  - chromium, systemd-analyze, buildah and mmdebstrap for the deploy kit's tests (Debian's packages);
+#  - chromium, systemd-analyze, buildah and kubectl for the deploy kit's tests (Debian's packages);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -46,10 +46,10 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 
 # Deploy kit (issue 15): Debian's chromium renders the status page in its e2e test,
-# systemd-analyze verifies and rates deploy/hf-edge.service, buildah and mmdebstrap build and run
-# the container image (deploy/container) without any registry.
+# systemd-analyze verifies and rates deploy/hf-edge.service, buildah builds and runs the container
+# image (deploy/container) without any registry, kubectl renders deploy/kubernetes (kustomize).
 deploy_missing=
-for tool in chromium:chromium systemd-analyze:systemd buildah:buildah mmdebstrap:mmdebstrap; do
+for tool in chromium:chromium systemd-analyze:systemd buildah:buildah kubectl:kubernetes-client; do
   command -v "${tool%%:*}" >/dev/null || deploy_missing="$deploy_missing ${tool#*:}"
 done
 if [ -n "$deploy_missing" ]; then

@@ -45,6 +45,9 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Check a running hf-edge: GET an http:// URL such as http://127.0.0.1:9090/readyz; exit 0
+    /// on a 2xx answer within 5 s, 1 otherwise (a health check for images without curl).
+    Probe { url: String },
     /// Inspect and manage the blob store (cache.dir); safe while `serve` runs on it.
     Cache {
         #[command(flatten)]
@@ -132,6 +135,17 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Command::Probe { url } => match crate::probe::status(&url, Duration::from_secs(5)) {
+            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("hf-edge: {url}: HTTP {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("hf-edge: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -20,6 +20,7 @@ pub mod hub;
 pub mod jsonl;
 pub mod metrics;
 pub mod ops;
+pub mod probe;
 pub mod proxy;
 pub mod resolver;
 pub mod server;

@@ -186,6 +186,7 @@ def test_no_label_carries_a_token_an_address_or_a_path(traffic):
         "source": {"cache", "upstream"},
         "kind": {"metadata", "blob", "api"},
         "cause": {"connect", "timeout", "reset", "5xx", "429"},
+        "state": {"unknown", "reachable", "failing", "unreachable", "offline"},
     }
     for (name, labels), _ in parse(scrape_text(traffic)).items():
         if not name.startswith("hf_edge_") or name == "hf_edge_build_info":

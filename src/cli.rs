@@ -1,5 +1,6 @@
-//! The command line: `serve`, `check-config`, `default-config`, and `cache` (operator commands
-//! on the blob store, see [`crate::store::admin`]).
+//! The command line: `serve`, `check-config`, `default-config`, `warm` (a running server's
+//! warm jobs, see [`crate::warm`]) and `cache` (operator commands on the blob store, see
+//! [`crate::store::admin`]).
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
@@ -48,6 +49,9 @@ enum Command {
     /// Check a running hf-edge: GET an http:// URL such as http://127.0.0.1:9090/readyz; exit 0
     /// on a 2xx answer within 5 s, 1 otherwise (a health check for images without curl).
     Probe { url: String },
+    /// Fetch a repo revision's files into a running server's store, through its admin API
+    /// (`metrics.listen`, `ops.admin_token`); exit 0 when every selected file is stored.
+    Warm(WarmArgs),
     /// Inspect and manage the blob store (cache.dir); safe while `serve` runs on it.
     Cache {
         #[command(flatten)]
@@ -55,6 +59,28 @@ enum Command {
         #[command(subcommand)]
         command: CacheCommand,
     },
+}
+
+#[derive(Args)]
+struct WarmArgs {
+    /// The repo, and optionally a revision (branch, tag or commit; default main).
+    #[arg(value_name = "REPO[@REV]", value_parser = repo_rev)]
+    target: RepoRev,
+    /// model, dataset or space (or prefix the repo: datasets/org/name).
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["model", "dataset", "space"])]
+    kind: Option<String>,
+    /// Only paths matching this glob (repeatable; fnmatch, as huggingface_hub's allow_patterns).
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Not paths matching this glob (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// The mount the repo is served under (only / is served).
+    #[arg(long, value_name = "PREFIX")]
+    mount: Option<String>,
+    /// The running server's config (its ops listener and admin token).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -157,6 +183,7 @@ pub fn run() -> ExitCode {
             print!("{}", crate::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
+        Command::Warm(args) => warm(args),
         Command::Cache { args, command } => cache(&args, command),
         Command::HashKey { generate } => hash_key(generate),
     }
@@ -174,6 +201,89 @@ fn config_error(e: &crate::config::ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
+/// `hf-edge warm`: starts a job, follows it to its end. Exit 0: every selected file is
+/// stored; 1: the job failed or was cancelled, or the server could not be asked; 2: bad usage
+/// or input (the server's 4xx).
+fn warm(args: WarmArgs) -> ExitCode {
+    use crate::warm::client::{follow, AdminClient, ProgressLine};
+    let cfg = match load_config(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let client = match AdminClient::for_config(&cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hf-edge: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let body = serde_json::json!({
+        "repo": args.target.repo,
+        "type": args.kind,
+        "revision": args.target.revision,
+        "include": args.include,
+        "exclude": args.exclude,
+        "mount": args.mount,
+    });
+    let created = match client.call("POST", "/admin/warm", Some(&body)) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("hf-edge: warm: {e}");
+            return ExitCode::from(if e.is_bad_request() { EXIT_CONFIG } else { 1 });
+        }
+    };
+    let Some(id) = created["id"].as_u64() else {
+        eprintln!("hf-edge: warm: the server's answer names no job: {created}");
+        return ExitCode::FAILURE;
+    };
+    let terminal = std::io::stdout().is_terminal();
+    let mut bar = terminal.then(ProgressLine::new);
+    let every = Duration::from_millis(if terminal { 200 } else { 1000 });
+    let followed = follow(&client, id, every, |s, _| match &mut bar {
+        Some(bar) => bar.draw(s, size),
+        None => {
+            let line = serde_json::to_string(s).expect("job status serializes");
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        }
+    });
+    if let Some(bar) = bar {
+        bar.clear();
+    }
+    let status = match followed {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hf-edge: warm: job {id}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if terminal {
+        println!(
+            "{}@{} ({}): {:?}: {} of {} files stored ({} already), {}, {:.1} s",
+            status.repo,
+            status.revision,
+            status.commit.as_deref().unwrap_or("-"),
+            status.state,
+            status.files_done,
+            status.files_total,
+            status.files_skipped,
+            size(status.bytes_done),
+            status.seconds
+        );
+        for f in &status.failures {
+            println!("failed: {}: {}", f.path, f.error);
+        }
+    }
+    if let Some(e) = &status.error {
+        eprintln!("hf-edge: warm: job {id}: {e}");
+    }
+    if status.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
     let cfg = match load_config(args.config.as_deref()) {
         Ok(c) => c,
@@ -182,12 +292,10 @@ fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
     let dir = cfg.cache.dir.as_path();
     crate::durable::restrict_new_files(cfg.cache.group_access);
     let done = match command {
-        CacheCommand::Stats => {
-            admin::stats(dir, cfg.cache.max_size).map(|r| emit(args.json, &r, render_stats))
-        }
-        CacheCommand::Ls { repo } => {
-            admin::list(dir, repo.as_deref()).map(|r| emit(args.json, &r, render_listing))
-        }
+        CacheCommand::Stats => admin::stats(dir, cfg.cache.max_size, &cfg.cache.pin)
+            .map(|r| emit(args.json, &r, render_stats)),
+        CacheCommand::Ls { repo } => admin::list(dir, repo.as_deref(), &cfg.cache.pin)
+            .map(|r| emit(args.json, &r, render_listing)),
         CacheCommand::Verify => {
             let mut bar = std::io::stderr().is_terminal().then(ProgressBar::new);
             let report = admin::verify(dir, |p| {
@@ -208,7 +316,7 @@ fn cache(args: &CacheArgs, command: CacheCommand) -> ExitCode {
                 .map(|r| emit(args.json, &r, render_purge))
         }
         CacheCommand::Evict { to } => {
-            admin::evict(dir, to).map(|r| emit(args.json, &r, render_evict))
+            admin::evict(dir, to, &cfg.cache.pin).map(|r| emit(args.json, &r, render_evict))
         }
     };
     match done {
@@ -246,6 +354,15 @@ fn render_stats(s: &Stats) -> String {
         size(s.max_size),
         s.fill_percent
     );
+    if s.pinned_objects > 0 {
+        let _ = writeln!(
+            out,
+            "pinned   {} blobs, {} of {} (cache.pin)",
+            s.pinned_objects,
+            size(s.pinned_bytes),
+            size(s.max_pinned)
+        );
+    }
     if s.repos.is_empty() {
         return out;
     }
@@ -296,13 +413,14 @@ fn render_listing(l: &Listing) -> String {
                 },
                 size(f.size),
                 utc(f.last_access),
+                if f.pinned { "pinned" } else { "" }.into(),
             ]
         })
         .collect();
     if !rows.is_empty() {
         table(
             &mut out,
-            &["REPO", "REVISION", "PATH", "SIZE", "LAST ACCESS"],
+            &["REPO", "REVISION", "PATH", "SIZE", "LAST ACCESS", "PIN"],
             &rows,
             &[3],
         );

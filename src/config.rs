@@ -75,6 +75,7 @@ pub struct Config {
     pub public_url: Option<Origin>,
     pub ops: Ops,
     pub limits: Limits,
+    pub warm: Warm,
 }
 
 /// Bounds on client connections.
@@ -148,6 +149,8 @@ pub struct Cache {
     /// Fills (blobs being fetched into the store) at once; beyond, requests are served
     /// uncached.
     pub max_fills: usize,
+    /// `cache.pin` and `cache.max_pinned`: blobs of these repos are never evicted.
+    pub pin: crate::store::PinPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +179,7 @@ struct RawConfig {
     public_url: Option<Scalar<String>>,
     ops: RawOps,
     limits: RawLimits,
+    warm: RawWarm,
 }
 
 impl Default for RawConfig {
@@ -192,6 +196,7 @@ impl Default for RawConfig {
             public_url: None,
             ops: RawOps::default(),
             limits: RawLimits::default(),
+            warm: RawWarm::default(),
         }
     }
 }
@@ -319,6 +324,8 @@ struct RawCache {
     api_snapshots_max_size: Scalar<Size>,
     api_snapshots_max_files: Scalar<usize>,
     max_fills: Scalar<usize>,
+    pin: Vec<Scalar<String>>,
+    max_pinned: Scalar<Size>,
 }
 
 impl Default for RawCache {
@@ -332,6 +339,8 @@ impl Default for RawCache {
             api_snapshots_max_size: Scalar(Size(1 << 30)),
             api_snapshots_max_files: Scalar(100_000),
             max_fills: Scalar(64),
+            pin: Vec::new(),
+            max_pinned: Scalar(Size(10 << 30)),
         }
     }
 }
@@ -651,6 +660,7 @@ impl RawConfig {
             api_snapshots_max_size: c.api_snapshots_max_size.0 .0,
             api_snapshots_max_files: c.api_snapshots_max_files.0,
             max_fills: c.max_fills.0,
+            pin: pin_policy(&c.pin, c.max_pinned.0)?,
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen.0)?,
@@ -686,7 +696,9 @@ impl RawConfig {
                 n => n,
             },
         };
+        let warm = self.warm.validate()?;
         Ok(Config {
+            warm,
             limits,
             public_url,
             ops: Ops { admin_token },
@@ -793,6 +805,103 @@ impl RawAccess {
             offline_restricted,
         })
     }
+}
+
+// === warm and pin ===
+
+/// `warm:`: repos kept warm, and the bandwidth warming may use.
+#[derive(Debug, Clone)]
+pub struct Warm {
+    /// How often each entry's revision is resolved again (a moved branch starts a job).
+    pub interval: Duration,
+    /// Bytes per second all warm fills read at most together (lifted for a fill a client
+    /// reads too); `None`: no cap.
+    pub max_rate: Option<u64>,
+    pub repos: Vec<crate::warm::WarmSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawWarm {
+    interval: Scalar<Dur>,
+    max_rate: Option<Scalar<Size>>,
+    repos: Vec<crate::warm::RawSpec>,
+}
+
+impl Default for RawWarm {
+    fn default() -> Self {
+        RawWarm {
+            interval: Scalar(Dur::secs(600)),
+            max_rate: None,
+            repos: Vec::new(),
+        }
+    }
+}
+
+/// Entries in `warm.repos` at most (each costs a Hub request every interval).
+const MAX_WARM_REPOS: usize = 256;
+/// `cache.pin` patterns at most (each is matched against every name recorded).
+const MAX_PINS: usize = 256;
+
+impl RawWarm {
+    fn validate(self) -> Result<Warm, Invalid> {
+        let interval = self.interval.0 .0;
+        if interval < Duration::from_secs(1) {
+            return Err(bad("warm.interval", "must be at least 1s"));
+        }
+        let max_rate = match self.max_rate {
+            Some(Scalar(Size(v))) => match v {
+                0 => {
+                    return Err(bad(
+                        "warm.max_rate",
+                        "must be greater than 0 (or unset: no cap)",
+                    ))
+                }
+                n => Some(n),
+            },
+            None => None,
+        };
+        if self.repos.len() > MAX_WARM_REPOS {
+            return Err(bad(
+                "warm.repos",
+                format!("more than {MAX_WARM_REPOS} entries"),
+            ));
+        }
+        let repos = self
+            .repos
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.validate()
+                    .map_err(|(field, m)| bad(&format!("warm.repos[{i}].{field}"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Warm {
+            interval,
+            max_rate,
+            repos,
+        })
+    }
+}
+
+fn pin_policy(
+    pin: &[Scalar<String>],
+    max_pinned: Size,
+) -> Result<crate::store::PinPolicy, Invalid> {
+    if pin.len() > MAX_PINS {
+        return Err(bad("cache.pin", format!("more than {MAX_PINS} patterns")));
+    }
+    let patterns = pin
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            crate::store::PinPattern::parse(&p.0).map_err(|m| bad(&format!("cache.pin[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::store::PinPolicy {
+        patterns,
+        max_pinned: max_pinned.0,
+    })
 }
 
 fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
@@ -1185,5 +1294,77 @@ metrics:
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn warm_and_pin_keys_are_read_and_checked() {
+        let cfg = parse(&format!(
+            "{MINIMAL}warm:\n  interval: 30s\n  max_rate: 5MB\n  repos:\n    - repo: org/m\n      include: ['*.json']\n    - repo: org/d\n      type: dataset\n      revision: v1\n"
+        ))
+        .unwrap();
+        assert_eq!(cfg.warm.interval, Duration::from_secs(30));
+        assert_eq!(cfg.warm.max_rate, Some(5_000_000));
+        let repos: Vec<_> = cfg
+            .warm
+            .repos
+            .iter()
+            .map(|r| (r.repo.as_str(), r.revision.as_str()))
+            .collect();
+        assert_eq!(repos, [("org/m", "main"), ("datasets/org/d", "v1")]);
+        let defaults = parse(MINIMAL).unwrap();
+        assert_eq!(
+            (defaults.warm.interval, defaults.warm.max_rate),
+            (Duration::from_secs(600), None)
+        );
+        assert_eq!(defaults.cache.pin.max_pinned, 10 << 30);
+        let pinned = parse(&MINIMAL.replace(
+            "max_size: \"100GiB\"",
+            "max_size: \"100GiB\"\n  pin: ['org/*', 'other/m@v1.0']\n  max_pinned: 1GiB",
+        ))
+        .unwrap();
+        assert_eq!(
+            (pinned.cache.pin.patterns.len(), pinned.cache.pin.max_pinned),
+            (2, 1 << 30)
+        );
+        let cases = [
+            (
+                format!("{MINIMAL}warm:\n  interval: 0s\n"),
+                "warm.interval: must be at least 1s",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  max_rate: 0\n"),
+                "warm.max_rate: must be greater than 0",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: 'a b'\n"),
+                "warm.repos[0].repo:",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: org/m\n      type: kernel\n"),
+                "warm.repos[0].type:",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: org/m\n      branch: main\n"),
+                "unknown field `branch`",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: \"100GiB\"\n  pin: ['org/m@']",
+                ),
+                "cache.pin[0]:",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: \"100GiB\"\n  max_pinned: lots",
+                ),
+                "cache.max_pinned:",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = err(&yaml);
+            assert!(got.contains(want), "{got} does not contain {want}");
+        }
     }
 }

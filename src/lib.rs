@@ -27,6 +27,7 @@ pub mod server;
 pub mod snapshots;
 pub mod status;
 pub mod store;
+pub mod warm;
 
 /// Sent upstream on hf-edge's own requests.
 pub const USER_AGENT: &str = concat!("hf-edge/", env!("CARGO_PKG_VERSION"));

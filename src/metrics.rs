@@ -132,6 +132,9 @@ pub struct StoreCounts {
     /// running, or fills in flight held all of `cache.max_size`.
     pub over_max_fills: u64,
     pub without_room: u64,
+    /// Blobs `cache.pin` keeps out of eviction, and their bytes.
+    pub pinned_objects: u64,
+    pub pinned_bytes: u64,
 }
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -169,6 +172,8 @@ pub struct Metrics {
     store_over_max_fills: IntCounter,
     store_without_room: IntCounter,
     hub_state: IntGaugeVec,
+    store_pinned_objects: IntGauge,
+    store_pinned_bytes: IntGauge,
 }
 
 /// The Hub's states as the operator endpoints report them (`hf_edge_hub_state`).
@@ -397,6 +402,14 @@ impl Metrics {
                 reg(Box::new(g.clone()))?;
                 g
             },
+            store_pinned_objects: gauge(
+                "hf_edge_store_pinned_objects",
+                "Blobs cache.pin keeps out of eviction.",
+            )?,
+            store_pinned_bytes: gauge(
+                "hf_edge_store_pinned_bytes",
+                "Bytes of the blobs cache.pin keeps out of eviction (bounded by cache.max_pinned).",
+            )?,
             registry,
         };
         m.set_hub_state("unknown");
@@ -570,6 +583,8 @@ impl Metrics {
         catch_up(&self.store_without_room, store.without_room);
         self.store_fills.set(store.fills as i64);
         self.store_reserved_bytes.set(store.reserved_bytes as i64);
+        self.store_pinned_objects.set(store.pinned_objects as i64);
+        self.store_pinned_bytes.set(store.pinned_bytes as i64);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -1,7 +1,7 @@
 //! The operator endpoints on `metrics.listen`: `/metrics`, `/healthz` (alive), `/readyz`
-//! (store writable; the Hub's state reported, never required: see [`crate::health`]), open; and `/admin/*`, which needs the bearer
-//! `ops.admin_token` (a cross-site "simple request" cannot carry one). Never on the client
-//! listener.
+//! (store writable; the Hub's state reported, never required: see [`crate::health`]), open;
+//! and `/admin/*` (offline mode, warm jobs), which needs the bearer `ops.admin_token` (a
+//! cross-site "simple request" cannot carry one). Never on the client listener.
 
 use std::sync::Arc;
 
@@ -14,6 +14,10 @@ use crate::health::{self, HubProbe};
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
+use crate::warm::{SubmitError, Warmer};
+
+/// A warm request body read at most.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
 
 /// The HTTP app on `metrics.listen`.
 pub struct OpsApp {
@@ -23,6 +27,7 @@ pub struct OpsApp {
     pub hub: Arc<HubProbe>,
     /// `ops.admin_token`; `None`: admin endpoints are refused.
     pub admin_token: Option<String>,
+    pub warmer: Arc<Warmer>,
 }
 
 /// Why an admin request was refused.
@@ -149,6 +154,74 @@ impl OpsApp {
     }
 }
 
+impl OpsApp {
+    /// `POST /admin/warm`: a JSON [`crate::warm::RawSpec`] → 201 and the new job.
+    async fn warm(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().method != http::Method::POST {
+            return json(405, serde_json::json!({"error": "POST a warm request"}));
+        }
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) if body.len() + chunk.len() <= MAX_ADMIN_BODY => {
+                    body.extend_from_slice(&chunk)
+                }
+                Ok(Some(_)) => {
+                    let e = format!("a warm request is at most {MAX_ADMIN_BODY} bytes");
+                    return json(413, serde_json::json!({ "error": e }));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let e = format!("reading the request body failed: {e}");
+                    return json(400, serde_json::json!({ "error": e }));
+                }
+            }
+        }
+        let spec = serde_json::from_slice::<crate::warm::RawSpec>(&body)
+            .map_err(|e| format!("not a warm request: {e}"))
+            .and_then(|raw| raw.validate().map_err(|(field, m)| format!("{field}: {m}")));
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => return json(400, serde_json::json!({ "error": e })),
+        };
+        match self.warmer.submit(spec, "api") {
+            Ok(job) => json(201, job_json(&job.status())),
+            Err(e @ SubmitError::Refused(_)) => {
+                json(429, serde_json::json!({"error": e.to_string()}))
+            }
+        }
+    }
+
+    /// `GET /admin/jobs`, `GET` or `DELETE /admin/jobs/{id}`.
+    fn jobs(&self, method: &http::Method, id: Option<&str>) -> Response<Vec<u8>> {
+        let jobs = &self.warmer.jobs;
+        let Some(id) = id else {
+            if method != http::Method::GET {
+                return json(405, serde_json::json!({"error": "GET the job list"}));
+            }
+            return json(200, serde_json::json!({ "jobs": jobs.list() }));
+        };
+        let Some(job) = id.parse().ok().and_then(|id| jobs.get(id)) else {
+            return json(404, serde_json::json!({"error": format!("no job {id:?}")}));
+        };
+        match *method {
+            http::Method::GET => json(200, job_json(&job.status())),
+            http::Method::DELETE => match jobs.cancel(job.id()) {
+                Some(true) => json(200, job_json(&job.status())),
+                _ => json(
+                    409,
+                    serde_json::json!({"error": format!("job {id} has ended already")}),
+                ),
+            },
+            _ => json(405, serde_json::json!({"error": "GET or DELETE a job"})),
+        }
+    }
+}
+
+fn job_json(s: &crate::warm::JobStatus) -> serde_json::Value {
+    serde_json::to_value(s).expect("job status serializes")
+}
+
 #[async_trait]
 impl ServeHttp for OpsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -156,7 +229,7 @@ impl ServeHttp for OpsApp {
             "/metrics" => reply(
                 200,
                 "text/plain; version=0.0.4",
-                self.metrics.gather(self.store.stats.counts()),
+                self.metrics.gather(self.store.counts()),
             ),
             "/healthz" => json(200, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness().await,
@@ -171,8 +244,14 @@ impl ServeHttp for OpsApp {
                 ) {
                     return admin_refused(r);
                 }
+                let method = req.method.clone();
                 match path {
                     "/admin/offline" => self.offline(session).await,
+                    "/admin/warm" => self.warm(session).await,
+                    "/admin/jobs" => self.jobs(&method, None),
+                    p if p.starts_with("/admin/jobs/") => {
+                        self.jobs(&method, p.strip_prefix("/admin/jobs/"))
+                    }
                     _ => json(404, serde_json::json!({"error": "no such admin endpoint"})),
                 }
             }

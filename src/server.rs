@@ -1,5 +1,5 @@
 //! Builds the Pingora server from a [`Config`]: the store (and how its fills are bounded),
-//! eviction, resolver, proxy service and the operator endpoints.
+//! eviction, resolver, proxy service, the operator endpoints and warm jobs.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use http::HeaderValue;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
 
@@ -23,6 +24,7 @@ use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
 use crate::status::StatusSource;
 use crate::store::{BlobStore, FillPolicy};
+use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
 /// Starts hf-edge and serves until a signal stops it.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -43,6 +45,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.cache.max_size as usize,
     )));
     let eviction_dyn: &'static (dyn EvictionManager + Sync) = eviction;
+    store.set_pins(cfg.cache.pin.clone()).with_context(|| {
+        format!(
+            "cache.dir: cannot read {}/refs.jsonl",
+            cfg.cache.dir.display()
+        )
+    })?;
     store.set_fill_policy(FillPolicy {
         max_fills: cfg.cache.max_fills,
         max_size: cfg.cache.max_size,
@@ -102,6 +110,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let snapshots = ApiSnapshots::open(&cfg.cache.dir, snapshot_limits, metrics.clone())
         .with_context(|| format!("cache.dir: cannot open {}/api", cfg.cache.dir.display()))?;
+    let warmer = Arc::new(Warmer {
+        upstream: upstream.clone(),
+        resolver: resolver.clone(),
+        store,
+        metrics: metrics.clone(),
+        auth: site_auth.clone(),
+        throttle: cfg.warm.max_rate.map(|r| Arc::new(Throttle::new(r))),
+        max_blob_size: cfg.cache.max_size,
+        jobs: Jobs::open(&cfg.cache.dir).with_context(|| {
+            format!(
+                "cache.dir: cannot read {}/warm-jobs.json",
+                cfg.cache.dir.display()
+            )
+        })?,
+    });
+    let schedule = Schedule {
+        warmer: warmer.clone(),
+        interval: cfg.warm.interval,
+        repos: cfg.warm.repos.clone(),
+    };
     let proxy = EdgeProxy {
         upstream: upstream.clone(),
         policy: cfg.access.clone(),
@@ -164,11 +192,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             upstream: ops_upstream,
             hub,
             admin_token: cfg.ops.admin_token.as_ref().map(|t| t.expose().to_string()),
+            warmer,
         }),
     );
     ops.add_tcp(&cfg.metrics.listen.to_string());
     server.add_service(svc);
     server.add_service(ops);
+    server.add_service(background_service("warm", schedule));
     log::info!(
         "hf-edge listening on {} (metrics on {}), upstream {}",
         cfg.listen,

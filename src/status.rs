@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::health::{HubProbe, HubState};
 use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, Traffic};
-use crate::store::{admin, BlobStore, FillView};
+use crate::store::{admin, BlobStore, FillView, PinPolicy};
 
 /// Repos listed, most bytes first.
 const TOP_REPOS: usize = 10;
@@ -179,27 +179,30 @@ impl StatusSource {
         }
         let root = self.store.layout().root().to_path_buf();
         let max_size = self.max_size;
-        let repos = tokio::task::spawn_blocking(move || admin::stats(&root, max_size))
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|r| r)
-            .map(|stats| {
-                stats
-                    .repos
-                    .into_iter()
-                    .filter(|r| r.repo != admin::UNKNOWN_REPO)
-                    .take(TOP_REPOS)
-                    .map(|r| RepoBytes {
-                        repo: r.repo,
-                        files: r.files,
-                        bytes: r.bytes,
-                    })
-                    .collect()
-            })
-            .unwrap_or_else(|e| {
-                log::warn!("status page: cannot read the store's repo index: {e:#}");
-                Vec::new()
-            });
+        // Pins do not change bytes by repo: the default policy spares reading them.
+        let repos = tokio::task::spawn_blocking(move || {
+            admin::stats(&root, max_size, &PinPolicy::default())
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r)
+        .map(|stats| {
+            stats
+                .repos
+                .into_iter()
+                .filter(|r| r.repo != admin::UNKNOWN_REPO)
+                .take(TOP_REPOS)
+                .map(|r| RepoBytes {
+                    repo: r.repo,
+                    files: r.files,
+                    bytes: r.bytes,
+                })
+                .collect()
+        })
+        .unwrap_or_else(|e| {
+            log::warn!("status page: cannot read the store's repo index: {e:#}");
+            Vec::new()
+        });
         *cached = Some((Instant::now(), repos.clone()));
         repos
     }

@@ -174,8 +174,11 @@ impl DownloadFlow {
         from_store::serve_reader(session, body, download, result, &ctx.request_id).await
     }
 
-    /// A hit moves the blob up the eviction manager's LRU order.
+    /// A hit moves the blob up the eviction manager's LRU order (a pinned blob is not in it).
     fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
+        if self.store.is_pinned(blob) {
+            return;
+        }
         let key = CacheEntryKey::key_only(cache_key(blob).to_compact());
         self.eviction
             .access(&key, size as usize, SystemTime::now() + FOREVER);

@@ -36,6 +36,7 @@ pub use ctx::{Ctx, Flow, Target};
 pub use download::DownloadFlow;
 pub use log::RequestIds;
 pub use passthrough::PassthroughFlow;
+pub use refetch::{answer_for, UpstreamRefetch};
 
 use crate::access::Policy;
 use crate::access_log::AccessLog;

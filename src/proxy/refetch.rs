@@ -97,15 +97,32 @@ impl UpstreamRefetch {
         blob: BlobId,
         raw_path: &str,
     ) -> UpstreamRefetch {
+        let file = (&download.request, blob, download.meta.size);
+        UpstreamRefetch::for_file(
+            (upstream, resolver, metrics),
+            (target, auth),
+            file,
+            raw_path,
+        )
+    }
+
+    /// The origin of file `request` (blob `blob` of `size` bytes), for a fill started with
+    /// `auth` by a client's request or a warm job.
+    pub fn for_file(
+        (upstream, resolver, metrics): (&Arc<Upstream>, &Arc<Resolver>, &Arc<Metrics>),
+        (target, auth): (Target, Option<HeaderValue>),
+        (request, blob, size): (&ResolveRequest, BlobId, u64),
+        raw_path: &str,
+    ) -> UpstreamRefetch {
         UpstreamRefetch {
             upstream: upstream.clone(),
             resolver: resolver.clone(),
             target: Mutex::new(target),
             auth,
-            request: download.request.clone(),
+            request: request.clone(),
             raw_path: raw_path.to_string(),
             blob,
-            size: download.meta.size,
+            size,
             metrics: metrics.clone(),
             opened: AtomicBool::new(false),
         }

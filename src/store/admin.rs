@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{read_refs, refs_path, ContentHasher, Layout, RefEntry};
+use super::{read_refs, refs_path, ContentHasher, Layout, PinPolicy, PinnedSet, RefEntry};
 use crate::hub::BlobId;
 
 /// The repo under which blobs that no `refs.jsonl` entry names are counted and listed.
@@ -33,6 +33,10 @@ pub struct Stats {
     pub max_size: u64,
     /// `bytes` as a percentage of `max_size`.
     pub fill_percent: f64,
+    /// Blobs `cache.pin` keeps out of eviction, their bytes, and their bound.
+    pub pinned_objects: u64,
+    pub pinned_bytes: u64,
+    pub max_pinned: u64,
     /// Most bytes first. A blob shared by several repos counts in each.
     pub repos: Vec<RepoUsage>,
 }
@@ -67,6 +71,8 @@ pub struct CachedFile {
     pub size: u64,
     /// Unix seconds.
     pub last_access: u64,
+    /// Kept out of eviction by `cache.pin`.
+    pub pinned: bool,
 }
 
 /// Where `verify` is, for a progress display.
@@ -189,6 +195,11 @@ impl Snapshot {
         self.blobs.values().map(|b| b.size).sum()
     }
 
+    /// The blobs a server on this store pins.
+    fn pinned(&self, pins: &PinPolicy) -> PinnedSet {
+        pins.select(self.refs.iter().map(|(e, _)| e))
+    }
+
     fn removed(&self, id: &BlobId) -> RemovedBlob {
         let b = &self.blobs[id];
         RemovedBlob {
@@ -200,8 +211,9 @@ impl Snapshot {
     }
 }
 
-pub fn stats(root: &Path, max_size: u64) -> Result<Stats> {
+pub fn stats(root: &Path, max_size: u64, pins: &PinPolicy) -> Result<Stats> {
     let snap = Snapshot::take(root)?;
+    let (pinned_objects, pinned_bytes) = snap.pinned(pins).totals();
     let mut by_repo: BTreeMap<&str, (u64, BTreeSet<BlobId>)> = BTreeMap::new();
     for (e, id) in &snap.refs {
         let usage = by_repo.entry(&e.repo).or_default();
@@ -239,14 +251,18 @@ pub fn stats(root: &Path, max_size: u64) -> Result<Stats> {
         bytes,
         max_size,
         fill_percent: bytes as f64 * 100.0 / max_size.max(1) as f64,
+        pinned_objects,
+        pinned_bytes,
+        max_pinned: pins.max_pinned,
         repos,
     })
 }
 
 /// Every cached file, or those of one repo; blobs no entry names are listed (as
 /// [`UNKNOWN_REPO`]) when no repo, or that one, is asked for.
-pub fn list(root: &Path, repo: Option<&str>) -> Result<Listing> {
+pub fn list(root: &Path, repo: Option<&str>, pins: &PinPolicy) -> Result<Listing> {
     let snap = Snapshot::take(root)?;
+    let pinned = snap.pinned(pins);
     let mut files: Vec<CachedFile> = snap
         .refs
         .iter()
@@ -261,6 +277,7 @@ pub fn list(root: &Path, repo: Option<&str>) -> Result<Listing> {
                 blob: id.to_string(),
                 size: b.size,
                 last_access: unix(b.last_access),
+                pinned: pinned.contains(id),
             }
         })
         .collect();
@@ -275,6 +292,7 @@ pub fn list(root: &Path, repo: Option<&str>) -> Result<Listing> {
                 blob: id.to_string(),
                 size: b.size,
                 last_access: unix(b.last_access),
+                pinned: false,
             });
         }
     }
@@ -381,10 +399,16 @@ pub fn purge(root: &Path, repo: &str, revision: Option<&str>) -> Result<PurgeRep
 }
 
 /// Removes the least recently accessed blobs until at most `target` bytes remain.
-pub fn evict(root: &Path, target: u64) -> Result<EvictReport> {
+pub fn evict(root: &Path, target: u64, pins: &PinPolicy) -> Result<EvictReport> {
     let snap = Snapshot::take(root)?;
     let bytes_before = snap.bytes();
-    let mut order: Vec<(&BlobId, &Blob)> = snap.blobs.iter().collect();
+    let pinned = snap.pinned(pins);
+    // Pinned blobs are never evicted, by the server or by this command.
+    let mut order: Vec<(&BlobId, &Blob)> = snap
+        .blobs
+        .iter()
+        .filter(|(id, _)| !pinned.contains(id))
+        .collect();
     order.sort_by_key(|(id, b)| (b.last_access, **id));
     let mut bytes = bytes_before;
     let (mut report, mut removed) = (Vec::new(), HashSet::new());
@@ -604,7 +628,7 @@ mod tests {
         s.name("org/gone", "main", "x", &BlobId::Sha256([7; 32]));
         std::fs::write(s.root().join("tmp/abc.1.1.part"), [0; 5000]).unwrap();
 
-        let st = stats(s.root(), 2000).unwrap();
+        let st = stats(s.root(), 2000, &PinPolicy::default()).unwrap();
         assert_eq!((st.objects, st.bytes), (3, 1302));
         assert!((st.fill_percent - 65.1).abs() < 1e-9);
         let repos: Vec<_> = st
@@ -634,7 +658,7 @@ mod tests {
         s.name("org/b", "main", "w.bin", &a);
         s.name("org/a", "main", "stale.bin", &BlobId::GitOid([9; 20]));
 
-        let one = list(s.root(), Some("org/a")).unwrap();
+        let one = list(s.root(), Some("org/a"), &PinPolicy::default()).unwrap();
         let got: Vec<_> = one
             .files
             .iter()
@@ -642,14 +666,17 @@ mod tests {
             .collect();
         assert_eq!(got, [("main", "w.bin", 7), ("v1", "README.md", 6)]);
 
-        let all = list(s.root(), None).unwrap();
+        let all = list(s.root(), None, &PinPolicy::default()).unwrap();
         assert_eq!(all.files.len(), 4);
         let last = all.files.last().unwrap();
         assert_eq!(
             (last.repo.as_str(), last.blob.clone()),
             (UNKNOWN_REPO, unnamed.to_string())
         );
-        assert!(list(s.root(), Some("org/none")).unwrap().files.is_empty());
+        assert!(list(s.root(), Some("org/none"), &PinPolicy::default())
+            .unwrap()
+            .files
+            .is_empty());
     }
 
     #[test]
@@ -760,14 +787,14 @@ mod tests {
         let part = s.root().join("tmp/abc.1.1.part");
         std::fs::write(&part, [0; 1000]).unwrap();
 
-        let r = evict(s.root(), 150).unwrap();
+        let r = evict(s.root(), 150, &PinPolicy::default()).unwrap();
         let removed: Vec<_> = r.removed.iter().map(|b| b.blob.clone()).collect();
         assert_eq!(removed, [oldest.to_string(), older.to_string()]);
         assert_eq!((r.bytes_before, r.bytes_after), (300, 100));
         assert!(s.path(&newest).exists() && part.exists());
         assert_eq!(s.names(), [name("org/a", "main", "newest")]);
 
-        let r = evict(s.root(), 100).unwrap();
+        let r = evict(s.root(), 100, &PinPolicy::default()).unwrap();
         assert!(r.removed.is_empty());
         assert!(s.path(&newest).exists());
     }
@@ -791,7 +818,9 @@ mod tests {
     fn a_directory_without_blobs_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nowhere");
-        let e = stats(&missing, 1).unwrap_err().to_string();
+        let e = stats(&missing, 1, &PinPolicy::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(&missing.display().to_string()), "{e}");
         assert!(!missing.exists());
     }

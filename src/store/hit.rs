@@ -85,6 +85,32 @@ impl BlobReader {
         }
     }
 
+    /// Waits until the blob is committed (at once for a complete one), telling `progress` the
+    /// bytes written as they grow; for whoever wants the blob stored rather than its bytes.
+    pub async fn wait_committed(
+        &mut self,
+        mut progress: impl FnMut(u64),
+    ) -> std::result::Result<(), FillFailure> {
+        let Some(rx) = self.fill.as_mut() else {
+            return Ok(());
+        };
+        loop {
+            let state = *rx.borrow_and_update();
+            match state {
+                Progress::Committed => {
+                    progress(self.size);
+                    return Ok(());
+                }
+                Progress::Failed => return Err(self.failure()),
+                Progress::Written(n) => progress(n),
+                Progress::Opening => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(self.failure());
+            }
+        }
+    }
+
     fn failure(&self) -> FillFailure {
         self.slot
             .as_ref()

@@ -19,6 +19,7 @@ pub mod admin;
 mod fill;
 mod hit;
 mod layout;
+mod pin;
 mod pool;
 mod refs;
 mod resume;
@@ -43,6 +44,7 @@ use tokio::sync::watch;
 
 pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
+pub use pin::{PinPattern, PinPolicy, PinnedSet};
 pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
 pub use resume::{Refetch, RefetchBody, RefetchError};
 pub use write::ContentHasher;
@@ -251,6 +253,8 @@ impl StoreStats {
             without_room: get(&self.without_room),
             fills: get(&self.fills),
             reserved_bytes: get(&self.reserved_bytes),
+            pinned_objects: 0,
+            pinned_bytes: 0,
         }
     }
 }
@@ -269,6 +273,9 @@ pub struct BlobStore {
     /// when the blob was last checked on disk and its access time set.
     handles: Mutex<HashMap<BlobId, KeptHandle>>,
     refs: RefsLog,
+    /// `cache.pin`: blobs kept out of the eviction manager, under `cache.max_pinned`.
+    pins: PinPolicy,
+    pinned: PinnedSet,
     pub stats: StoreStats,
 }
 
@@ -301,6 +308,8 @@ impl BlobStore {
             reserved: Mutex::new(0),
             pool: OnceLock::new(),
             handles: Mutex::new(HashMap::new()),
+            pins: PinPolicy::default(),
+            pinned: PinnedSet::default(),
             stats: StoreStats::default(),
         };
         for b in &found {
@@ -313,9 +322,64 @@ impl BlobStore {
         &self.layout
     }
 
-    /// Records that a repo path names a blob (for operators' `cache ls/stats/purge`).
+    /// Records that a repo path names a blob (for operators' `cache ls/stats/purge`), and pins
+    /// the blob if `cache.pin` names it and it is stored.
     pub fn record_ref(&self, entry: &RefEntry, filled: bool) {
         self.refs.record(entry, filled);
+        if !self.pins.matches(entry) {
+            return;
+        }
+        let Some(id) = entry.blob_id().filter(|id| self.contains(id)) else {
+            return;
+        };
+        let (pinned, now) = self.pinned.try_pin(id, entry.size, self.pins.max_pinned);
+        if now {
+            if let Some(eviction) = self.policy.eviction {
+                eviction.remove((&CacheEntryKey::key_only(cache_key(&id).to_compact())).into());
+            }
+        } else if !pinned {
+            log::warn!(
+                "{} {}: not pinned: cache.max_pinned is reached",
+                entry.repo,
+                entry.path
+            );
+        }
+    }
+
+    /// Sets `cache.pin` and pins the stored blobs `refs.jsonl` names under it; before the
+    /// store is shared and its eviction seeded.
+    pub fn set_pins(&mut self, pins: PinPolicy) -> std::io::Result<()> {
+        let entries = read_refs(self.layout.root())?;
+        let present = entries
+            .iter()
+            .filter(|e| e.blob_id().is_some_and(|id| self.contains(&id)));
+        self.pinned = pins.select(present);
+        self.pins = pins;
+        Ok(())
+    }
+
+    /// The counters, and the pinned blobs and bytes.
+    pub fn counts(&self) -> crate::metrics::StoreCounts {
+        let (pinned_objects, pinned_bytes) = self.pinned.totals();
+        crate::metrics::StoreCounts {
+            pinned_objects,
+            pinned_bytes,
+            ..self.stats.counts()
+        }
+    }
+
+    /// Requests (and warm jobs) reading the fill of `id`; 0 when none runs.
+    pub fn fill_readers(&self, id: &BlobId) -> usize {
+        self.fills
+            .lock()
+            .running
+            .get(id)
+            .map_or(0, |f| *f.readers.borrow())
+    }
+
+    /// Whether the blob is pinned (`cache.pin`): never evicted.
+    pub fn is_pinned(&self, id: &BlobId) -> bool {
+        self.pinned.contains(id)
     }
 
     /// Whether a complete copy of the blob is on disk (per the index).
@@ -331,7 +395,7 @@ impl BlobStore {
         eviction: &(dyn EvictionManager + Sync),
     ) -> Vec<CacheEntryKey> {
         let mut evict = Vec::new();
-        for b in found {
+        for b in found.iter().filter(|b| !self.is_pinned(&b.id)) {
             let key = CacheEntryKey::key_only(cache_key(&b.id).to_compact());
             evict.extend(eviction.admit(key, b.size as usize, SystemTime::now() + FOREVER));
         }
@@ -364,7 +428,8 @@ impl BlobStore {
 
     fn remove_index(&self, key: &CompactCacheKey) -> Option<(BlobId, u64)> {
         let removed = self.index.lock().remove(&key.primary);
-        if let Some((_, size)) = removed {
+        if let Some((id, size)) = removed {
+            self.pinned.unpin(&id);
             self.stats.bytes.fetch_sub(size, Ordering::Relaxed);
             self.stats.objects.fetch_sub(1, Ordering::Relaxed);
         }
@@ -610,7 +675,7 @@ impl BlobStore {
         let mut reserved = self.reserved.lock();
         *reserved = reserved.saturating_sub(fill.size);
         let mut evicted = Vec::new();
-        if let Some(eviction) = self.policy.eviction {
+        if let Some(eviction) = self.policy.eviction.filter(|_| !self.is_pinned(&fill.id)) {
             eviction.remove((&reservation_key()).into());
             let key = CacheEntryKey::key_only(cache_key(&fill.id).to_compact());
             let expires = SystemTime::now() + FOREVER;

@@ -120,6 +120,7 @@ class Edge:
     url: str  # what clients use as HF_ENDPOINT
     metrics_addr: str  # host:port of metrics.listen
     stderr: Path  # where the access log goes
+    config: Path | None = None  # its config file (for the `hf-edge` commands that read it)
 
 
 def read_line(process: subprocess.Popen, timeout: float) -> str:
@@ -222,14 +223,16 @@ class Client:
 
 
 def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
-                upstream: dict | None = None, cache: dict | None = None) -> str:
-    """The config of a test hf-edge; `upstream` and `cache` add or override keys of those sections."""
+                upstream: dict | None = None, cache: dict | None = None, ops: dict | None = None) -> str:
+    """The config of a test hf-edge; `upstream`, `cache` and `ops` add or override keys of those sections."""
     config = {
         "listen": f"127.0.0.1:{port}",
         "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
         "cache": {"dir": f"{workdir}/cache", "max_size": "10GiB", **(cache or {})},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
     }
+    if ops:
+        config["ops"] = ops
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 
@@ -258,7 +261,7 @@ def running_edge(hub_url: str, workdir: Path, env: dict[str, str] | None = None,
                                    stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     try:
         wait_healthy(process, f"http://127.0.0.1:{metrics_port}/healthz", stderr_path)
-        yield Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path)
+        yield Edge(f"http://127.0.0.1:{port}", f"127.0.0.1:{metrics_port}", stderr_path, config)
     finally:
         stop(process, signal.SIGINT)  # Pingora's fast shutdown; SIGTERM's graceful one waits out a grace period
 

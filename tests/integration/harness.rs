@@ -105,6 +105,27 @@ pub struct EdgeConfig {
     pub access: AccessConfig,
     pub ops: OpsConfig,
     pub limits: LimitsConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm: Option<WarmConfig>,
+}
+
+/// `warm:` (repos kept warm, the warming bandwidth cap).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WarmConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<String>,
+    pub repos: Vec<WarmRepoConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WarmRepoConfig {
+    pub repo: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +155,10 @@ pub struct CacheConfig {
     pub api_snapshots_max_files: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_fills: Option<usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pin: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_pinned: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +237,8 @@ impl EdgeConfig {
                 api_snapshots_max_size: None,
                 api_snapshots_max_files: None,
                 max_fills: None,
+                pin: Vec::new(),
+                max_pinned: None,
             },
             metrics: MetricsConfig {
                 listen: ([127, 0, 0, 1], free_port()).into(),
@@ -222,6 +249,7 @@ impl EdgeConfig {
             access: AccessConfig::default(),
             ops: OpsConfig::default(),
             limits: LimitsConfig::default(),
+            warm: None,
         }
     }
 
@@ -532,6 +560,32 @@ impl Edge {
 
     pub fn head(&self, path: &str, headers: &[(&str, &str)]) -> Response {
         request(self.addr, "HEAD", path, headers)
+    }
+
+    /// A request to the admin API (`metrics.listen`) with this edge's `ops.admin_token`.
+    pub fn admin(&self, method: &str, path: &str, body: &str) -> Response {
+        let token = self
+            .config
+            .ops
+            .admin_token
+            .as_deref()
+            .expect("an admin token");
+        let auth = format!("Bearer {token}");
+        crate::http::request_with_body(
+            self.metrics,
+            method,
+            path,
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+    }
+
+    /// `hf-edge warm ARGS --config <this edge's config>` (not a terminal: JSON lines).
+    pub fn warm_command(&self, args: &[&str]) -> CliOutput {
+        let mut all: Vec<&OsStr> = vec![OsStr::new("warm")];
+        all.extend(args.iter().map(OsStr::new));
+        all.extend([OsStr::new("--config"), self.config_path.as_os_str()]);
+        hf_edge(&all)
     }
 
     /// `hf-edge cache ARGS --config <this edge's config>`.

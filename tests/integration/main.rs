@@ -28,3 +28,4 @@ mod security; // hostile clients: credentials, the site token, repo rules, poiso
 mod shutdown; // SIGTERM and shutdown_grace
 mod stalled; // a client that stops reading stalls no other client of its fill
 mod status; // /readyz through Hub outages, the status page and /status.json
+mod warm; // warm jobs, repos kept warm, the warming bandwidth cap, pinned blobs

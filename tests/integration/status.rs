@@ -152,3 +152,21 @@ fn the_page_is_html_that_never_reflects_a_hostile_host() {
     let head = edge.head("/", &[]);
     assert_eq!((head.status, head.body.len()), (200, 0));
 }
+
+#[test]
+fn the_status_page_is_open_under_repo_rules_and_closed_without_a_required_key() {
+    let hub = FakeHub::start();
+    let edge = Edge::builder(&hub).allow_repos(&["fake-org/*"]).start();
+    for path in ["/", "/status.json"] {
+        assert_eq!(edge.get(path, &[]).status, 200, "{path}");
+    }
+    let edge = Edge::builder(&hub)
+        .site_key("ops", "k3y-for-the-page", None)
+        .require_key()
+        .start();
+    for path in ["/", "/status.json"] {
+        assert_eq!(edge.get(path, &[]).status, 401, "{path}");
+        let keyed = edge.get(path, &[("Authorization", "Bearer k3y-for-the-page")]);
+        assert_eq!(keyed.status, 200, "{path}");
+    }
+}

@@ -28,6 +28,8 @@ pub struct AccessEntry<'a> {
     pub upstream_request_id: Option<String>,
     pub client: String,
     pub method: &'a str,
+    /// The mount's prefix (`/` for the top-level upstream); `path` is the path under it.
+    pub mount: &'a str,
     pub path: &'a str,
     pub route: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -153,7 +153,7 @@ pub fn run() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::server::run(cfg) {
+            match crate::server::run(cfg, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hf-edge: {e:#}");

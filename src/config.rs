@@ -75,11 +75,64 @@ pub struct Config {
     pub public_url: Option<Origin>,
     pub ops: Ops,
     pub limits: Limits,
+    /// Upstreams under path prefixes besides the top-level `upstream` and `access` (the
+    /// mount at `/`); no two overlap.
+    pub mounts: Vec<Mount>,
     pub warm: Warm,
 }
 
-/// Bounds on client connections.
+/// An upstream under a path prefix (`mounts[]`): `HF_ENDPOINT=http://edge/{prefix}` reaches it.
 #[derive(Debug, Clone)]
+pub struct Mount {
+    /// `/` for the top-level upstream; else `/name` or `/name/more`, no trailing slash.
+    pub prefix: String,
+    pub upstream: Upstream,
+    pub access: Policy,
+}
+
+impl Mount {
+    /// The mount's own directory name under `cache.dir/mounts` (its metadata journal and API
+    /// snapshots); `None` for `/`, which keeps them in `cache.dir` as before mounts existed.
+    /// Unique: segments hold no `+`.
+    pub fn dir_name(&self) -> Option<String> {
+        (self.prefix != "/").then(|| self.prefix[1..].replace('/', "+"))
+    }
+}
+
+impl Config {
+    /// Why `next` cannot replace this config in a running process: the first setting bound at
+    /// startup (listeners, threads, the store, connection limits, warming) that differs, named
+    /// by key.
+    pub fn unreloadable(&self, next: &Config) -> Option<&'static str> {
+        [
+            ("listen", self.listen == next.listen),
+            ("metrics.listen", self.metrics == next.metrics),
+            ("threads", self.threads == next.threads),
+            ("shutdown_grace", self.shutdown_grace == next.shutdown_grace),
+            ("cache", self.cache == next.cache),
+            ("limits", self.limits == next.limits),
+            // Warm jobs are scheduled at startup.
+            ("warm", self.warm == next.warm),
+        ]
+        .into_iter()
+        .find_map(|(key, same)| (!same).then_some(key))
+    }
+
+    /// Every mount, the top-level one (`/`) first.
+    pub fn all_mounts(&self) -> Vec<Mount> {
+        let root = Mount {
+            prefix: "/".into(),
+            upstream: self.upstream.clone(),
+            access: self.access.clone(),
+        };
+        std::iter::once(root)
+            .chain(self.mounts.iter().cloned())
+            .collect()
+    }
+}
+
+/// Bounds on client connections.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Time from a connection's start, or a later request's first byte, to the end of the
     /// request header; past it, `408` and the connection closes.
@@ -131,7 +184,7 @@ impl Upstream {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Cache {
     pub dir: PathBuf,
     pub max_size: u64,
@@ -153,7 +206,7 @@ pub struct Cache {
     pub pin: crate::store::PinPolicy,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     pub listen: SocketAddr,
 }
@@ -179,6 +232,7 @@ struct RawConfig {
     public_url: Option<Scalar<String>>,
     ops: RawOps,
     limits: RawLimits,
+    mounts: Vec<RawMount>,
     warm: RawWarm,
 }
 
@@ -196,9 +250,20 @@ impl Default for RawConfig {
             public_url: None,
             ops: RawOps::default(),
             limits: RawLimits::default(),
+            mounts: Vec::new(),
             warm: RawWarm::default(),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMount {
+    prefix: Scalar<String>,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    access: RawAccess,
 }
 
 #[derive(Deserialize)]
@@ -598,43 +663,10 @@ impl RawConfig {
             Some(Scalar(n)) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let u = self.upstream;
-        let endpoint = Origin::parse(&u.endpoint.0).map_err(|m| bad("upstream.endpoint", m))?;
-        if endpoint.has_path() {
-            return Err(bad(
-                "upstream.endpoint",
-                "must be an origin without a path, like https://huggingface.co",
-            ));
-        }
-        let (token, token_file) = (given(u.token), given(u.token_file));
-        let token = match (&token, &token_file) {
-            (None, None) => secret("upstream.token", env("HF_TOKEN"), None)?,
-            _ => secret("upstream.token", token, token_file)?,
-        };
-        let cdn_hosts = u
-            .cdn_hosts
-            .iter()
-            .enumerate()
-            .map(|(i, h)| {
-                HostPattern::parse(&h.0).map_err(|m| bad(&format!("upstream.cdn_hosts[{i}]"), m))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let upstream = self.upstream.validate("upstream", env("HF_TOKEN"))?;
         let positive = |key: &str, v: Scalar<Dur>| match v.0 .0 {
             d if d.is_zero() => Err(bad(key, "must be greater than 0")),
             d => Ok(d),
-        };
-        let upstream = Upstream {
-            endpoint,
-            token,
-            cdn_hosts,
-            connect_timeout: positive("upstream.connect_timeout", u.connect_timeout)?,
-            read_timeout: positive("upstream.read_timeout", u.read_timeout)?,
-            metadata_timeout: positive("upstream.metadata_timeout", u.metadata_timeout)?,
-            failure_hold_down: u.failure_hold_down.0 .0,
-            offline: u.offline.0,
-            ca_file: given(u.ca_file)
-                .map(|path| CaBundle::load(&path).map_err(|m| bad("upstream.ca_file", m)))
-                .transpose()?,
         };
 
         let c = self.cache;
@@ -668,7 +700,17 @@ impl RawConfig {
         if metrics.listen == listen && listen.port() != 0 {
             return Err(bad("metrics.listen", "must differ from listen"));
         }
-        let access = self.access.validate()?;
+        let access = self.access.validate("access")?;
+        let mut mounts = Vec::with_capacity(self.mounts.len());
+        for (i, m) in self.mounts.into_iter().enumerate() {
+            let at = format!("mounts[{i}]");
+            mounts.push(Mount {
+                prefix: mount_prefix(&format!("{at}.prefix"), &m.prefix.0)?,
+                upstream: m.upstream.validate(&format!("{at}.upstream"), None)?,
+                access: m.access.validate(&format!("{at}.access"))?,
+            });
+        }
+        no_overlap(&mounts)?;
         let access_log = self.log.access.0;
         if access_log.trim().is_empty() {
             return Err(bad("log.access", "must be stderr, off, or a file path"));
@@ -698,6 +740,7 @@ impl RawConfig {
         };
         let warm = self.warm.validate()?;
         Ok(Config {
+            mounts,
             warm,
             limits,
             public_url,
@@ -712,6 +755,110 @@ impl RawConfig {
             access,
         })
     }
+}
+
+impl RawUpstream {
+    /// `at` is the section's key path (`upstream`, `mounts[0].upstream`); `env_token` is what
+    /// an unset token falls back to (`HF_TOKEN`, for the top-level upstream only).
+    fn validate(self, at: &str, env_token: Option<String>) -> Result<Upstream, Invalid> {
+        let key = |k: &str| format!("{at}.{k}");
+        let u = self;
+        let endpoint = Origin::parse(&u.endpoint.0).map_err(|m| bad(&key("endpoint"), m))?;
+        if endpoint.has_path() {
+            return Err(bad(
+                &key("endpoint"),
+                "must be an origin without a path, like https://huggingface.co",
+            ));
+        }
+        let (token, token_file) = (given(u.token), given(u.token_file));
+        let token = match (&token, &token_file) {
+            (None, None) => secret(&key("token"), env_token, None)?,
+            _ => secret(&key("token"), token, token_file)?,
+        };
+        let cdn_hosts = u
+            .cdn_hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                HostPattern::parse(&h.0).map_err(|m| bad(&key(&format!("cdn_hosts[{i}]")), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let positive = |k: &str, v: Scalar<Dur>| match v.0 .0 {
+            d if d.is_zero() => Err(bad(&key(k), "must be greater than 0")),
+            d => Ok(d),
+        };
+        Ok(Upstream {
+            endpoint,
+            token,
+            cdn_hosts,
+            connect_timeout: positive("connect_timeout", u.connect_timeout)?,
+            read_timeout: positive("read_timeout", u.read_timeout)?,
+            metadata_timeout: positive("metadata_timeout", u.metadata_timeout)?,
+            failure_hold_down: u.failure_hold_down.0 .0,
+            offline: u.offline.0,
+            ca_file: given(u.ca_file)
+                .map(|path| CaBundle::load(&path).map_err(|m| bad(&key("ca_file"), m)))
+                .transpose()?,
+        })
+    }
+}
+
+/// Hub routes at the root a mount's first segment would hide.
+const RESERVED_PREFIXES: [&str; 5] = ["api", "models", "datasets", "spaces", "kernels"];
+
+/// Checks a mount prefix: `/name[/name...]`, segments of letters, digits, `-`, `_`, `.`
+/// (not `.` or `..` alone), no trailing slash.
+fn mount_prefix(key: &str, prefix: &str) -> Result<String, Invalid> {
+    let Some(rest) = prefix.strip_prefix('/') else {
+        return Err(bad(
+            key,
+            format!("{prefix:?} must start with /, like /internal"),
+        ));
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let well_formed = segments.iter().all(|s| {
+        !s.is_empty()
+            && *s != "."
+            && *s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if !well_formed {
+        return Err(bad(
+            key,
+            format!(
+                "{prefix:?} is not a prefix like /internal or /mirrors/site-a \
+                 (letters, digits, - _ . in each segment; no empty, . or .. segments)"
+            ),
+        ));
+    }
+    if RESERVED_PREFIXES.contains(&segments[0]) {
+        return Err(bad(
+            key,
+            format!("{prefix:?} would hide the Hub's /{} routes", segments[0]),
+        ));
+    }
+    Ok(prefix.to_string())
+}
+
+/// Every mount prefix unique, and none inside another (`/a` and `/a/b`): which mount a path
+/// names never depends on how specific a prefix is.
+fn no_overlap(mounts: &[Mount]) -> Result<(), Invalid> {
+    for (i, m) in mounts.iter().enumerate() {
+        for (j, other) in mounts.iter().enumerate().take(i) {
+            let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+            if inside(&m.prefix, &other.prefix) || inside(&other.prefix, &m.prefix) {
+                return Err(bad(
+                    &format!("mounts[{i}].prefix"),
+                    format!(
+                        "{:?} overlaps mounts[{j}].prefix {:?}; prefixes must not nest",
+                        m.prefix, other.prefix
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A secret given inline or in a file (`{key}_file`), not both; trimmed; empty is unset.
@@ -742,10 +889,11 @@ fn secret(
 }
 
 impl RawAccess {
-    fn validate(self) -> Result<Policy, Invalid> {
+    /// `at` is the section's key path (`access`, `mounts[0].access`).
+    fn validate(self, at: &str) -> Result<Policy, Invalid> {
         let mut keys = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.into_iter().enumerate() {
-            let at = |f: &str| format!("access.keys[{i}].{f}");
+            let at = |f: &str| format!("{at}.keys[{i}].{f}");
             if k.name.0.trim().is_empty() {
                 return Err(bad(&at("name"), "must not be empty"));
             }
@@ -776,8 +924,8 @@ impl RawAccess {
         }
         if self.require_key.0 && keys.is_empty() {
             return Err(bad(
-                "access.require_key",
-                "is true but access.keys is empty",
+                &format!("{at}.require_key"),
+                format!("is true but {at}.keys is empty"),
             ));
         }
         let globs = |key: &str, list: Vec<Scalar<String>>| {
@@ -791,7 +939,7 @@ impl RawAccess {
             "allow" => OfflineRestricted::Allow,
             other => {
                 return Err(bad(
-                    "access.offline_restricted",
+                    &format!("{at}.offline_restricted"),
                     format!("{other:?} is not deny or allow"),
                 ))
             }
@@ -799,8 +947,8 @@ impl RawAccess {
         Ok(Policy {
             require_key: self.require_key.0,
             keys,
-            allow: globs("access.repos.allow", self.repos.allow)?,
-            deny: globs("access.repos.deny", self.repos.deny)?,
+            allow: globs(&format!("{at}.repos.allow"), self.repos.allow)?,
+            deny: globs(&format!("{at}.repos.deny"), self.repos.deny)?,
             auth_ttl: self.auth_ttl.0 .0,
             offline_restricted,
         })
@@ -810,7 +958,7 @@ impl RawAccess {
 // === warm and pin ===
 
 /// `warm:`: repos kept warm, and the bandwidth warming may use.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Warm {
     /// How often each entry's revision is resolved again (a moved branch starts a job).
     pub interval: Duration,
@@ -1249,6 +1397,97 @@ metrics:
             let got = err(&yaml);
             assert!(got.starts_with(want), "{got:?} should start with {want:?}");
         }
+    }
+
+    #[test]
+    fn mounts_are_checked_with_their_key_path() {
+        let mount = |prefix: &str, extra: &str| {
+            format!(
+                "{MINIMAL}mounts:\n  - prefix: \"{prefix}\"\n    upstream:\n      endpoint: \"https://hub.internal\"\n{extra}"
+            )
+        };
+        let ok = parse(&mount("/internal", "      token: hf_int\n")).unwrap();
+        let all = ok.all_mounts();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].prefix.as_str(), all[1].prefix.as_str()),
+            ("/", "/internal")
+        );
+        assert_eq!(all[1].upstream.token.as_ref().unwrap().expose(), "hf_int");
+        assert_eq!(all[1].dir_name().as_deref(), Some("internal"));
+        assert_eq!(all[0].dir_name(), None);
+        let nested = parse(&mount("/mirrors/site-a", "")).unwrap();
+        assert_eq!(
+            nested.mounts[0].dir_name().as_deref(),
+            Some("mirrors+site-a")
+        );
+        // HF_TOKEN is the top-level upstream's fallback only.
+        let env = Config::from_yaml(&mount("/internal", ""), "t", |_| Some("hf_env".into()));
+        assert!(env.unwrap().mounts[0].upstream.token.is_none());
+
+        let two = format!(
+            "{}  - prefix: /internal/sub\n    upstream:\n      endpoint: \"https://b.internal\"\n",
+            mount("/internal", "")
+        );
+        let cases = [
+            (
+                mount("internal", ""),
+                "mounts[0].prefix: \"internal\" must start with /",
+            ),
+            (mount("/", ""), "mounts[0].prefix: \"/\" is not a prefix"),
+            (
+                mount("/a/../b", ""),
+                "mounts[0].prefix: \"/a/../b\" is not a prefix",
+            ),
+            (
+                mount("/a/", ""),
+                "mounts[0].prefix: \"/a/\" is not a prefix",
+            ),
+            (mount("/a b", ""), "mounts[0].prefix:"),
+            (
+                mount("/api", ""),
+                "mounts[0].prefix: \"/api\" would hide the Hub's /api routes",
+            ),
+            (
+                two,
+                "mounts[1].prefix: \"/internal/sub\" overlaps mounts[0].prefix \"/internal\"",
+            ),
+            (
+                mount("/x", "      cdn_hosts: [\"bad host/\"]\n"),
+                "mounts[0].upstream.cdn_hosts[0]:",
+            ),
+            (
+                mount("/x", "      connect_timeout: 0s\n"),
+                "mounts[0].upstream.connect_timeout: must be greater than 0",
+            ),
+            (
+                mount(
+                    "/x",
+                    "    access:\n      repos:\n        allow: [\"bad glob\"]\n",
+                ),
+                "mounts[0].access.repos.allow[0]:",
+            ),
+            (
+                mount("/x", "    bogus: 1\n"),
+                "mounts[0].bogus: unknown field `bogus`",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = err(&yaml);
+            assert!(got.contains(want), "{got:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn settings_bound_at_startup_are_named_when_a_reload_changes_them() {
+        let base = parse(MINIMAL).unwrap();
+        assert_eq!(base.unreloadable(&parse(MINIMAL).unwrap()), None);
+        let rules = format!("{MINIMAL}access:\n  repos:\n    deny: [\"org/*\"]\n");
+        assert_eq!(base.unreloadable(&parse(&rules).unwrap()), None);
+        let moved = MINIMAL.replace("127.0.0.1:8080", "127.0.0.1:8081");
+        assert_eq!(base.unreloadable(&parse(&moved).unwrap()), Some("listen"));
+        let smaller = MINIMAL.replace("100GiB", "1GiB");
+        assert_eq!(base.unreloadable(&parse(&smaller).unwrap()), Some("cache"));
     }
 
     #[test]

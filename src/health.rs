@@ -8,15 +8,17 @@
 //! waits for `/readyz`. A scrape of `/metrics` does not probe (the load balancer's `/readyz`
 //! keeps `hf_edge_hub_state` current), so nothing goes upstream that no client or probe asked.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::hub::upstream::{Upstream, Url};
 use crate::metrics::Metrics;
+use crate::proxy::Live;
 
 /// How long a probe's answer stands before the next request for the state starts another.
 pub const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -67,77 +69,114 @@ impl HubState {
     }
 }
 
-/// The Hub's last probed state, refreshed in the background when asked for after
-/// [`PROBE_EVERY`].
+/// One mount's upstream and what its last probe found.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamState {
+    /// The mount's prefix (`/` for the top-level upstream).
+    pub mount: String,
+    /// The upstream's origin.
+    pub url: String,
+    #[serde(flatten)]
+    pub state: HubState,
+    pub detail: String,
+}
+
+/// Every mount's upstream, each probed in the background when its state is asked for after
+/// [`PROBE_EVERY`]. Mounts come and go with reloads: the live set is read at each ask.
 pub struct HubProbe {
-    upstream: Arc<Upstream>,
+    live: Arc<ArcSwap<Live>>,
     metrics: Arc<Metrics>,
-    last: Mutex<(Option<Instant>, HubState)>,
-    probing: AtomicBool,
+    /// By mount prefix: when last probed, and the answer. Bounded by the prefixes configured.
+    last: Mutex<HashMap<String, (Instant, HubState)>>,
+    probing: Mutex<HashSet<String>>,
 }
 
 impl HubProbe {
-    pub fn new(upstream: Arc<Upstream>, metrics: Arc<Metrics>) -> Arc<HubProbe> {
+    pub fn new(live: Arc<ArcSwap<Live>>, metrics: Arc<Metrics>) -> Arc<HubProbe> {
+        for m in live.load().mounts() {
+            metrics.set_hub_state(&m.prefix, HubState::Unknown.label());
+        }
         Arc::new(HubProbe {
-            upstream,
+            live,
             metrics,
-            last: Mutex::new((None, HubState::Unknown)),
-            probing: AtomicBool::new(false),
+            last: Mutex::new(HashMap::new()),
+            probing: Mutex::new(HashSet::new()),
         })
     }
 
-    /// The state now known, at once; starts a probe if the last is older than
-    /// [`PROBE_EVERY`] and none is running.
-    pub fn state(self: &Arc<Self>) -> HubState {
-        if self.upstream.is_offline() {
-            self.metrics.set_hub_state(HubState::Offline.label());
+    /// Every mount's upstream state now known, at once, the top-level one (`/`) first; starts
+    /// a probe of each whose last is older than [`PROBE_EVERY`] and that none is running for.
+    pub fn states(self: &Arc<Self>) -> Vec<UpstreamState> {
+        let live = self.live.load();
+        let mut states: Vec<UpstreamState> = live
+            .mounts()
+            .iter()
+            .map(|m| {
+                let state = self.state_of(&m.prefix, &m.upstream);
+                UpstreamState {
+                    mount: m.prefix.clone(),
+                    url: m.upstream.hub.to_string(),
+                    detail: state.describe(),
+                    state,
+                }
+            })
+            .collect();
+        states.sort_by_key(|s| s.mount != "/");
+        states
+    }
+
+    fn state_of(self: &Arc<Self>, prefix: &str, upstream: &Arc<Upstream>) -> HubState {
+        if upstream.is_offline() {
+            self.metrics
+                .set_hub_state(prefix, HubState::Offline.label());
             return HubState::Offline;
         }
-        let (at, state) = self.last.lock().clone();
-        let stale = at.is_none_or(|at| at.elapsed() >= PROBE_EVERY);
-        if stale && !self.probing.swap(true, Ordering::AcqRel) {
-            let this = self.clone();
+        let last = self.last.lock().get(prefix).cloned();
+        let stale = last
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= PROBE_EVERY);
+        if stale && self.probing.lock().insert(prefix.to_string()) {
+            let (this, prefix, upstream) = (self.clone(), prefix.to_string(), upstream.clone());
             tokio::spawn(async move {
-                let found = this.probe().await;
-                this.metrics.set_hub_state(found.label());
-                *this.last.lock() = (Some(Instant::now()), found);
-                this.probing.store(false, Ordering::Release);
+                let found = probe(&upstream).await;
+                this.metrics.set_hub_state(&prefix, found.label());
+                this.last
+                    .lock()
+                    .insert(prefix.clone(), (Instant::now(), found));
+                this.probing.lock().remove(&prefix);
             });
         }
         // Offline mode may have just been switched off: report what was last seen of the Hub.
-        self.metrics.set_hub_state(state.label());
+        let state = last.map_or(HubState::Unknown, |(_, s)| s);
+        self.metrics.set_hub_state(prefix, state.label());
         state
     }
+}
 
-    async fn probe(&self) -> HubState {
-        let url = Url::on(&self.upstream.hub, "/");
-        match self.upstream.head(&url, None).await {
-            Ok(resp) => HubState::of_status(resp.status.as_u16()),
-            Err(e) => HubState::Unreachable {
-                error: e.to_string(),
-            },
-        }
+async fn probe(upstream: &Upstream) -> HubState {
+    let url = Url::on(&upstream.hub, "/");
+    match upstream.head(&url, None).await {
+        Ok(resp) => HubState::of_status(resp.status.as_u16()),
+        Err(e) => HubState::Unreachable {
+            error: e.to_string(),
+        },
     }
 }
 
 /// Whether hf-edge can serve: its store is writable (a config is loaded, or nothing would be
-/// running to ask). The Hub's state is reported beside it, never part of it.
+/// running to ask). The upstreams' states are reported beside it, never part of it.
 #[derive(Debug, Serialize)]
 pub struct Readiness {
     pub ready: bool,
     pub store: String,
     pub config: &'static str,
-    pub hub: HubState,
-    pub hub_detail: String,
 }
 
-pub fn readiness(store: Result<(), std::io::Error>, hub: HubState) -> Readiness {
+pub fn readiness(store: Result<(), std::io::Error>) -> Readiness {
     Readiness {
         ready: store.is_ok(),
         store: store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
         config: "loaded",
-        hub_detail: hub.describe(),
-        hub,
     }
 }
 
@@ -146,15 +185,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_hub_outage_never_makes_the_edge_unready() {
-        let down = HubState::Unreachable {
-            error: "connect refused".into(),
-        };
-        let r = readiness(Ok(()), down.clone());
-        assert!(r.ready);
-        assert_eq!(r.hub, down);
-        assert!(readiness(Ok(()), HubState::of_status(503)).ready);
-        let r = readiness(Err(std::io::Error::other("read-only")), HubState::Offline);
+    fn readiness_is_the_stores() {
+        assert!(readiness(Ok(())).ready);
+        let r = readiness(Err(std::io::Error::other("read-only")));
         assert!(!r.ready);
         assert_eq!(r.store, "not writable: read-only");
     }

@@ -7,7 +7,8 @@
 //!   size, download URL;
 //! - [`store`] is the pingora-cache storage holding blobs by content address;
 //! - [`proxy`] is the `ProxyHttp` implementation tying them together, phase by phase;
-//! - [`config`] and [`server`] build it all from one YAML file; [`metrics`] reports on it.
+//! - [`config`] and [`server`] build it all from one YAML file; [`gateway`] holds what a live
+//!   reload swaps (mounts, rules, tokens, the access log); [`metrics`] reports on it.
 
 pub mod access;
 pub mod access_log;
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod downstream;
 pub mod durable;
+pub mod gateway;
 pub mod health;
 pub mod hub;
 pub mod jsonl;

@@ -141,6 +141,7 @@ const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    config_reloads: IntCounterVec,
     request_duration: HistogramVec,
     cache_lookups: IntCounterVec,
     sent_bytes: IntCounterVec,
@@ -270,13 +271,18 @@ impl Metrics {
         let m = Metrics {
             requests: counter_vec(
                 "hf_edge_requests_total",
-                "Client requests by route kind, method and status class.",
-                &["route", "method", "status"],
+                "Client requests by mount (its prefix), route kind, method and status class.",
+                &["mount", "route", "method", "status"],
+            )?,
+            config_reloads: counter_vec(
+                "hf_edge_config_reloads_total",
+                "Config reloads (SIGHUP, POST /admin/reload), by result: ok or error.",
+                &["result"],
             )?,
             request_duration: histogram(
                 "hf_edge_request_duration_seconds",
-                "Client request duration, from request to the last byte sent.",
-                &["route", "cache"],
+                "Client request duration, from request to the last byte sent, by mount.",
+                &["mount", "route", "cache"],
             )?,
             cache_lookups: counter_vec(
                 "hf_edge_cache_lookups_total",
@@ -395,9 +401,9 @@ impl Metrics {
                 let g = IntGaugeVec::new(
                     Opts::new(
                         "hf_edge_hub_state",
-                        "The Hub's state at the last probe (1 for the current state): unknown, reachable, failing (5xx/429), unreachable, offline (offline mode). Readiness does not depend on it.",
+                        "Each mount's upstream at the last probe (1 for the current state): unknown, reachable, failing (5xx/429), unreachable, offline (offline mode). Readiness does not depend on it.",
                     ),
-                    &["state"],
+                    &["mount", "state"],
                 )?;
                 reg(Box::new(g.clone()))?;
                 g
@@ -412,7 +418,6 @@ impl Metrics {
             )?,
             registry,
         };
-        m.set_hub_state("unknown");
         for r in CacheResult::ALL {
             m.cache_lookups.with_label_values(&[r.label()]);
         }
@@ -424,6 +429,9 @@ impl Metrics {
         }
         for r in ["fresh", "refreshed", "stale_served"] {
             m.revision_lookups.with_label_values(&[r]);
+        }
+        for r in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[r]);
         }
         for k in [
             UpstreamKind::Metadata,
@@ -439,8 +447,10 @@ impl Metrics {
     }
 
     /// A finished client request. `cache` is the lookup result of a file download.
+    /// `mount` is a configured mount's prefix (bounded by the config).
     pub fn request(
         &self,
+        mount: &str,
         route: &str,
         method: &str,
         status: u16,
@@ -448,15 +458,21 @@ impl Metrics {
         duration: Duration,
     ) {
         self.requests
-            .with_label_values(&[route, method_label(method), status_class(status)])
+            .with_label_values(&[mount, route, method_label(method), status_class(status)])
             .inc();
         let cache_label = cache.map_or("none", CacheResult::label);
         self.request_duration
-            .with_label_values(&[route, cache_label])
+            .with_label_values(&[mount, route, cache_label])
             .observe(duration.as_secs_f64());
         if cache.is_some() {
             self.cache_lookups.with_label_values(&[cache_label]).inc();
         }
+    }
+
+    /// A config reload applied (`ok`) or refused (`error`).
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// File body bytes sent to a client; `from_cache` for hits.
@@ -532,11 +548,12 @@ impl Metrics {
         self.client_header_timeouts.inc();
     }
 
-    /// Sets `hf_edge_hub_state`: 1 for `state` (one of [`HUB_STATES`]), 0 for the others.
-    pub fn set_hub_state(&self, state: &str) {
+    /// Sets `hf_edge_hub_state` of the mount at `prefix`: 1 for `state` (one of
+    /// [`HUB_STATES`]), 0 for the others.
+    pub fn set_hub_state(&self, prefix: &str, state: &str) {
         for s in HUB_STATES {
             self.hub_state
-                .with_label_values(&[s])
+                .with_label_values(&[prefix, s])
                 .set(i64::from(s == state));
         }
     }

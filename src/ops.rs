@@ -10,8 +10,8 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::gateway::Gateway;
 use crate::health::{self, HubProbe};
-use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
 use crate::warm::{SubmitError, Warmer};
@@ -23,10 +23,11 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
-    pub upstream: Arc<Upstream>,
+    /// Each mount's upstream state, for `/readyz`.
     pub hub: Arc<HubProbe>,
-    /// `ops.admin_token`; `None`: admin endpoints are refused.
-    pub admin_token: Option<String>,
+    /// The live config: mounts' upstreams, `ops.admin_token` (`None`: admin endpoints are
+    /// refused), and reload.
+    pub gateway: Arc<Gateway>,
     pub warmer: Arc<Warmer>,
 }
 
@@ -106,16 +107,19 @@ impl OpsApp {
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        let r = health::readiness(store, self.hub.state());
+        let r = health::readiness(store);
         let status = if r.ready { 200 } else { 503 };
+        let upstreams = self.hub.states();
         json(
             status,
             serde_json::json!({
                 "status": if r.ready { "ready" } else { "not ready" },
                 "store": r.store,
                 "config": r.config,
-                "hub": r.hub,
-                "upstream": r.hub_detail,
+                // The top-level upstream's, as before mounts; every mount's below.
+                "hub": upstreams[0].state,
+                "upstream": upstreams[0].detail,
+                "upstreams": upstreams,
             }),
         )
     }
@@ -131,8 +135,12 @@ impl OpsApp {
                 .query()
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("enabled=")));
             match wanted {
-                Some("true") => self.upstream.set_offline(true),
-                Some("false") => self.upstream.set_offline(false),
+                // Every mount's upstream: offline mode is about the site's link, not one Hub.
+                Some(on @ ("true" | "false")) => {
+                    for u in self.gateway.upstreams() {
+                        u.set_offline(on == "true");
+                    }
+                }
                 _ => {
                     return json(
                         400,
@@ -142,15 +150,32 @@ impl OpsApp {
             }
             log::warn!(
                 "offline mode set to {} via the ops listener",
-                self.upstream.is_offline()
+                self.is_offline()
             );
         } else if req.method != http::Method::GET {
             return json(405, serde_json::json!({"error": "GET or POST"}));
         }
-        json(
-            200,
-            serde_json::json!({"offline": self.upstream.is_offline()}),
-        )
+        json(200, serde_json::json!({"offline": self.is_offline()}))
+    }
+
+    /// `POST`: re-reads the config file, as SIGHUP does.
+    async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().method != http::Method::POST {
+            return json(405, serde_json::json!({"error": "POST"}));
+        }
+        let gateway = self.gateway.clone();
+        match tokio::task::spawn_blocking(move || gateway.reload()).await {
+            Ok(Ok(())) => json(200, serde_json::json!({"reloaded": true})),
+            Ok(Err(e)) => json(400, serde_json::json!({"error": e})),
+            Err(e) => json(
+                500,
+                serde_json::json!({"error": format!("reload failed: {e}")}),
+            ),
+        }
+    }
+
+    fn is_offline(&self) -> bool {
+        self.gateway.upstreams().iter().all(|u| u.is_offline())
     }
 }
 
@@ -237,16 +262,16 @@ impl ServeHttp for OpsApp {
                 let req = session.req_header();
                 let auth = req.headers.get(http::header::AUTHORIZATION);
                 let origin = req.headers.contains_key(http::header::ORIGIN);
-                if let Err(r) = admit_admin(
-                    self.admin_token.as_deref(),
-                    auth.map(|v| v.as_bytes()),
-                    origin,
-                ) {
+                let admin_token = self.gateway.admin_token();
+                if let Err(r) =
+                    admit_admin(admin_token.as_deref(), auth.map(|v| v.as_bytes()), origin)
+                {
                     return admin_refused(r);
                 }
                 let method = req.method.clone();
                 match path {
                     "/admin/offline" => self.offline(session).await,
+                    "/admin/reload" => self.reload(session).await,
                     "/admin/warm" => self.warm(session).await,
                     "/admin/jobs" => self.jobs(&method, None),
                     p if p.starts_with("/admin/jobs/") => {

@@ -1,10 +1,10 @@
 //! Builds the Pingora server from a [`Config`]: the store (and how its fills are bounded),
 //! eviction, resolver, proxy service, the operator endpoints and warm jobs.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use http::HeaderValue;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -12,22 +12,20 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
 
-use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::downstream;
+use crate::gateway::{Gateway, Shared};
 use crate::health::HubProbe;
-use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
-use crate::proxy::{DownloadFlow, EdgeProxy, PassthroughFlow, RequestIds};
-use crate::resolver::{Resolver, ResolverConfig};
-use crate::snapshots::{ApiSnapshots, Limits};
+use crate::proxy::{EdgeProxy, RequestIds};
 use crate::status::StatusSource;
 use crate::store::{BlobStore, FillPolicy};
 use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
-/// Starts hf-edge and serves until a signal stops it.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+/// Starts hf-edge and serves until a signal stops it. `config_path` is the file a reload
+/// (SIGHUP, `POST /admin/reload`) re-reads; `None`: the embedded default, not reloadable.
+pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     crate::durable::restrict_new_files(cfg.cache.group_access);
     let (mut store, found) = BlobStore::open(&cfg.cache.dir)
         .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
@@ -63,59 +61,30 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         prometheus::Registry::new(),
         cfg.cache.max_size,
     )?);
-    let upstream = Arc::new(Upstream::new(cfg.upstream.settings()));
-    let ops_upstream = upstream.clone();
-    let hub = HubProbe::new(upstream.clone(), metrics.clone());
+    let shared = Shared {
+        store,
+        eviction: eviction_dyn,
+        metrics: metrics.clone(),
+    };
+    let gateway = Arc::new(Gateway::new(cfg.clone(), config_path, shared)?);
+    crate::gateway::reload_on_sighup(gateway.clone())?;
+    let hub = HubProbe::new(gateway.live.clone(), metrics.clone());
     let status = Arc::new(StatusSource::new(
         store,
         metrics.clone(),
-        upstream.clone(),
         hub.clone(),
         cfg.public_url.as_ref().map(ToString::to_string),
         cfg.listen,
         cfg.cache.max_size,
     ));
-    let site_auth = match &cfg.upstream.token {
-        Some(t) => Some(
-            HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                .context("upstream.token: not a valid header value")?,
-        ),
-        None => None,
-    };
-    let access_log = AccessLog::open(&cfg.access_log)
-        .with_context(|| format!("log.access: cannot open {}", cfg.access_log))?;
-    let resolver = Arc::new(
-        Resolver::new(
-            upstream.clone(),
-            metrics.clone(),
-            ResolverConfig {
-                revision_ttl: cfg.cache.revision_ttl,
-                hold_down: cfg.upstream.failure_hold_down,
-                auth_ttl: cfg.access.auth_ttl,
-                offline_restricted: cfg.access.offline_restricted,
-                meta_max_entries: cfg.cache.meta_max_entries,
-            },
-            Some(&cfg.cache.dir),
-        )
-        .with_context(|| {
-            format!(
-                "cache.dir: cannot open {}/meta.jsonl",
-                cfg.cache.dir.display()
-            )
-        })?,
-    );
-    let snapshot_limits = Limits {
-        max_bytes: cfg.cache.api_snapshots_max_size,
-        max_files: cfg.cache.api_snapshots_max_files,
-    };
-    let snapshots = ApiSnapshots::open(&cfg.cache.dir, snapshot_limits, metrics.clone())
-        .with_context(|| format!("cache.dir: cannot open {}/api", cfg.cache.dir.display()))?;
+    // Warm jobs fetch through the mount at `/` as configured at startup.
+    let root = gateway.live.load().root().clone();
     let warmer = Arc::new(Warmer {
-        upstream: upstream.clone(),
-        resolver: resolver.clone(),
+        upstream: root.upstream.clone(),
+        resolver: root.downloads.resolver.clone(),
         store,
         metrics: metrics.clone(),
-        auth: site_auth.clone(),
+        auth: root.site_auth.clone(),
         throttle: cfg.warm.max_rate.map(|r| Arc::new(Throttle::new(r))),
         max_blob_size: cfg.cache.max_size,
         jobs: Jobs::open(&cfg.cache.dir).with_context(|| {
@@ -131,26 +100,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         repos: cfg.warm.repos.clone(),
     };
     let proxy = EdgeProxy {
-        upstream: upstream.clone(),
-        policy: cfg.access.clone(),
-        site_auth,
-        downloads: DownloadFlow {
-            upstream: upstream.clone(),
-            resolver: resolver.clone(),
-            store,
-            eviction: eviction_dyn,
-            max_blob_size: cfg.cache.max_size,
-            metrics: metrics.clone(),
-        },
-        passthrough: PassthroughFlow {
-            public_url: cfg.public_url.as_ref().map(ToString::to_string),
-            upstream,
-            resolver,
-            snapshots,
-            metrics: metrics.clone(),
-        },
+        live: gateway.live.clone(),
         metrics: metrics.clone(),
-        access_log,
         request_ids: RequestIds::default(),
         status,
     };
@@ -189,9 +140,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         HttpServer::new_app(OpsApp {
             metrics,
             store,
-            upstream: ops_upstream,
-            hub,
-            admin_token: cfg.ops.admin_token.as_ref().map(|t| t.expose().to_string()),
+            hub: hub.clone(),
+            gateway,
             warmer,
         }),
     );

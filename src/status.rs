@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::health::{HubProbe, HubState};
-use crate::hub::upstream::Upstream;
+use crate::health::{HubProbe, UpstreamState};
 use crate::metrics::{Metrics, Traffic};
 use crate::store::{admin, BlobStore, FillView, PinPolicy};
 
@@ -49,21 +48,13 @@ pub struct Status {
     /// The URL clients set as `HF_ENDPOINT`.
     pub url: String,
     pub offline: bool,
-    pub upstreams: Vec<UpstreamStatus>,
+    /// Each mount's upstream, the top-level one (`/`) first.
+    pub upstreams: Vec<UpstreamState>,
     pub store: StoreStatus,
     pub traffic: TrafficStatus,
     pub top_repos: Vec<RepoBytes>,
     pub fills: Vec<FillView>,
     pub clients: Vec<ClientSetup>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct UpstreamStatus {
-    pub name: &'static str,
-    pub url: String,
-    #[serde(flatten)]
-    pub state: HubState,
-    pub detail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,9 +97,8 @@ pub struct ClientSetup {
 pub struct StatusSource {
     pub store: &'static BlobStore,
     pub metrics: Arc<Metrics>,
-    pub upstream: Arc<Upstream>,
     pub hub: Arc<HubProbe>,
-    /// `public_url`, as configured.
+    /// `public_url`, as configured at startup.
     pub public_url: Option<String>,
     pub listen: SocketAddr,
     pub max_size: u64,
@@ -119,7 +109,6 @@ impl StatusSource {
     pub fn new(
         store: &'static BlobStore,
         metrics: Arc<Metrics>,
-        upstream: Arc<Upstream>,
         hub: Arc<HubProbe>,
         public_url: Option<String>,
         listen: SocketAddr,
@@ -128,7 +117,6 @@ impl StatusSource {
         StatusSource {
             store,
             metrics,
-            upstream,
             hub,
             public_url,
             listen,
@@ -140,18 +128,16 @@ impl StatusSource {
     /// The status, for a request that came with these `Host` and `X-Forwarded-Proto` headers.
     pub async fn status(&self, host: Option<&str>, proto: Option<&str>) -> Status {
         let url = base_url(self.public_url.as_deref(), host, proto, self.listen);
-        let hub = self.hub.state();
+        let upstreams = self.hub.states();
         let counts = self.store.stats.counts();
         Status {
             version: env!("CARGO_PKG_VERSION"),
             commit: env!("HF_EDGE_GIT_COMMIT"),
-            offline: self.upstream.is_offline(),
-            upstreams: vec![UpstreamStatus {
-                name: "hub",
-                url: self.upstream.hub.to_string(),
-                detail: hub.describe(),
-                state: hub,
-            }],
+            // Offline mode is switched for every mount at once.
+            offline: upstreams
+                .iter()
+                .all(|u| u.state == crate::health::HubState::Offline),
+            upstreams,
             store: StoreStatus {
                 dir: self.store.layout().root().display().to_string(),
                 objects: counts.objects,
@@ -395,15 +381,18 @@ pub fn html(s: &Status) -> String {
     }
     h.push_str("</table>\n");
 
-    h.push_str("<h2>Upstreams</h2>\n<table id=\"upstreams\"><tr><th>name</th><th>URL</th><th>state</th></tr>\n");
+    h.push_str(
+        "<h2>Upstreams</h2>\n<table id=\"upstreams\"><tr><th>mount</th><th>URL</th>\
+         <th>state</th></tr>\n",
+    );
     for u in &s.upstreams {
         let _ = writeln!(
             h,
-            "<tr data-upstream=\"{name}\"><td>{name}</td><td>{}</td>\
+            "<tr data-upstream=\"{mount}\"><td>{mount}</td><td>{}</td>\
              <td class=\"state-{label}\" data-state=\"{label}\">{}</td></tr>",
             escape(&u.url),
             escape(&u.detail),
-            name = escape(u.name),
+            mount = escape(&u.mount),
             label = u.state.label(),
         );
     }
@@ -508,6 +497,7 @@ pub fn html(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::HubState;
 
     fn listen() -> SocketAddr {
         "0.0.0.0:8080".parse().unwrap()
@@ -549,8 +539,8 @@ mod tests {
             commit: "c",
             url: evil.to_string(),
             offline: false,
-            upstreams: vec![UpstreamStatus {
-                name: "hub",
+            upstreams: vec![UpstreamState {
+                mount: evil.to_string(),
                 url: evil.to_string(),
                 state: HubState::Unreachable {
                     error: evil.to_string(),

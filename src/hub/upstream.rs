@@ -423,7 +423,7 @@ fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// What [`Upstream`] is built from (the config's `upstream.*`, already validated).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub hub: Origin,
     pub cdn_hosts: Vec<HostPattern>,

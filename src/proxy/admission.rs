@@ -1,10 +1,14 @@
 //! Admission, before anything goes upstream: request sizes no Hub client sends, the Hub's
 //! path grammar, and the site's policy (who the client is upstream, which repos it may name).
 
+use std::sync::Arc;
+
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
+use pingora::{ErrorType, OrErr};
 use pingora_proxy::Session;
 
+use super::mount::{Live, Mount};
 use crate::access::{Credentials, Denied, Policy};
 use crate::hub::grammar::{self, PathError, Route};
 use crate::hub::intent::{self, Intent};
@@ -54,6 +58,23 @@ pub struct Admitted {
     pub route: Route,
     pub credentials: Credentials,
     pub intent: Intent,
+}
+
+/// The mount the request's path names; from here on its path is the one under the mount's
+/// prefix, as the mount's upstream knows it.
+pub fn route(req: &mut RequestHeader, live: &Live) -> pingora::Result<Arc<Mount>> {
+    let (mount, inner) = live.route(req.uri.path());
+    let inner = inner.map(|path| match req.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    });
+    if let Some(path_and_query) = inner {
+        let uri = path_and_query
+            .parse()
+            .or_err(ErrorType::InternalError, "the path under a mount prefix")?;
+        req.set_uri(uri);
+    }
+    Ok(mount.clone())
 }
 
 /// Sizes, then the path, then the policy.

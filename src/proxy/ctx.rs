@@ -3,12 +3,14 @@
 //! pass-through cannot hold a body range nor a download a JSON buffer. The flows' code is
 //! in `download.rs` and `passthrough.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, OrErr, Result};
 
+use super::mount::Mount;
 use super::range::Cut;
 use super::verify::BodyCheck;
 use crate::hub::grammar::{ResolveRequest, Route};
@@ -41,6 +43,8 @@ impl Flow {
 
 pub struct Ctx {
     pub request_id: String,
+    /// The mount the path named, set first thing in `request_filter`.
+    pub mount: Option<Arc<Mount>>,
     pub started: Instant,
     pub route: Option<Route>,
     /// The credentials used upstream: the client's own, a site key's, else the site token.
@@ -55,6 +59,7 @@ impl Ctx {
     pub fn new(request_id: String) -> Ctx {
         Ctx {
             request_id,
+            mount: None,
             started: Instant::now(),
             route: None,
             auth: None,

@@ -41,6 +41,7 @@ pub fn record(
     session: &Session,
     e: Option<&Error>,
     ctx: &Ctx,
+    mount: &str,
 ) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
     let download = ctx.download();
@@ -48,7 +49,7 @@ pub fn record(
     let route = ctx.route.as_ref().map_or("invalid", Route::kind);
     let req = session.req_header();
     let total = ctx.started.elapsed();
-    metrics.request(route, req.method.as_str(), status, cache, total);
+    metrics.request(mount, route, req.method.as_str(), status, cache, total);
     if !access_log.enabled() {
         return;
     }
@@ -65,6 +66,7 @@ pub fn record(
             .client_addr()
             .map_or_else(String::new, |a| a.to_string()),
         method: req.method.as_str(),
+        mount,
         path: req.uri.path(),
         route,
         repo: match &ctx.route {

@@ -7,7 +7,8 @@
 //!   cache phase is never enabled;
 //! - [`passthrough`]: everything else, to the Hub and back, uncached;
 //! - [`failure`]: how failures are answered and retried; [`respond`]: answers hf-edge writes;
-//! - [`log`]: request ids, metrics and access lines.
+//! - [`log`]: request ids, metrics and access lines;
+//! - [`mount`]: which upstream a path prefix names; what a reload swaps.
 
 mod admission;
 mod ctx;
@@ -15,6 +16,7 @@ mod download;
 mod failure;
 mod from_store;
 mod log;
+pub mod mount;
 mod passthrough;
 pub mod range;
 mod refetch;
@@ -24,9 +26,10 @@ mod verify;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method};
+use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
@@ -35,29 +38,31 @@ use pingora_proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 pub use ctx::{Ctx, Flow, Target};
 pub use download::DownloadFlow;
 pub use log::RequestIds;
+pub use mount::{Live, Mount};
 pub use passthrough::PassthroughFlow;
 pub use refetch::{answer_for, UpstreamRefetch};
 
-use crate::access::Policy;
-use crate::access_log::AccessLog;
 use crate::downstream;
 use crate::hub::grammar::Route;
-use crate::hub::upstream::Upstream;
 use crate::metrics::{Metrics, UpstreamKind};
 use crate::status::{Page, StatusSource};
 
 pub struct EdgeProxy {
-    pub upstream: Arc<Upstream>,
-    pub policy: Policy,
-    /// `Bearer {upstream.token}`, for clients that bring no token.
-    pub site_auth: Option<HeaderValue>,
-    pub downloads: DownloadFlow,
-    pub passthrough: PassthroughFlow,
+    /// The mounts and access log; swapped whole by a reload.
+    pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
-    pub access_log: AccessLog,
     pub request_ids: RequestIds,
     /// `GET /` and `/status.json`: the status page.
     pub status: Arc<StatusSource>,
+}
+
+impl EdgeProxy {
+    /// The mount this request was routed to; the current root before routing.
+    fn mount(&self, ctx: &Ctx) -> Arc<Mount> {
+        ctx.mount
+            .clone()
+            .unwrap_or_else(|| self.live.load().root().clone())
+    }
 }
 
 #[async_trait]
@@ -74,8 +79,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let mount = admission::route(session.req_header_mut(), &self.live.load())?;
+        ctx.mount = Some(mount.clone());
         let req = session.req_header();
-        let admitted = match admission::admit(req, &self.policy, self.site_auth.as_ref()) {
+        let admitted = match admission::admit(req, &mount.policy, mount.site_auth.as_ref()) {
             Ok(a) => a,
             Err(r) => return respond::refusal(session, &r, &ctx.request_id).await,
         };
@@ -85,20 +92,22 @@ impl ProxyHttp for EdgeProxy {
             Err(r) => return respond::refusal(session, &r, &ctx.request_id).await,
         };
         ctx.route = Some(admitted.route.clone());
-        if let Some(page) = Page::at(session.req_header().uri.path()).filter(|_| is_file_read) {
+        // The status page is the edge's own, at its top level only.
+        let page = Page::at(session.req_header().uri.path());
+        if let Some(page) = page.filter(|_| is_file_read && mount.prefix == "/") {
             return respond::status_page(session, &self.status, page, &ctx.request_id).await;
         }
         match admitted.route {
             Route::Resolve(r) if is_file_read => {
-                self.downloads.start(session, ctx, r, &self.policy).await
+                mount.downloads.start(session, ctx, r, &mount.policy).await
             }
-            route => self.passthrough.start(session, ctx, &route).await,
+            route => mount.passthrough.start(session, ctx, &route).await,
         }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let target = ctx.target().ok_or_else(ctx::no_target)?;
-        match self.upstream.peer(&target.url.origin).await {
+        match self.mount(ctx).upstream.peer(&target.url.origin).await {
             Ok(peer) => Ok(Box::new(peer)),
             Err(e) => Err(failure::unreachable(e)),
         }
@@ -135,17 +144,18 @@ impl ProxyHttp for EdgeProxy {
         let elapsed = ctx.upstream_sent.map(|t| t.elapsed()).unwrap_or_default();
         ctx.upstream_time = Some(elapsed);
         let code = resp.status.as_u16();
+        let mount = self.mount(ctx);
         let auth = ctx.auth.as_ref();
         match &mut ctx.flow {
             Flow::Download(d) => {
                 self.metrics
                     .upstream_response(UpstreamKind::Blob, code, elapsed);
-                self.downloads.on_response(session, resp, d, auth).await
+                mount.downloads.on_response(session, resp, d, auth).await
             }
             Flow::Passthrough(p) => {
                 self.metrics
                     .upstream_response(UpstreamKind::Api, code, elapsed);
-                self.passthrough.on_response(resp, p, auth)
+                mount.passthrough.on_response(resp, p, auth)
             }
             Flow::Local => Ok(()),
         }
@@ -183,10 +193,11 @@ impl ProxyHttp for EdgeProxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        let mount = self.mount(ctx);
         match &mut ctx.flow {
             Flow::Passthrough(p) => {
                 let auth = ctx.auth.as_ref();
-                self.passthrough.on_body(body, end_of_stream, p, auth)?;
+                mount.passthrough.on_body(body, end_of_stream, p, auth)?;
             }
             Flow::Download(d) => {
                 if let Some(cut) = &mut d.cut {
@@ -205,7 +216,8 @@ impl ProxyHttp for EdgeProxy {
     where
         Ctx: Send + Sync,
     {
-        failure::answer(session, e, ctx, &self.passthrough, &self.metrics).await
+        let mount = self.mount(ctx);
+        failure::answer(session, e, ctx, &mount.passthrough, &self.metrics).await
     }
 
     fn error_while_proxy(
@@ -216,15 +228,27 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        failure::retry(session, e, ctx, &self.downloads, client_reused)
+        let mount = self.mount(ctx);
+        failure::retry(session, e, ctx, &mount.downloads, client_reused)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let mount = self.mount(ctx);
         if let Flow::Download(d) = &ctx.flow {
             let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            self.downloads.finish(session, d, status);
+            mount.downloads.finish(session, d, status);
         }
-        log::record(&self.metrics, &self.access_log, session, e, ctx);
+        // The current access log, not the one at the request's start: after a reload (a
+        // rotated file reopened) every line goes to the new one.
+        let live = self.live.load();
+        log::record(
+            &self.metrics,
+            &live.access_log,
+            session,
+            e,
+            ctx,
+            &mount.prefix,
+        );
         downstream::request_done(session);
     }
 }

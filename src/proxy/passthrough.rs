@@ -43,9 +43,11 @@ fn keeps_snapshot(route: &Route, method: &Method) -> bool {
 pub struct PassthroughFlow {
     /// `public_url`, when configured: the base of rewritten `Link`s and `Location`s.
     pub public_url: Option<String>,
+    /// The mount's prefix as it goes in front of rewritten paths (empty at `/`).
+    pub mount_base: String,
     pub upstream: Arc<Upstream>,
     pub resolver: Arc<Resolver>,
-    pub snapshots: ApiSnapshots,
+    pub snapshots: Arc<ApiSnapshots>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -57,7 +59,11 @@ impl PassthroughFlow {
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
         let pass = Passthrough {
             target: Target::to(Url::on(&self.upstream.hub, pq), &self.upstream),
-            public_base: self.public_url.clone().or_else(|| public_base(req)),
+            public_base: self
+                .public_url
+                .clone()
+                .or_else(|| public_base(req))
+                .map(|base| base + &self.mount_base),
             rewrites_json: rewrites_json(route),
             json: None,
             snapshot_key: keeps_snapshot(route, &req.method)

@@ -105,6 +105,7 @@ pub struct Resolver {
 }
 
 /// The resolver's knobs, from `cache.*` and `access.*`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ResolverConfig {
     pub revision_ttl: Duration,
     pub hold_down: Duration,

@@ -19,7 +19,7 @@ use crate::hub::BlobId;
 
 /// One `cache.pin` entry: a repo glob (`org/*`, `datasets/org/name`), optionally `@revision`
 /// (a branch or tag as clients name it, or a commit).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PinPattern {
     repo: RepoGlob,
     revision: Option<String>,
@@ -52,7 +52,7 @@ impl PinPattern {
 }
 
 /// What `cache.pin` and `cache.max_pinned` say.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PinPolicy {
     pub patterns: Vec<PinPattern>,
     pub max_pinned: u64,

@@ -223,8 +223,10 @@ class Client:
 
 
 def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
-                upstream: dict | None = None, cache: dict | None = None, ops: dict | None = None) -> str:
-    """The config of a test hf-edge; `upstream`, `cache` and `ops` add or override keys of those sections."""
+                upstream: dict | None = None, cache: dict | None = None, ops: dict | None = None,
+                mounts: list | None = None) -> str:
+    """The config of a test hf-edge; `upstream`, `cache` and `ops` add or override keys of those sections;
+    `mounts` is the `mounts:` list, as is."""
     config = {
         "listen": f"127.0.0.1:{port}",
         "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"], **(upstream or {})},
@@ -233,6 +235,8 @@ def edge_config(hub_url: str, workdir: Path, port: int, metrics_port: int,
     }
     if ops:
         config["ops"] = ops
+    if mounts:
+        config["mounts"] = mounts
     return json.dumps(config, indent=2) + "\n"  # JSON is YAML
 
 

@@ -54,6 +54,8 @@ def unit_root(tmp_path):
     root = tmp_path / "root"
     (root / "usr/local/bin").mkdir(parents=True)
     shutil.copy(edge_binary(), root / "usr/local/bin/hf-edge")
+    (root / "bin").mkdir()
+    shutil.copy("/bin/kill", root / "bin/kill")  # ExecReload=
     (root / "usr/lib/systemd").mkdir(parents=True)
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)

@@ -178,11 +178,12 @@ def test_scrape_has_the_specified_families(traffic):
 
 def test_no_label_carries_a_token_an_address_or_a_path(traffic):
     bounded = {
+        "mount": {"/"},  # the configured mounts' prefixes
         "route": {"resolve", "api", "lfs", "other", "invalid"},
         "method": {"GET", "HEAD", "POST", "PUT", "DELETE", "other"},
         "status": {"1xx", "2xx", "3xx", "4xx", "5xx", "none"},
         "cache": {"hit", "miss", "coalesced", "stale", "bypass", "none"},
-        "result": {"hit", "miss", "coalesced", "stale", "bypass", "fresh", "refreshed", "stale_served"},
+        "result": {"hit", "miss", "coalesced", "stale", "bypass", "fresh", "refreshed", "stale_served", "ok", "error"},
         "source": {"cache", "upstream"},
         "kind": {"metadata", "blob", "api"},
         "cause": {"connect", "timeout", "reset", "5xx", "429"},
@@ -317,7 +318,7 @@ def test_ready_through_a_hub_outage_which_readyz_and_metrics_report(other_edge):
     assert json.loads(body)["status"] == "ready"
     assert json.loads(body)["hub"]["state"] == "unreachable", body
     _, _, metrics = http("GET", f"http://{unreachable.metrics_addr}/metrics")
-    assert 'hf_edge_hub_state{state="unreachable"} 1' in metrics.decode(), metrics
+    assert 'hf_edge_hub_state{mount="/",state="unreachable"} 1' in metrics.decode(), metrics
 
 
 def test_every_response_has_a_request_id_found_in_the_access_log(edge):

@@ -117,7 +117,7 @@ def test_the_status_page_in_chromium(other_fakehub, other_edge, tmp_path):
     for name, text in rows.items():
         assert edge.url in text, (name, text)
     hub_row = dom.with_attr("data-upstream")
-    assert [e["attrs"]["data-upstream"] for e in hub_row] == ["hub"]
+    assert [e["attrs"]["data-upstream"] for e in hub_row] == ["/"]
     assert hub.hub in hub_row[0]["text"]
     assert dom.by_id("offline")["text"] == "off"
     assert dom.by_id("hit-ratio")["text"] == "50.0 %"  # config.json: a miss, then a hit

@@ -105,8 +105,18 @@ pub struct EdgeConfig {
     pub access: AccessConfig,
     pub ops: OpsConfig,
     pub limits: LimitsConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm: Option<WarmConfig>,
+}
+
+/// `mounts[]`: an upstream under a path prefix.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountConfig {
+    pub prefix: String,
+    pub upstream: UpstreamConfig,
+    pub access: AccessConfig,
 }
 
 /// `warm:` (repos kept warm, the warming bandwidth cap).
@@ -249,8 +259,22 @@ impl EdgeConfig {
             access: AccessConfig::default(),
             ops: OpsConfig::default(),
             limits: LimitsConfig::default(),
+            mounts: Vec::new(),
             warm: None,
         }
+    }
+
+    /// A mount of `hub` at `prefix`: the top-level upstream's settings with `hub`'s endpoint
+    /// and `token` as its `upstream.token`.
+    pub fn add_mount(&mut self, prefix: &str, hub: &FakeHub, token: Option<&str>) {
+        let mut upstream = self.upstream.clone();
+        upstream.endpoint = hub.url.clone();
+        upstream.token = token.map(Into::into);
+        self.mounts.push(MountConfig {
+            prefix: prefix.into(),
+            upstream,
+            access: AccessConfig::default(),
+        })
     }
 
     fn write(&self, path: &Path) {
@@ -364,6 +388,12 @@ impl EdgeBuilder {
         })
     }
 
+    /// A mount of `hub` at `prefix`, with the test upstream settings and `token` as its
+    /// `upstream.token`.
+    pub fn mount(self, prefix: &str, hub: &FakeHub, token: Option<&str>) -> Self {
+        self.configure(|c| c.add_mount(prefix, hub, token))
+    }
+
     pub fn allow_repos(self, globs: &[&str]) -> Self {
         self.configure(|c| c.access.repos.allow = globs.iter().map(|g| g.to_string()).collect())
     }
@@ -474,10 +504,31 @@ impl Edge {
 
     /// Sends SIGTERM (graceful shutdown).
     pub fn sigterm(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
         // SAFETY: kill(2) with a pid this test started and has not reaped yet.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill -TERM {pid}");
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill -{signal} {pid}");
+    }
+
+    /// Changes the config file in place, without telling the process (see `reload`).
+    pub fn rewrite_config(&mut self, change: impl FnOnce(&mut EdgeConfig)) {
+        change(&mut self.config);
+        self.config.write(&self.config_path);
+    }
+
+    /// Writes `yaml` as the config file, as is (an invalid config, say).
+    pub fn write_raw_config(&self, yaml: &str) {
+        std::fs::write(&self.config_path, yaml).expect("write config");
+    }
+
+    /// `hf_edge_config_reloads_total{result}`.
+    pub fn reloads(&self, result: &str) -> u64 {
+        self.metric("hf_edge_config_reloads_total", &[("result", result)])
     }
 
     /// Waits (at most `limit`) for the process to exit.

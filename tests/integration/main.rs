@@ -19,9 +19,11 @@ mod fill_limits; // cache.max_fills, reservations under max_size, the orphan pol
 mod fills; // fills under concurrency, disconnects, kills, full disks
 mod journals; // refs.jsonl, meta.jsonl and kept API answers: one line per answer, capped
 mod limits; // limits.header_timeout (slowloris) and limits.max_connections
+mod mounts; // upstreams under path prefixes: routing, tokens, rewritten links, a shared store
 mod passthrough; // API routes, pagination links, Xet hints
 mod ranges; // one range rule on every body path: over max_size, full disk, miss, hit, fill
 mod red_team; // generated hostile requests against every rule at once
+mod reload; // SIGHUP and POST /admin/reload: rules, mounts, tokens, the access log
 mod resilience; // a slow, failing or absent Hub; offline mode; resumed bodies
 mod resolve; // /resolve metadata, bodies, the blob store, ranges
 mod security; // hostile clients: credentials, the site token, repo rules, poisoning

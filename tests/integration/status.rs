@@ -32,7 +32,7 @@ fn a_hub_outage_keeps_the_edge_ready_and_is_reported() {
         body["upstream"].as_str().unwrap().contains("127.0.0.1"),
         "{body}"
     );
-    let state = |s: &str| edge.metric("hf_edge_hub_state", &[("state", s)]);
+    let state = |s: &str| edge.metric("hf_edge_hub_state", &[("mount", "/"), ("state", s)]);
     assert_eq!((state("unreachable"), state("reachable")), (1, 0));
 
     let hub = FakeHub::start();
@@ -41,7 +41,10 @@ fn a_hub_outage_keeps_the_edge_ready_and_is_reported() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["hub"]["state"], "reachable", "{body}");
     assert_eq!(
-        edge.metric("hf_edge_hub_state", &[("state", "reachable")]),
+        edge.metric(
+            "hf_edge_hub_state",
+            &[("mount", "/"), ("state", "reachable")]
+        ),
         1
     );
 }
@@ -92,7 +95,7 @@ fn status_json_reports_the_store_traffic_repos_and_fills() {
     assert_eq!(s["url"], "http://edge.example:8080", "{s}");
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(s["offline"], false);
-    assert_eq!(s["upstreams"][0]["name"], "hub");
+    assert_eq!(s["upstreams"][0]["mount"], "/");
     assert_eq!(s["upstreams"][0]["url"], format!("http://{}", hub.addr()));
     let store = &s["store"];
     assert_eq!(store["objects"], 2, "{s}");

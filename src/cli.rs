@@ -245,11 +245,11 @@ fn warm(args: WarmArgs) -> ExitCode {
     };
     if terminal {
         println!(
-            "{}@{} ({}): {:?}: {} of {} files stored ({} already), {}, {:.1} s",
+            "{}@{} ({}): {}: {} of {} files stored ({} already), {}, {:.1} s",
             status.repo,
             status.revision,
             status.commit.as_deref().unwrap_or("-"),
-            status.state,
+            status.state.label(),
             status.files_done,
             status.files_total,
             status.files_skipped,

@@ -37,6 +37,18 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// As the admin API spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Listing => "listing",
+            JobState::Fetching => "fetching",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Interrupted => "interrupted",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         !matches!(self, JobState::Listing | JobState::Fetching)
     }
@@ -327,6 +339,9 @@ mod tests {
             states,
             [(a.id(), JobState::Interrupted), (b.id(), JobState::Done)]
         );
+        for s in [JobState::Interrupted, JobState::Fetching] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.label(), "one spelling");
+        }
         let c = reopened.create(&spec(), "api").unwrap();
         assert_eq!(c.id(), b.id() + 1, "ids are not reused");
         for _ in 1..MAX_RUNNING {

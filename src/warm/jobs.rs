@@ -168,6 +168,9 @@ pub struct Jobs {
     next_id: AtomicU64,
     path: PathBuf,
     persisted: Mutex<Option<Instant>>,
+    /// Lists made to be written, and the newest written.
+    generation: AtomicU64,
+    written: Arc<Mutex<u64>>,
 }
 
 impl Jobs {
@@ -211,6 +214,8 @@ impl Jobs {
             next_id: AtomicU64::new(next_id),
             path,
             persisted: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            written: Arc::new(Mutex::new(0)),
         };
         jobs.persist(true);
         Ok(jobs)
@@ -293,8 +298,24 @@ impl Jobs {
             *last = Some(Instant::now());
         }
         let bytes = serde_json::to_vec(&self.list()).expect("job status serializes");
-        if let Err(e) = crate::durable::replace_atomic(&self.path, &bytes) {
-            log::warn!("cannot write {}: {e}", self.path.display());
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let (path, written) = (self.path.clone(), self.written.clone());
+        let write = move || {
+            // Writes may run out of order on the blocking pool: an older list never replaces
+            // a newer one.
+            let mut last = written.lock();
+            if *last > generation {
+                return;
+            }
+            *last = generation;
+            if let Err(e) = crate::durable::replace_atomic(&path, &bytes) {
+                log::warn!("cannot write {}: {e}", path.display());
+            }
+        };
+        // Off the async worker threads when there are some: they never wait on a disk.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 }

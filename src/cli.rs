@@ -77,7 +77,7 @@ struct WarmArgs {
     /// Not paths matching this glob (repeatable).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
-    /// The mount the repo is served under (only / is served).
+    /// The mount whose Hub serves the repo: / (default) or a mounts[].prefix.
     #[arg(long, value_name = "PREFIX")]
     mount: Option<String>,
     /// The running server's config (its ops listener and admin token).

@@ -567,6 +567,27 @@ impl RawConfig {
             },
         };
         let warm = self.warm.validate()?;
+        for (i, r) in warm.repos.iter().enumerate() {
+            // The rules of the mount the entry fetches through.
+            let rules = match r.mount.as_str() {
+                "/" => &access,
+                prefix => match mounts.iter().find(|m| m.prefix == prefix) {
+                    Some(m) => &m.access,
+                    None => {
+                        return Err(bad(
+                            &format!("warm.repos[{i}].mount"),
+                            format!("no such mount: {prefix:?} (not / nor a mounts[].prefix)"),
+                        ))
+                    }
+                },
+            };
+            if rules.check_repos(&[r.repo()]).is_err() {
+                return Err(bad(
+                    &format!("warm.repos[{i}].repo"),
+                    "refused by the mount's access.repos: warming it would store what clients may not read",
+                ));
+            }
+        }
         Ok(Config {
             mounts,
             warm,
@@ -1356,6 +1377,14 @@ metrics:
                     "max_size: \"100GiB\"\n  pin: ['org/m@']",
                 ),
                 "cache.pin[0]:",
+            ),
+            (
+                format!("{MINIMAL}access:\n  repos:\n    deny: ['org/*']\nwarm:\n  repos:\n    - repo: org/m\n"),
+                "warm.repos[0].repo: refused by the mount's access.repos",
+            ),
+            (
+                format!("{MINIMAL}warm:\n  repos:\n    - repo: org/m\n      mount: /internal\n"),
+                "warm.repos[0].mount: no such mount: \"/internal\"",
             ),
             (
                 MINIMAL.replace(

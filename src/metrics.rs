@@ -174,6 +174,29 @@ pub struct Metrics {
     store_without_room: IntCounter,
     store_pinned_objects: IntGauge,
     store_pinned_bytes: IntGauge,
+    warm_files: IntCounterVec,
+}
+
+/// What a warm job did with a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmResult {
+    /// Fetched into the store (by the job's fill, or a client's it joined).
+    Fetched,
+    /// In the store already.
+    Stored,
+    Failed,
+}
+
+impl WarmResult {
+    pub const ALL: [WarmResult; 3] = [WarmResult::Fetched, WarmResult::Stored, WarmResult::Failed];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WarmResult::Fetched => "fetched",
+            WarmResult::Stored => "stored",
+            WarmResult::Failed => "failed",
+        }
+    }
 }
 
 pub fn status_class(status: u16) -> &'static str {
@@ -381,10 +404,18 @@ impl Metrics {
                 "hf_edge_store_pinned_bytes",
                 "Bytes of the blobs cache.pin keeps out of eviction (bounded by cache.max_pinned).",
             )?,
+            warm_files: counter_vec(
+                "hf_edge_warm_files_total",
+                "Files warm jobs handled: fetched into the store, found stored already, or failed.",
+                &["result"],
+            )?,
             registry,
         };
         for r in CacheResult::ALL {
             m.cache_lookups.with_label_values(&[r.label()]);
+        }
+        for r in WarmResult::ALL {
+            m.warm_files.with_label_values(&[r.label()]);
         }
         for s in ["cache", "upstream"] {
             m.sent_bytes.with_label_values(&[s]);
@@ -441,6 +472,10 @@ impl Metrics {
     }
 
     /// File body bytes sent to a client; `from_cache` for hits.
+    pub fn warm_file(&self, result: WarmResult) {
+        self.warm_files.with_label_values(&[result.label()]).inc();
+    }
+
     pub fn sent(&self, from_cache: bool, bytes: usize) {
         let source = if from_cache { "cache" } else { "upstream" };
         self.sent_bytes

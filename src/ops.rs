@@ -14,7 +14,7 @@ use pingora::protocols::http::ServerSession;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
-use crate::warm::{SubmitError, Warmer};
+use crate::warm::Warmer;
 
 /// A warm request body read at most.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -220,9 +220,7 @@ impl OpsApp {
         };
         match self.warmer.submit(spec, "api") {
             Ok(job) => json(201, job_json(&job.status())),
-            Err(e @ SubmitError::Refused(_)) => {
-                json(429, serde_json::json!({"error": e.to_string()}))
-            }
+            Err(e) => json(e.status(), serde_json::json!({"error": e.to_string()})),
         }
     }
 

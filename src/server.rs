@@ -78,14 +78,11 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     };
     let gateway = Arc::new(Gateway::new(cfg.clone(), config_path, shared)?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
-    // Warm jobs fetch through the mount at `/` as configured at startup.
-    let root = gateway.live.load().root().clone();
+    // Warm jobs fetch through the live mount they name (`/` unless told otherwise).
     let warmer = Arc::new(Warmer {
-        upstream: root.upstream.clone(),
-        resolver: root.downloads.resolver.clone(),
+        live: gateway.live.clone(),
         store,
         metrics: metrics.clone(),
-        auth: root.site_auth.clone(),
         throttle: cfg.warm.max_rate.map(|r| Arc::new(Throttle::new(r))),
         max_blob_size: cfg.cache.max_size,
         jobs: Jobs::open(&cfg.cache.dir).with_context(|| {

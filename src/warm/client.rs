@@ -122,41 +122,13 @@ pub struct ProgressLine {
 }
 
 impl ProgressLine {
-    const WIDTH: usize = 30;
-
     pub fn new() -> ProgressLine {
         ProgressLine { drawn: false }
     }
 
     pub fn draw(&mut self, s: &JobStatus, size: fn(u64) -> String) {
         self.drawn = true;
-        let frac = if s.bytes_total == 0 {
-            0.0
-        } else {
-            (s.bytes_done as f64 / s.bytes_total as f64).min(1.0)
-        };
-        let filled = (frac * Self::WIDTH as f64) as usize;
-        let rate = if s.seconds > 0.0 {
-            s.bytes_done as f64 / s.seconds
-        } else {
-            0.0
-        };
-        let eta = match s.bytes_total.saturating_sub(s.bytes_done) {
-            0 => "-".to_string(),
-            _ if rate < 1.0 => "?".to_string(),
-            left => format!("{:.0}s", left as f64 / rate),
-        };
-        eprint!(
-            "\rwarming {} [{}{}] {}/{} files  {} / {}  {}/s  ETA {eta}\x1b[K",
-            s.repo,
-            "#".repeat(filled),
-            " ".repeat(Self::WIDTH - filled),
-            s.files_done,
-            s.files_total,
-            size(s.bytes_done),
-            size(s.bytes_total),
-            size(rate as u64),
-        );
+        eprint!("\r{}\x1b[K", progress_line(s, size));
     }
 
     pub fn clear(self) {
@@ -170,6 +142,38 @@ impl Default for ProgressLine {
     fn default() -> Self {
         ProgressLine::new()
     }
+}
+
+/// One line of progress: files, bytes, rate and ETA, with a bar of bytes done.
+fn progress_line(s: &JobStatus, size: fn(u64) -> String) -> String {
+    const WIDTH: usize = 30;
+    let frac = if s.bytes_total == 0 {
+        0.0
+    } else {
+        (s.bytes_done as f64 / s.bytes_total as f64).min(1.0)
+    };
+    let filled = (frac * WIDTH as f64) as usize;
+    let rate = if s.seconds > 0.0 {
+        s.bytes_done as f64 / s.seconds
+    } else {
+        0.0
+    };
+    let eta = match s.bytes_total.saturating_sub(s.bytes_done) {
+        0 => "-".to_string(),
+        _ if rate < 1.0 => "?".to_string(),
+        left => format!("{:.0}s", left as f64 / rate),
+    };
+    format!(
+        "warming {} [{}{}] {}/{} files  {} / {}  {}/s  ETA {eta}",
+        s.repo,
+        "#".repeat(filled),
+        " ".repeat(WIDTH - filled),
+        s.files_done,
+        s.files_total,
+        size(s.bytes_done),
+        size(s.bytes_total),
+        size(rate as u64),
+    )
 }
 
 /// Polls job `id` until it ends, calling `show` with each new status (at most every
@@ -194,5 +198,39 @@ pub fn follow(
             return Ok(s);
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::warm::JobState;
+
+    #[test]
+    fn the_progress_line_shows_files_bytes_rate_and_eta() {
+        let s: JobStatus = serde_json::from_value(serde_json::json!({
+            "id": 1, "repo": "org/m", "revision": "main", "include": [], "exclude": [],
+            "mount": "/", "source": "api", "state": "fetching", "error": null, "commit": null,
+            "files_total": 4, "files_done": 1, "files_skipped": 0, "files_failed": 0,
+            "bytes_total": 3000, "bytes_done": 1000, "created": 0, "finished": null,
+            "seconds": 2.0, "failures": []
+        }))
+        .unwrap();
+        assert_eq!(s.state, JobState::Fetching);
+        let line = progress_line(&s, |n| format!("{n} B"));
+        assert_eq!(
+            line,
+            format!(
+                "warming org/m [{}{}] 1/4 files  1000 B / 3000 B  500 B/s  ETA 4s",
+                "#".repeat(10),
+                " ".repeat(20)
+            )
+        );
+        let starting = JobStatus {
+            seconds: 0.0,
+            bytes_done: 0,
+            ..s
+        };
+        assert!(progress_line(&starting, |n| n.to_string()).ends_with("ETA ?"));
     }
 }

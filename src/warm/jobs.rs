@@ -56,6 +56,9 @@ pub struct JobStatus {
     pub revision: String,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The mount whose upstream the job fetches from.
+    #[serde(default = "root_mount")]
+    pub mount: String,
     /// `api` (POST /admin/warm) or `config` (the `warm:` list).
     pub source: String,
     pub state: JobState,
@@ -215,6 +218,7 @@ impl Jobs {
                 revision: spec.revision.clone(),
                 include: spec.include.clone(),
                 exclude: spec.exclude.clone(),
+                mount: spec.mount.clone(),
                 source: source.into(),
                 state: JobState::Listing,
                 error: None,
@@ -283,6 +287,10 @@ impl Jobs {
     }
 }
 
+fn root_mount() -> String {
+    "/".into()
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -299,6 +307,7 @@ mod tests {
             revision: "main".into(),
             include: vec![],
             exclude: vec![],
+            mount: "/".into(),
         }
     }
 

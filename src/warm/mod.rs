@@ -41,6 +41,8 @@ pub struct WarmSpec {
     /// Paths matching any (all when empty), minus those matching any of `exclude`.
     pub include: Vec<String>,
     pub exclude: Vec<String>,
+    /// The mount whose upstream serves the repo: `/`, or a `mounts[].prefix`.
+    pub mount: String,
 }
 
 /// A warm request as the admin API takes it (and the `warm:` config's entries).
@@ -56,7 +58,8 @@ pub struct RawSpec {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// The mount the repo is served under; only the root (`/`) is served.
+    /// The mount whose upstream serves the repo (`/` when unset), as clients reach it:
+    /// `HF_ENDPOINT=http://edge:8080/internal` is mount `/internal`.
     #[serde(default)]
     pub mount: Option<String>,
 }
@@ -64,9 +67,16 @@ pub struct RawSpec {
 impl RawSpec {
     /// Validates; the error names the field.
     pub fn validate(self) -> Result<WarmSpec, (&'static str, String)> {
-        if let Some(m) = self.mount.as_deref().filter(|m| *m != "/") {
-            return Err(("mount", format!("no such mount: {m:?} (only / is served)")));
-        }
+        let mount = match self.mount.as_deref().map(|m| m.trim_end_matches('/')) {
+            None | Some("") => "/".to_string(),
+            Some(m) if m.starts_with('/') && m.len() <= 256 => m.to_string(),
+            Some(m) => {
+                return Err((
+                    "mount",
+                    format!("{m:?} is not a mount prefix like /internal"),
+                ))
+            }
+        };
         let kind = match self.kind.as_deref() {
             None | Some("model") => RepoType::Model,
             Some("dataset") => RepoType::Dataset,
@@ -112,6 +122,7 @@ impl RawSpec {
             revision,
             include: self.include,
             exclude: self.exclude,
+            mount,
         })
     }
 }
@@ -195,16 +206,14 @@ mod tests {
         assert_eq!(clash.validate().unwrap_err().0, "type");
         assert_eq!(raw("").validate().unwrap_err().0, "repo");
         assert_eq!(raw("a/b/c").validate().unwrap_err().0, "repo");
-        let mount = RawSpec {
-            mount: Some("/mirror".into()),
+        let mount = |m: &str| RawSpec {
+            mount: Some(m.into()),
             ..raw("org/m")
         };
-        assert!(mount.validate().unwrap_err().1.contains("no such mount"));
-        let root = RawSpec {
-            mount: Some("/".into()),
-            ..raw("org/m")
-        };
-        assert!(root.validate().is_ok());
+        assert_eq!(mount("/internal/").validate().unwrap().mount, "/internal");
+        assert_eq!(mount("/").validate().unwrap().mount, "/");
+        assert_eq!(raw("org/m").validate().unwrap().mount, "/");
+        assert_eq!(mount("internal").validate().unwrap_err().0, "mount");
     }
 
     #[test]
@@ -214,6 +223,7 @@ mod tests {
             revision: "main".into(),
             include: include.iter().map(|s| s.to_string()).collect(),
             exclude: exclude.iter().map(|s| s.to_string()).collect(),
+            mount: "/".into(),
         };
         let all = spec(&[], &[]);
         assert!(all.selects("a/b.bin"));

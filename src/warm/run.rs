@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
@@ -14,8 +15,8 @@ use super::{Jobs, Throttle, WarmSpec};
 use crate::hub::grammar::{Repo, ResolveRequest};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{Upstream, UpstreamError, Url};
-use crate::metrics::Metrics;
-use crate::proxy::{Target, UpstreamRefetch};
+use crate::metrics::{Metrics, WarmResult};
+use crate::proxy::{Live, Mount, Target, UpstreamRefetch};
 use crate::resolver::{ResolveError, Resolver, DOWNLOAD_URL_TTL};
 use crate::store::{BlobStore, Fetch, FillFailure, RefEntry, Refetch, Refused};
 
@@ -47,16 +48,31 @@ const SEGMENT: &AsciiSet = &PATH.add(b'/');
 pub enum SubmitError {
     #[error(transparent)]
     Refused(#[from] RefusedJob),
+    /// `access.repos` refuses the repo: what clients may not read is not fetched for them.
+    #[error("{0}: refused by access.repos")]
+    Denied(String),
+    #[error("no such mount: {0:?} (the configured mounts are / and mounts[].prefix)")]
+    NoMount(String),
 }
 
-/// What warm jobs work with: the proxy's own upstream, resolver and store.
+impl SubmitError {
+    /// The admin API's answer status.
+    pub fn status(&self) -> u16 {
+        match self {
+            SubmitError::Refused(_) => 429,
+            SubmitError::Denied(_) => 403,
+            SubmitError::NoMount(_) => 400,
+        }
+    }
+}
+
+/// What warm jobs work with: the proxy's mounts (each job fetches through one: its upstream,
+/// site token, repo rules and resolver, as clients of that mount do) and the shared store.
 pub struct Warmer {
-    pub upstream: Arc<Upstream>,
-    pub resolver: Arc<Resolver>,
+    /// The live mounts; a job keeps the mount it started with, as a request does.
+    pub live: Arc<ArcSwap<Live>>,
     pub store: &'static BlobStore,
     pub metrics: Arc<Metrics>,
-    /// The site's token (`upstream.token`), which reads only; `None`: anonymous.
-    pub auth: Option<HeaderValue>,
     /// `warm.max_rate`.
     pub throttle: Option<Arc<Throttle>>,
     pub max_blob_size: u64,
@@ -79,6 +95,10 @@ struct Sibling {
 impl Warmer {
     /// Starts a job for `spec` on the current runtime.
     pub fn submit(self: &Arc<Self>, spec: WarmSpec, source: &str) -> Result<Arc<Job>, SubmitError> {
+        let mount = self.mount(&spec.mount)?;
+        if mount.policy.check_repos(&[spec.repo()]).is_err() {
+            return Err(SubmitError::Denied(spec.repo));
+        }
         let job = self.jobs.create(&spec, source)?;
         log::info!(
             "warm job {}: {}@{} ({source})",
@@ -86,13 +106,20 @@ impl Warmer {
             spec.repo,
             spec.revision
         );
-        let task = tokio::spawn(self.clone().run(job.clone(), spec));
+        let task = tokio::spawn(self.clone().run(job.clone(), spec, mount));
         job.set_task(task.abort_handle());
         Ok(job)
     }
 
-    async fn run(self: Arc<Self>, job: Arc<Job>, spec: WarmSpec) {
-        let outcome = self.work(&job, &spec).await;
+    /// The live mount at `prefix`.
+    pub(super) fn mount(&self, prefix: &str) -> Result<Arc<Mount>, SubmitError> {
+        let live = self.live.load();
+        let found = live.mounts().iter().find(|m| m.prefix == prefix).cloned();
+        found.ok_or_else(|| SubmitError::NoMount(prefix.to_string()))
+    }
+
+    async fn run(self: Arc<Self>, job: Arc<Job>, spec: WarmSpec, mount: Arc<Mount>) {
+        let outcome = self.work(&job, &spec, &mount).await;
         let (state, error) = match outcome {
             Err(e) => (JobState::Failed, Some(e)),
             Ok(()) if job.status().files_failed > 0 => {
@@ -121,9 +148,10 @@ impl Warmer {
         self.jobs.persist(true);
     }
 
-    async fn work(&self, job: &Arc<Job>, spec: &WarmSpec) -> Result<(), String> {
+    async fn work(&self, job: &Arc<Job>, spec: &WarmSpec, mount: &Mount) -> Result<(), String> {
+        let parts = self.parts(mount);
         let repo = spec.repo();
-        let (commit, paths) = self.list(&repo, &spec.revision).await?;
+        let (commit, paths) = parts.list(&repo, &spec.revision).await?;
         let total_listed = paths.len();
         let paths: Vec<String> = paths.into_iter().filter(|p| spec.selects(p)).collect();
         if paths.is_empty() {
@@ -145,7 +173,7 @@ impl Warmer {
             s.commit = Some(commit.clone());
             s.files_total = paths.len() as u64;
         });
-        let files = self.resolve_all(job, &repo, &commit, paths).await;
+        let files = parts.resolve_all(job, &repo, &commit, paths).await;
         job.update(|s| s.state = JobState::Fetching);
         self.jobs.persist(true);
         let mut running = JoinSet::new();
@@ -154,7 +182,7 @@ impl Warmer {
                 running.join_next().await;
                 self.jobs.persist(false);
             }
-            let warmer = self.clone_parts();
+            let warmer = parts.clone();
             let (job, revision) = (job.clone(), spec.revision.clone());
             running.spawn(async move { warmer.fetch(&job, request, meta, revision).await });
         }
@@ -164,6 +192,42 @@ impl Warmer {
         Ok(())
     }
 
+    /// What a job's tasks need of `mount` and of this warmer.
+    pub(super) fn parts(&self, mount: &Mount) -> Parts {
+        Parts {
+            upstream: mount.upstream.clone(),
+            resolver: mount.downloads.resolver.clone(),
+            store: self.store,
+            metrics: self.metrics.clone(),
+            auth: mount.site_auth.clone(),
+            throttle: self.throttle.clone(),
+            max_blob_size: self.max_blob_size,
+        }
+    }
+}
+
+/// What a job and its tasks work with: one mount's upstream, resolver and site token, and
+/// the shared store (spawned tasks own a copy).
+#[derive(Clone)]
+pub(super) struct Parts {
+    upstream: Arc<Upstream>,
+    resolver: Arc<Resolver>,
+    store: &'static BlobStore,
+    metrics: Arc<Metrics>,
+    auth: Option<HeaderValue>,
+    throttle: Option<Arc<Throttle>>,
+    max_blob_size: u64,
+}
+
+/// How a file ended up stored.
+enum Stored {
+    /// It was there already.
+    Found,
+    /// This job's fill, or a client's it joined, brought it.
+    Fetched,
+}
+
+impl Parts {
     /// The commit `revision` names and its files, from the Hub's revision info.
     pub(super) async fn list(
         &self,
@@ -237,7 +301,7 @@ impl Warmer {
                     revision: commit.to_string(),
                     path,
                 };
-                let warmer = self.clone_parts();
+                let warmer = self.clone();
                 running.spawn(async move {
                     let meta = warmer.resolve(&request, false).await;
                     (request, meta)
@@ -252,47 +316,16 @@ impl Warmer {
                     job.update(|s| s.bytes_total += meta.size);
                     out.push((request, meta));
                 }
-                Err(e) => job.file_failed(&request.path, e),
+                Err(e) => {
+                    job.file_failed(&request.path, e);
+                    self.metrics.warm_file(WarmResult::Failed);
+                }
             }
         }
         out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
         out
     }
 
-    fn clone_parts(&self) -> Parts {
-        Parts {
-            upstream: self.upstream.clone(),
-            resolver: self.resolver.clone(),
-            store: self.store,
-            metrics: self.metrics.clone(),
-            auth: self.auth.clone(),
-            throttle: self.throttle.clone(),
-            max_blob_size: self.max_blob_size,
-        }
-    }
-}
-
-/// What one file's task needs (a job's tasks outlive no `Warmer`, but spawned tasks own
-/// their parts).
-struct Parts {
-    upstream: Arc<Upstream>,
-    resolver: Arc<Resolver>,
-    store: &'static BlobStore,
-    metrics: Arc<Metrics>,
-    auth: Option<HeaderValue>,
-    throttle: Option<Arc<Throttle>>,
-    max_blob_size: u64,
-}
-
-/// How a file ended up stored.
-enum Stored {
-    /// It was there already.
-    Found,
-    /// This job's fill, or a client's it joined, brought it.
-    Fetched,
-}
-
-impl Parts {
     /// The file's metadata, as for a client's `GET` (fresh, with a download URL, when `fresh`).
     async fn resolve(&self, request: &ResolveRequest, fresh: bool) -> Result<FileMeta, String> {
         let raw = raw_path(request);
@@ -320,11 +353,16 @@ impl Parts {
                         s.files_skipped += 1;
                     }
                 });
+                self.metrics.warm_file(match how {
+                    Stored::Found => WarmResult::Stored,
+                    Stored::Fetched => WarmResult::Fetched,
+                });
                 self.record(&request, &meta, &revision, matches!(how, Stored::Fetched));
             }
             Err(e) => {
                 job.update(|s| s.bytes_done -= counted);
                 job.file_failed(&request.path, e);
+                self.metrics.warm_file(WarmResult::Failed);
             }
         }
     }

@@ -38,7 +38,14 @@ impl Schedule {
                     entry.stored = s.commit;
                 }
             }
-            let commit = match self.warmer.list(&spec.repo(), &spec.revision).await {
+            let listed = match self.warmer.mount(&spec.mount) {
+                Ok(mount) => {
+                    let parts = self.warmer.parts(&mount);
+                    parts.list(&spec.repo(), &spec.revision).await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let commit = match listed {
                 Ok((commit, _)) => commit,
                 Err(e) => {
                     log::warn!("warm: {}@{}: {e}", spec.repo, spec.revision);

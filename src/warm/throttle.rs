@@ -12,6 +12,9 @@ use parking_lot::Mutex;
 use crate::hub::BlobId;
 use crate::store::{BlobStore, Refetch, RefetchBody, RefetchError};
 
+/// Idle time a throttled reader may make up for.
+const SLACK: Duration = Duration::from_millis(50);
+
 /// The shared budget: bytes are paid for in order, each piece delaying the next.
 pub struct Throttle {
     bytes_per_sec: u64,
@@ -32,8 +35,9 @@ impl Throttle {
         let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
         let now = Instant::now();
         let mut next = self.next.lock();
-        // Idle time is not saved up: the cap holds over any window, not on average.
-        let start = (*next).max(now);
+        // Idle time is saved up for at most SLACK: enough that the time a fill spends between
+        // pieces (writing, hashing) does not slow it below the cap, too little for a burst.
+        let start = (*next).max(now - SLACK);
         *next = start + cost;
         *next - now
     }
@@ -117,5 +121,14 @@ mod tests {
         let second = t.pay(500);
         assert!(first <= Duration::from_millis(500) && first > Duration::from_millis(450));
         assert!(second > Duration::from_millis(950) && second <= Duration::from_millis(1000));
+        // After a long idle time, only SLACK of it is made up for.
+        let idle = Throttle {
+            bytes_per_sec: 1000,
+            next: Mutex::new(Instant::now() - Duration::from_secs(10)),
+        };
+        let after_idle = idle.pay(500);
+        assert!(
+            after_idle <= Duration::from_millis(450) && after_idle > Duration::from_millis(400)
+        );
     }
 }

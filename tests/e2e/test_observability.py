@@ -183,7 +183,8 @@ def test_no_label_carries_a_token_an_address_or_a_path(traffic):
         "method": {"GET", "HEAD", "POST", "PUT", "DELETE", "other"},
         "status": {"1xx", "2xx", "3xx", "4xx", "5xx", "none"},
         "cache": {"hit", "miss", "coalesced", "stale", "bypass", "none"},
-        "result": {"hit", "miss", "coalesced", "stale", "bypass", "fresh", "refreshed", "stale_served", "ok", "error"},
+        "result": {"hit", "miss", "coalesced", "stale", "bypass", "fresh", "refreshed", "stale_served", "ok", "error",
+                   "fetched", "stored", "failed"},  # the last three: hf_edge_warm_files_total
         "source": {"cache", "upstream"},
         "kind": {"metadata", "blob", "api"},
         "cause": {"connect", "timeout", "reset", "5xx", "429"},

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::fake_hub::{FakeHub, Fault};
 use crate::fixtures::{GPT2, HELD_AFTER, LFS, LFS_SIZE, TINY_DS};
 use crate::harness::{
-    poll_until, wait_for, CliOutput, Edge, SmallDisk, WarmConfig, WarmRepoConfig,
+    hf_edge, poll_until, wait_for, CliOutput, Edge, SmallDisk, WarmConfig, WarmRepoConfig,
 };
 use crate::http::{sha256_hex, Download};
 
@@ -75,6 +75,8 @@ fn warm_stores_every_selected_file_once_and_a_second_run_skips_them() {
         total,
         "one upstream body per file"
     );
+    let warmed = |result| edge.metric("hf_edge_warm_files_total", &[("result", result)]);
+    assert_eq!((warmed("fetched"), warmed("stored")), (total, 0));
     let listed = edge.cache_command(&["ls", GPT2, "--json"]).json();
     let paths: Vec<&str> = listed["files"]
         .as_array()
@@ -99,6 +101,7 @@ fn warm_stores_every_selected_file_once_and_a_second_run_skips_them() {
         (Some(total), Some(total))
     );
     assert_eq!(hub.body_fetches(), 0, "a second warm fetches nothing");
+    assert_eq!((warmed("fetched"), warmed("stored")), (total, total));
     let weights = edge.get("/gpt2/resolve/main/pytorch_model.bin", &[]);
     assert_eq!(weights.cache(), Some("hit"));
     assert_eq!(hub.body_fetches(), 0);
@@ -245,7 +248,7 @@ fn a_push_to_main_is_warmed_within_one_interval() {
 #[test]
 fn pinned_blobs_survive_eviction_pressure_that_removes_unpinned_ones() {
     let hub = FakeHub::start();
-    let edge = Edge::builder(&hub)
+    let mut edge = Edge::builder(&hub)
         .admin_token(ADMIN)
         .max_size("150KiB")
         .configure(|c| c.cache.pin = vec!["gpt2@main".into()])
@@ -282,6 +285,12 @@ fn pinned_blobs_survive_eviction_pressure_that_removes_unpinned_ones() {
         Some("miss"),
         "the unpinned one went"
     );
+    // At boot the pins come back from refs.jsonl.
+    edge.restart();
+    wait_for("the pins reloaded", || {
+        (edge.metric("hf_edge_store_pinned_bytes", &[]) == 64 * 1024).then_some(())
+    });
+    assert_eq!(edge.get(pinned, &[]).cache(), Some("hit"));
     let stats = edge.cache_command(&["stats", "--json"]).json();
     assert_eq!(stats["pinned_bytes"], 64 * 1024, "{stats}");
     let ls = edge.cache_command(&["ls", GPT2, "--json"]).json();
@@ -308,10 +317,11 @@ fn the_rate_cap_holds() {
             })
         })
         .start();
-    let started = Instant::now();
     let out = edge.warm_command(&[TINY_DS, "--include", "*.parquet"]);
-    let seconds = started.elapsed().as_secs_f64();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // The job's own time, from its creation to its end (the command's start-up and polling
+    // are not warming).
+    let seconds = last_status(&out)["seconds"].as_f64().unwrap();
     let measured = LFS_SIZE as f64 / seconds;
     println!("warm of {LFS_SIZE} bytes at a 2 MB/s cap: {seconds:.2} s, {measured:.0} B/s");
     assert!(
@@ -323,7 +333,17 @@ fn the_rate_cap_holds() {
 #[test]
 fn bad_input_is_a_clear_error_on_the_command_and_in_the_job() {
     let hub = FakeHub::start();
-    let edge = edge(&hub);
+    let edge = Edge::builder(&hub)
+        .admin_token(ADMIN)
+        .deny_repos(&["fake-org/private-*"])
+        .start();
+    let denied = edge.warm_command(&["fake-org/private-model"]);
+    assert_eq!(denied.code, 2);
+    assert!(
+        denied.stderr.contains("refused by access.repos"),
+        "{}",
+        denied.stderr
+    );
     let missing = edge.warm_command(&["fake-org/no-such-repo"]);
     assert_eq!(missing.code, 1);
     assert!(
@@ -379,6 +399,32 @@ fn bad_input_is_a_clear_error_on_the_command_and_in_the_job() {
 }
 
 #[test]
+fn the_command_needs_the_admin_token_and_a_running_server() {
+    let hub = FakeHub::start();
+    let (_dir, no_token) = Edge::builder(&hub).write_config();
+    let out = hf_edge(&["warm", GPT2, "--config", no_token.to_str().unwrap()]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("ops.admin_token"), "{}", out.stderr);
+    let (_dir, not_running) = Edge::builder(&hub).admin_token(ADMIN).write_config();
+    let out = hf_edge(&["warm", GPT2, "--config", not_running.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("cannot reach hf-edge's admin API"),
+        "{}",
+        out.stderr
+    );
+    let bad_type = hf_edge(&[
+        "warm",
+        GPT2,
+        "--type",
+        "kernel",
+        "--config",
+        not_running.to_str().unwrap(),
+    ]);
+    assert_eq!(bad_type.code, 2, "{}", bad_type.stderr);
+}
+
+#[test]
 fn a_full_disk_fails_the_file_and_keeps_nothing() {
     let hub = FakeHub::start();
     let builder = Edge::builder(&hub).admin_token(ADMIN);
@@ -395,4 +441,29 @@ fn a_full_disk_fails_the_file_and_keeps_nothing() {
     assert_eq!(temp_files(&edge), 0);
     edge.stop();
     drop(disk);
+}
+
+#[test]
+fn a_warm_through_a_mount_fetches_from_that_mounts_hub() {
+    let public = FakeHub::start();
+    let internal = FakeHub::start();
+    let edge = Edge::builder(&public)
+        .admin_token(ADMIN)
+        .mount("/internal", &internal, None)
+        .start();
+    internal.push(GPT2, &[("only-internal.txt", "internal side")]);
+    public.clear_log();
+    internal.clear_log();
+    let out = edge.warm_command(&[GPT2, "--mount", "/internal", "--include", "only-*"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let status = last_status(&out);
+    assert_eq!(
+        (status["mount"].as_str(), status["files_total"].as_u64()),
+        (Some("/internal"), Some(1))
+    );
+    assert_eq!(internal.body_fetches(), 1);
+    assert_eq!(public.log().len(), 0, "the public Hub is not asked");
+    let r = edge.get("/internal/gpt2/resolve/main/only-internal.txt", &[]);
+    assert_eq!((r.status, r.cache()), (200, Some("hit")));
+    assert_eq!(r.text(), "internal side");
 }

@@ -3,6 +3,7 @@
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
+#  - git and git-lfs, which the git clone tests run (from Debian's packages);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -42,6 +43,13 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     apt-get install -y -qq --no-install-recommends prometheus >/dev/null || status=$?
   if [ -n "$added_policy" ]; then as_root rm -f /usr/sbin/policy-rc.d; fi
   if [ "$status" != 0 ]; then echo "setup: installing prometheus failed" >&2; exit "$status"; fi
+fi
+
+# git and git-lfs: the clients of tests/e2e/test_git.py, and `git http-backend` for the fake Hub's git.
+if ! command -v git >/dev/null || ! command -v git-lfs >/dev/null; then
+  echo "setup: installing git and git-lfs (the git clone tests)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq git git-lfs >/dev/null
 fi
 
 if [ "${1:-}" = "--venv" ]; then

@@ -19,3 +19,7 @@ E2E_TARGET=hub .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
 
 echo "== end-to-end (huggingface_hub through hf-edge)"
 E2E_TARGET=edge HF_EDGE_BIN="$PWD/target/debug/hf-edge" .venv/bin/python -m pytest tests/e2e -q -p no:cacheprovider
+
+# README's Clients table is made from the results of that run: it must say what it found.
+echo "== README Clients table"
+.venv/bin/python scripts/clients_table.py --check

@@ -34,6 +34,11 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Take the listening sockets from the hf-edge running on the same config (over
+        /// `cache.dir/upgrade.sock`; send it SIGQUIT), which then drains: a zero-downtime
+        /// upgrade.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit (0 = valid, 2 = invalid).
     CheckConfig { file: PathBuf },
@@ -145,12 +150,12 @@ const EXIT_CONFIG: u8 = 2;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, upgrade } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::server::run(cfg, config) {
+            match crate::server::run(cfg, config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hf-edge: {e:#}");

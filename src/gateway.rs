@@ -14,7 +14,7 @@ use crate::access_log::AccessLog;
 use crate::config::{self, Config};
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::proxy::{DownloadFlow, Live, Mount, PassthroughFlow};
+use crate::proxy::{DownloadFlow, LfsActions, Live, Mount, PassthroughFlow, MAX_LFS_ACTIONS};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
 use crate::store::BlobStore;
@@ -197,6 +197,13 @@ fn build_mount(
             Arc::new(snapshots)
         }
     };
+    // Kept over a reload while their lifetime bound stands: clients are mid-clone on them.
+    let lfs_actions = match &before {
+        Some((_, old)) if old.passthrough.lfs_actions.max_ttl == m.access.auth_ttl => {
+            old.passthrough.lfs_actions.clone()
+        }
+        _ => Arc::new(LfsActions::new(m.access.auth_ttl, MAX_LFS_ACTIONS)),
+    };
     let site_auth = match &m.upstream.token {
         Some(t) => Some(
             HeaderValue::from_str(&format!("Bearer {}", t.expose()))
@@ -228,6 +235,7 @@ fn build_mount(
             resolver,
             snapshots,
             metrics: shared.metrics.clone(),
+            lfs_actions,
         },
     })
 }

@@ -1,5 +1,5 @@
 //! The last good answer to the read-only API calls `snapshot_download` makes (repo revision
-//! info and tree listings), kept on disk so a client with an empty cache can still download
+//! info and tree listings), and to the repo info transformers asks first, kept on disk so a client with an empty cache can still download
 //! an already-cached revision while the Hub is down. Normally the API passes straight
 //! through and these are never served; they are written as answers pass by.
 //!
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::access::IdentityKey;
-use crate::hub::grammar::canonical_revision;
+use crate::hub::grammar::{canonical_revision, is_api_subresource};
 use crate::metrics::Metrics;
 
 /// Answers waiting to be written at most.
@@ -60,7 +60,8 @@ fn allowed(action: &str, name: &str) -> Option<Param> {
         ("tree", "cursor") => Some(Param::Text),
         ("tree", "limit") => Some(Param::Number),
         ("revision", "securityStatus" | "blobs") => Some(Param::Flag),
-        ("revision", "expand" | "expand[]") => Some(Param::Text),
+        ("revision" | "info", "expand" | "expand[]") => Some(Param::Text),
+        ("info", "securityStatus" | "blobs") => Some(Param::Flag),
         _ => None,
     }
 }
@@ -89,16 +90,24 @@ pub fn key_for(path: &str, query: Option<&str>) -> Option<String> {
                 .map(|d| d.into_owned())
         })
         .collect::<Option<_>>()?;
-    // /api/{type}s/{repo (1 or 2 segments)}/{tree|revision}/{rev}[/{path...}]
+    // /api/{type}s/{repo (1 or 2 segments)}/{tree|revision}/{rev}[/{path...}], or
+    // /api/{type}s/{repo} (repo info: no revision, the default branch's)
     let (plural, rest) = segs.split_first()?;
-    let n = [2, 1]
+    let listing = [2, 1]
         .into_iter()
-        .find(|n| matches!(rest.get(*n).map(String::as_str), Some("tree" | "revision")))?;
+        .find(|n| matches!(rest.get(*n).map(String::as_str), Some("tree" | "revision")));
+    let (n, action, revision) = match listing {
+        Some(n) => (n, rest[n].as_str(), canonical_revision(rest.get(n + 1)?)),
+        None if (1..=2).contains(&rest.len()) && !rest.iter().any(|s| is_api_subresource(s)) => {
+            (rest.len(), "info", String::new())
+        }
+        None => return None,
+    };
     let repo = rest[..n].join("/").to_ascii_lowercase();
-    let action = rest[n].as_str();
-    let revision = canonical_revision(rest.get(n + 1)?);
     // A path inside the repo, however its slashes were encoded.
-    let inner: Vec<&str> = rest[n + 2..]
+    let inner: Vec<&str> = rest
+        .get(n + 2..)
+        .unwrap_or_default()
         .iter()
         .flat_map(|s| s.split('/'))
         .filter(|s| !s.is_empty())
@@ -443,6 +452,17 @@ mod tests {
         ] {
             assert_ne!(key(path, query), tree, "{path}?{query:?}");
         }
+        // Repo info: its own answer, not the revision info of main.
+        let info = key("/api/models/org/m", Some("expand=sha"));
+        assert!(info.is_some());
+        assert_eq!(key("/api/models/ORG/M", Some("expand=sha")), info);
+        assert_ne!(
+            key("/api/models/org/m/revision/main", Some("expand=sha")),
+            info
+        );
+        assert_ne!(key("/api/models/org/m", None), info);
+        assert_eq!(key("/api/models/org/refs", None), None);
+        assert_eq!(key("/api/models/org/m", Some("cursor=x")), None);
         // A commit is one commit in any case; a path's slashes however encoded.
         assert_eq!(
             key(&format!("/api/models/org/m/tree/{COMMIT}"), None),

@@ -120,7 +120,19 @@ pub enum ApiKind {
     PathsInfo,
     /// `/api/{type}s/{repo}/revision/{rev}`
     Revision,
+    /// `/api/{type}s/{repo}`: repo info at the default branch (`model_info`, which
+    /// transformers asks first to pin a commit).
+    Info,
     Other,
+}
+
+/// A git-lfs object as hf-edge's rewritten batch answers name it:
+/// `/{prefix}{repo}.git/info/lfs/objects/{oid}`, scoped to the repo it was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LfsObjectRequest {
+    pub repo: Repo,
+    /// The LFS oid: the sha256 of the content, 64 lower-case hex digits.
+    pub oid: String,
 }
 
 /// What a request is, as far as hf-edge cares.
@@ -130,6 +142,9 @@ pub enum Route {
     Resolve(ResolveRequest),
     /// `/api/...`: passed through, uncached.
     Api(ApiKind),
+    /// `GET /{repo}.git/info/lfs/objects/{oid}`: an LFS object, answered by hf-edge from
+    /// what the Hub's batch answer to the same client named.
+    LfsObject(LfsObjectRequest),
     /// Git LFS batch and other `.git/` endpoints: passed through.
     Lfs,
     /// Anything else the Hub serves: passed through.
@@ -142,6 +157,7 @@ impl Route {
         match self {
             Route::Resolve(_) => "resolve",
             Route::Api(_) => "api",
+            Route::LfsObject(_) => "lfs_object",
             Route::Lfs => "lfs",
             Route::Other => "other",
         }
@@ -193,6 +209,12 @@ pub fn parse(raw_path: &str) -> Result<Route, PathError> {
     if segs[0] == "api" {
         return Ok(Route::Api(api_kind(&segs)));
     }
+    if let Some((repo, ["objects", oid])) = lfs_split(&segs) {
+        if is_sha256(oid) {
+            let oid = oid.to_string();
+            return Ok(Route::LfsObject(LfsObjectRequest { repo, oid }));
+        }
+    }
     if segs.iter().any(|s| s.ends_with(".git")) {
         return Ok(Route::Lfs);
     }
@@ -217,6 +239,42 @@ fn resolve_split<'a>(segs: &'a [&'a str]) -> Option<(RepoType, &'a [&'a str], &'
         }
     }
     None
+}
+
+/// Splits `{prefix}{repo}.git/info/lfs/{rest}` (git-lfs's endpoint for a remote) into the
+/// repo and `rest`.
+fn lfs_split<'a>(segs: &'a [&'a str]) -> Option<(Repo, &'a [&'a str])> {
+    let (kind, rest) = match segs[0] {
+        "datasets" => (RepoType::Dataset, &segs[1..]),
+        "spaces" => (RepoType::Space, &segs[1..]),
+        "kernels" => (RepoType::Kernel, &segs[1..]),
+        _ => (RepoType::Model, segs),
+    };
+    let n = rest.iter().take(2).position(|s| s.ends_with(".git"))? + 1;
+    let mut parts: Vec<&str> = rest[..n].to_vec();
+    parts[n - 1] = parts[n - 1].strip_suffix(".git")?;
+    if !parts.iter().all(|p| valid_repo_part(p)) || rest.get(n..n + 2)? != ["info", "lfs"] {
+        return None;
+    }
+    let repo = Repo {
+        kind,
+        id: parts.join("/"),
+    };
+    Some((repo, &rest[n + 2..]))
+}
+
+/// The repo of a git-lfs batch request path (`/{prefix}{repo}.git/info/lfs/objects/batch`).
+pub fn lfs_batch_repo(raw_path: &str) -> Option<Repo> {
+    let segs: Vec<&str> = raw_path.strip_prefix('/')?.split('/').collect();
+    match lfs_split(&segs)? {
+        (repo, ["objects", "batch"]) => Some(repo),
+        _ => None,
+    }
+}
+
+/// True for an LFS oid: 64 lower-case hex digits (git-lfs writes them so).
+pub fn is_sha256(oid: &str) -> bool {
+    oid.len() == 64 && oid.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn parse_resolve(
@@ -286,7 +344,18 @@ fn api_kind(segs: &[&str]) -> ApiKind {
             _ => {}
         }
     }
+    let names_a_repo = rest
+        .iter()
+        .all(|s| valid_repo_part(s) && !is_api_subresource(s));
+    if (1..=2).contains(&rest.len()) && names_a_repo {
+        return ApiKind::Info;
+    }
     ApiKind::Other
+}
+
+/// A segment that names a sub-resource of `/api/{type}s/{repo}/...`, never a repo id part.
+pub fn is_api_subresource(seg: &str) -> bool {
+    API_SUBRESOURCES.contains(&seg)
 }
 
 fn check_raw(raw: &str) -> Result<(), PathError> {
@@ -500,6 +569,20 @@ mod tests {
     fn real_looking_urls() {
         use RepoType::*;
         let commit_url = format!("/gpt2/resolve/{C}/config.json");
+        let oid = "ab".repeat(32);
+        let lfs_object = |kind, id: &str| {
+            Route::LfsObject(LfsObjectRequest {
+                repo: Repo {
+                    kind,
+                    id: id.into(),
+                },
+                oid: oid.clone(),
+            })
+        };
+        let lfs_object_url = format!("/org/m.git/info/lfs/objects/{oid}");
+        let dataset_lfs_object_url = format!("/datasets/org/d.git/info/lfs/objects/{oid}");
+        let one_part_lfs_object_url = format!("/gpt2.git/info/lfs/objects/{oid}");
+        let upper_case_oid_url = format!("/org/m.git/info/lfs/objects/{}", oid.to_uppercase());
         let table: Vec<(&str, Route)> = vec![
             ("/gpt2/resolve/main/config.json", resolve(Model, "gpt2", "main", "config.json")),
             (
@@ -528,7 +611,10 @@ mod tests {
                 resolve(Model, "gpt2", "main", "onnx/dé jà+v1.json"),
             ),
             ("/org/resolve/resolve/main/x", resolve(Model, "org/resolve", "main", "x")),
-            ("/api/models/gpt2", Route::Api(ApiKind::Other)),
+            ("/api/models/gpt2", Route::Api(ApiKind::Info)),
+            ("/api/datasets/org/d", Route::Api(ApiKind::Info)),
+            ("/api/models/org/refs", Route::Api(ApiKind::Other)),
+            ("/api/models", Route::Api(ApiKind::Other)),
             ("/api/models/org/m/tree/main", Route::Api(ApiKind::Tree)),
             ("/api/datasets/squad/tree/main/data%2Ftrain", Route::Api(ApiKind::Tree)),
             ("/api/models/org/m/paths-info/main", Route::Api(ApiKind::PathsInfo)),
@@ -536,6 +622,12 @@ mod tests {
             ("/api/whoami-v2", Route::Api(ApiKind::Other)),
             ("/org/m.git/info/lfs/objects/batch", Route::Lfs),
             ("/datasets/org/d.git/info/lfs/objects/batch", Route::Lfs),
+            (&lfs_object_url, lfs_object(Model, "org/m")),
+            (&dataset_lfs_object_url, lfs_object(Dataset, "org/d")),
+            (&one_part_lfs_object_url, lfs_object(Model, "gpt2")),
+            // Not an oid: passed through as any other `.git/` path.
+            ("/org/m.git/info/lfs/objects/ABC", Route::Lfs),
+            (&upper_case_oid_url, Route::Lfs),
             ("/", Route::Other),
             ("/org/m/blob/main/README.md", Route::Other),
         ];
@@ -618,6 +710,27 @@ mod tests {
         for (path, want) in table {
             assert_eq!(candidate_repos(path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn lfs_batch_paths() {
+        let repo = |p: &str| lfs_batch_repo(p).map(|r| r.to_string());
+        assert_eq!(
+            repo("/org/m.git/info/lfs/objects/batch").as_deref(),
+            Some("org/m")
+        );
+        assert_eq!(
+            repo("/gpt2.git/info/lfs/objects/batch").as_deref(),
+            Some("gpt2")
+        );
+        assert_eq!(
+            repo("/datasets/org/d.git/info/lfs/objects/batch").as_deref(),
+            Some("datasets/org/d")
+        );
+        assert_eq!(repo("/org/m.git/info/lfs/locks"), None);
+        assert_eq!(repo("/org/m/info/lfs/objects/batch"), None);
+        assert_eq!(repo("/a/b/c.git/info/lfs/objects/batch"), None);
+        assert_eq!(repo("/org/bad%20name.git/info/lfs/objects/batch"), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod grammar;
 pub mod headers;
 pub mod intent;
+pub mod lfs;
 pub mod status;
 pub mod upstream;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession;
@@ -533,7 +533,7 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
     ) -> Result<ResponseHeader, UpstreamError> {
-        let sent = self.send("HEAD", url, auth, None, self.metadata_timeout);
+        let sent = self.send("HEAD", url, auth, None, &[], self.metadata_timeout);
         let (peer, mut resp) = tokio::time::timeout(self.metadata_timeout, sent)
             .await
             .map_err(|_| UpstreamError::Timeout {
@@ -561,7 +561,25 @@ impl Upstream {
             n => Some(hv(&format!("bytes={n}-"))?),
         };
         let (_, resp) = self
-            .send("GET", url, auth, range, self.read_timeout)
+            .send("GET", url, auth, range, &[], self.read_timeout)
+            .await?;
+        Ok(resp)
+    }
+
+    /// As [`Upstream::get_from`], with the `headers` an origin asked to be sent to `url`
+    /// (a git-lfs download action's `header`), and no `Authorization` of hf-edge's own.
+    pub async fn get_with(
+        &self,
+        url: &Url,
+        headers: &[(HeaderName, HeaderValue)],
+        offset: u64,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let range = match offset {
+            0 => None,
+            n => Some(hv(&format!("bytes={n}-"))?),
+        };
+        let (_, resp) = self
+            .send("GET", url, None, range, headers, self.read_timeout)
             .await?;
         Ok(resp)
     }
@@ -572,6 +590,7 @@ impl Upstream {
         url: &Url,
         auth: Option<&HeaderValue>,
         range: Option<HeaderValue>,
+        extra: &[(HeaderName, HeaderValue)],
         timeout: Duration,
     ) -> Result<(HttpPeer, UpstreamResponse), UpstreamError> {
         let host = url.origin.host.clone();
@@ -595,6 +614,10 @@ impl Upstream {
             "accept-encoding",
             HeaderValue::from_static("identity"),
         );
+        for (name, value) in extra {
+            req.insert_header(name.clone(), value.clone())
+                .map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+        }
         if let Some(a) = auth {
             set(&mut req, "authorization", a.clone());
         }

@@ -90,6 +90,7 @@ pub fn admit(
     let path = req.uri.path();
     let readings = match &route {
         Route::Resolve(r) => vec![r.repo.clone()],
+        Route::LfsObject(o) => vec![o.repo.clone()],
         _ => grammar::candidate_repos(path),
     };
     if !(readings.is_empty() && grammar::names_no_repo(path)) {

@@ -13,7 +13,7 @@ use pingora::{Error, ErrorType, OrErr, Result};
 use super::mount::Mount;
 use super::range::Cut;
 use super::verify::BodyCheck;
-use crate::hub::grammar::{ResolveRequest, Route};
+use crate::hub::grammar::{Repo, ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{HostClass, Upstream, Url};
 use crate::metrics::CacheResult;
@@ -35,7 +35,7 @@ impl Flow {
     pub fn wants_identity(&self) -> bool {
         match self {
             Flow::Download(_) => true,
-            Flow::Passthrough(p) => p.rewrites_json,
+            Flow::Passthrough(p) => p.rewrites_json || p.lfs_batch.is_some(),
             Flow::Local => false,
         }
     }
@@ -174,4 +174,14 @@ pub struct Passthrough {
     pub snapshot_key: Option<String>,
     /// The rewritten `Link` of the answer being kept.
     pub snapshot_link: Option<String>,
+    /// A git-lfs batch request, whose download actions are rewritten to point at hf-edge.
+    pub lfs_batch: Option<LfsBatch>,
+}
+
+/// A git-lfs batch request being passed through.
+pub struct LfsBatch {
+    pub repo: Repo,
+    /// The client's own `Authorization` (not what hf-edge sends upstream for it), given back
+    /// in the rewritten actions so that the object requests carry the same identity.
+    pub client_auth: Option<HeaderValue>,
 }

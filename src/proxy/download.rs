@@ -175,7 +175,7 @@ impl DownloadFlow {
     }
 
     /// A hit moves the blob up the eviction manager's LRU order (a pinned blob is not in it).
-    fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
+    pub(super) fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
         if self.store.is_pinned(blob) {
             return;
         }

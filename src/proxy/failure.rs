@@ -40,7 +40,12 @@ pub async fn answer(
     if status::unavailable(status)
         && matches!(passthrough.serve_snapshot(session, ctx).await, Ok(true))
     {
-        return sent(200);
+        // A whole answer to a GET (the only request a snapshot answers): the connection
+        // stays usable, and a client that reuses it must not meet a reset.
+        return FailToProxy {
+            error_code: 200,
+            can_reuse_downstream: true,
+        };
     }
     let _ = respond::error(session, status, &message, &ctx.request_id).await;
     sent(status)

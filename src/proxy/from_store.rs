@@ -39,19 +39,34 @@ pub async fn open(
     Ok(Some((body, result)))
 }
 
-/// Answers the request from `body`, a reader of the blob, labelled `result`.
+/// Answers a download from `body`, a reader of its blob, labelled `result`.
 pub async fn serve_reader(
     session: &mut Session,
-    mut body: HitHandler,
+    body: HitHandler,
     download: &Download,
     result: CacheResult,
     request_id: &str,
 ) -> Result<()> {
     let meta = &download.meta;
+    let file_name = &download.file_name;
+    let decorate = |resp: &mut ResponseHeader| apply_resolve_headers(resp, meta, file_name);
+    serve_blob(session, body, meta.size, decorate, result, request_id).await
+}
+
+/// Answers the request from `body`, a reader of a blob of `size` bytes, with the headers
+/// `decorate` sets (its `ETag` among them), labelled `result`.
+pub async fn serve_blob(
+    session: &mut Session,
+    mut body: HitHandler,
+    size: u64,
+    decorate: impl FnOnce(&mut ResponseHeader),
+    result: CacheResult,
+    request_id: &str,
+) -> Result<()> {
     let mut resp = ResponseHeader::build(200, Some(8))?;
-    resp.insert_header(header::CONTENT_LENGTH, meta.size.to_string())?;
+    resp.insert_header(header::CONTENT_LENGTH, size.to_string())?;
     // The file's headers first: an `If-Range` is checked against its ETag.
-    apply_resolve_headers(&mut resp, meta, &download.file_name);
+    decorate(&mut resp);
     let range = range::select(session.req_header(), &mut resp);
     resp.insert_header("x-hf-edge-cache", result.label())?;
     resp.insert_header("x-request-id", request_id)?;

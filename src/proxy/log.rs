@@ -71,6 +71,7 @@ pub fn record(
         route,
         repo: match &ctx.route {
             Some(Route::Resolve(r)) => Some(r.repo.to_string()),
+            Some(Route::LfsObject(o)) => Some(o.repo.to_string()),
             _ => None,
         },
         status,

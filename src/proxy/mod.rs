@@ -5,6 +5,7 @@
 //! - [`download`]: `GET /{repo}/resolve/{rev}/{path}` from the blob store, filled on a miss
 //!   by the store's own task (with [`from_store`], [`range`] and [`refetch`]), so Pingora's
 //!   cache phase is never enabled;
+//! - [`lfs`]: git-lfs objects named by rewritten batch answers, from the same store;
 //! - [`passthrough`]: everything else, to the Hub and back, uncached;
 //! - [`failure`]: how failures are answered and retried; [`respond`]: answers hf-edge writes;
 //! - [`log`]: request ids, metrics and access lines;
@@ -15,6 +16,7 @@ mod ctx;
 mod download;
 mod failure;
 mod from_store;
+mod lfs;
 mod log;
 pub mod mount;
 mod passthrough;
@@ -37,6 +39,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, RangeType, Session};
 
 pub use ctx::{Ctx, Flow, Target};
 pub use download::DownloadFlow;
+pub use lfs::{LfsActions, MAX_ACTIONS as MAX_LFS_ACTIONS};
 pub use log::RequestIds;
 pub use mount::{Live, Mount};
 pub use passthrough::PassthroughFlow;
@@ -92,6 +95,13 @@ impl ProxyHttp for EdgeProxy {
         match admitted.route {
             Route::Resolve(r) if is_file_read => {
                 mount.downloads.start(session, ctx, r, &mount.policy).await
+            }
+            Route::LfsObject(o) if is_file_read => {
+                let actions = &mount.passthrough.lfs_actions;
+                mount
+                    .downloads
+                    .serve_lfs_object(session, ctx, o, actions)
+                    .await
             }
             route => mount.passthrough.start(session, ctx, &route).await,
         }

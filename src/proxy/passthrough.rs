@@ -1,7 +1,8 @@
 //! The pass-through flow: `/api/...`, LFS batch, git, and everything that is not a file
 //! download goes to the Hub and back, uncached. On the way back: next-page `Link`s point at
 //! hf-edge; `xetHash` leaves tree and paths-info listings (so Xet-backed repos download over
-//! HTTP through hf-edge); and the last good answers `snapshot_download` needs are kept, to be
+//! HTTP through hf-edge); LFS batch answers' download actions point at hf-edge (see
+//! [`super::lfs`]); and the last good answers `snapshot_download` needs are kept, to be
 //! served, marked stale, when the Hub cannot answer.
 
 use std::sync::Arc;
@@ -12,13 +13,15 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
-use super::ctx::{Ctx, Flow, Passthrough, Target};
+use super::ctx::{Ctx, Flow, LfsBatch, Passthrough, Target};
+use super::lfs::LfsActions;
 use super::respond;
 use crate::access::IdentityKey;
-use crate::hub::grammar::{ApiKind, Route};
+use crate::hub::grammar::{self, ApiKind, Route};
 use crate::hub::headers;
+use crate::hub::lfs::Rewrite;
 use crate::hub::status;
-use crate::hub::upstream::{Upstream, Url};
+use crate::hub::upstream::{HostClass, Upstream, Url};
 use crate::metrics::{Metrics, RevisionLookup};
 use crate::resolver::Resolver;
 use crate::snapshots::{self, ApiSnapshots, Snapshot};
@@ -30,13 +33,17 @@ const MAX_JSON_BODY: usize = 32 << 20;
 fn rewrites_json(route: &Route) -> bool {
     matches!(
         route,
-        Route::Api(ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision)
+        Route::Api(ApiKind::Tree | ApiKind::PathsInfo | ApiKind::Revision | ApiKind::Info)
     )
 }
 
 /// The answers `snapshot_download` needs to start, kept for outages.
 fn keeps_snapshot(route: &Route, method: &Method) -> bool {
-    *method == Method::GET && matches!(route, Route::Api(ApiKind::Tree | ApiKind::Revision))
+    *method == Method::GET
+        && matches!(
+            route,
+            Route::Api(ApiKind::Tree | ApiKind::Revision | ApiKind::Info)
+        )
 }
 
 /// What the pass-through flow works with.
@@ -49,6 +56,8 @@ pub struct PassthroughFlow {
     pub resolver: Arc<Resolver>,
     pub snapshots: Arc<ApiSnapshots>,
     pub metrics: Arc<Metrics>,
+    /// The Hub's LFS download actions, taken out of the batch answers rewritten here.
+    pub lfs_actions: Arc<LfsActions>,
 }
 
 impl PassthroughFlow {
@@ -70,6 +79,13 @@ impl PassthroughFlow {
                 .then(|| snapshots::key_for(req.uri.path(), req.uri.query()))
                 .flatten(),
             snapshot_link: None,
+            lfs_batch: (req.method == Method::POST)
+                .then(|| grammar::lfs_batch_repo(req.uri.path()))
+                .flatten()
+                .map(|repo| LfsBatch {
+                    repo,
+                    client_auth: req.headers.get(header::AUTHORIZATION).cloned(),
+                }),
         };
         let offline = self.upstream.is_offline();
         ctx.flow = Flow::Passthrough(Box::new(pass));
@@ -118,7 +134,12 @@ impl PassthroughFlow {
             .headers
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-        if json && resp.status.is_success() && pass.rewrites_json {
+        let lfs_json = resp.headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.starts_with(b"application/vnd.git-lfs+json") || v.starts_with(b"application/json")
+        });
+        let rewritten = (json && pass.rewrites_json) || (lfs_json && pass.lfs_batch.is_some());
+        if rewritten && resp.status.is_success() {
             resp.remove_header(&header::CONTENT_LENGTH);
             resp.remove_header(&header::ETAG);
             pass.json = Some(Vec::new());
@@ -147,7 +168,13 @@ impl PassthroughFlow {
         if !end_of_stream {
             return Ok(());
         }
-        let out = strip_xet_hashes(std::mem::take(buf));
+        let collected = std::mem::take(buf);
+        if let Some(batch) = &pass.lfs_batch {
+            let base = pass.public_base.as_deref();
+            *body = Some(self.rewrite_lfs_batch(collected, batch, base, auth).into());
+            return Ok(());
+        }
+        let out = strip_xet_hashes(collected);
         if let Some(key) = &pass.snapshot_key {
             let snap = Snapshot {
                 content_type: "application/json".into(),
@@ -158,6 +185,40 @@ impl PassthroughFlow {
         }
         *body = Some(out);
         Ok(())
+    }
+
+    /// A batch answer with its download actions pointing at hf-edge (`base`: as the client
+    /// reached it), the Hub's own kept for this identity; unchanged without a base or when it
+    /// is not a batch answer.
+    fn rewrite_lfs_batch(
+        &self,
+        collected: Vec<u8>,
+        batch: &LfsBatch,
+        base: Option<&str>,
+        auth: Option<&HeaderValue>,
+    ) -> Vec<u8> {
+        let Some(base) = base else {
+            return collected;
+        };
+        let object_url = |oid: &str| format!("{base}/{}.git/info/lfs/objects/{oid}", batch.repo);
+        let fetchable = |href: &str| {
+            Url::parse(href).is_ok_and(|u| self.upstream.classify(&u) != HostClass::Foreign)
+        };
+        let rewrite = Rewrite {
+            object_url: &object_url,
+            fetchable: &fetchable,
+            client_auth: batch.client_auth.as_ref().and_then(|v| v.to_str().ok()),
+            max_ttl: self.lfs_actions.max_ttl,
+            now: chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now()),
+        };
+        match rewrite.apply(&collected) {
+            Some(r) => {
+                let identity = IdentityKey::of(auth);
+                self.lfs_actions.keep(identity, &batch.repo, r.actions);
+                r.body
+            }
+            None => collected,
+        }
     }
 
     /// Whose last good answer to this API request this client may be given: its own, while

@@ -163,38 +163,50 @@ impl Refetch for UpstreamRefetch {
                 self.resign().await?;
                 continue;
             }
-            let length = content_length(&resp.header.headers);
-            let skip = match code {
-                206 if offset > 0 => {
-                    let want = format!("bytes {offset}-{}/{}", self.size - 1, self.size);
-                    let got = resp.header.headers.get(header::CONTENT_RANGE);
-                    if got.is_none_or(|v| v.as_bytes() != want.as_bytes()) {
-                        let got = got.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                        return Err(ResumeError::WrongRange { got, want }.into());
-                    }
-                    0
-                }
-                // An origin without ranges sends it all again: skip what the fill has.
-                200 if length == Some(self.size) => offset,
-                200 => {
-                    let size = self.size;
-                    return Err(ResumeError::WrongLength {
-                        status: code,
-                        length,
-                        size,
-                    }
-                    .into());
-                }
-                s => return Err(ResumeError::Status(s).into()),
-            };
             let metrics = first.then(|| self.metrics.clone());
-            return Ok(Box::new(Ranged {
-                resp,
-                skip,
-                metrics,
-            }));
+            return body_from(resp, offset, self.size, metrics);
         }
     }
+}
+
+/// The body of `resp`, an answer for the bytes of a blob of `size` from `offset` on: a 206
+/// with exactly that range, or a whole 200 whose head is skipped. `metrics`: where the bytes
+/// are counted (the fill's first answer only).
+pub fn body_from(
+    resp: UpstreamResponse,
+    offset: u64,
+    size: u64,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Box<dyn RefetchBody>, RefetchError> {
+    let code = resp.header.status.as_u16();
+    let length = content_length(&resp.header.headers);
+    let skip = match code {
+        206 if offset > 0 => {
+            let want = format!("bytes {offset}-{}/{size}", size - 1);
+            let got = resp.header.headers.get(header::CONTENT_RANGE);
+            if got.is_none_or(|v| v.as_bytes() != want.as_bytes()) {
+                let got = got.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                return Err(ResumeError::WrongRange { got, want }.into());
+            }
+            0
+        }
+        // An origin without ranges sends it all again: skip what the fill has.
+        200 if length == Some(size) => offset,
+        200 => {
+            return Err(ResumeError::WrongLength {
+                status: code,
+                length,
+                size,
+            }
+            .into());
+        }
+        s => return Err(ResumeError::Status(s).into()),
+    };
+    Ok(Box::new(Ranged {
+        resp,
+        skip,
+        metrics,
+    }))
 }
 
 impl UpstreamRefetch {
@@ -247,7 +259,7 @@ impl UpstreamRefetch {
 }
 
 /// How an upstream failure is counted.
-fn cause(e: &UpstreamError) -> UpstreamCause {
+pub fn cause(e: &UpstreamError) -> UpstreamCause {
     match e {
         UpstreamError::Timeout { .. } => UpstreamCause::Timeout,
         _ => UpstreamCause::Connect,

@@ -46,6 +46,17 @@ pub enum ResolveError {
     Offline,
 }
 
+/// A refusal that is about one file or revision the repo lacks (`EntryNotFound`,
+/// `RevisionNotFound`: the repo itself was readable), not about the repo or the identity: what
+/// was known of the repo stands. transformers asks for optional files (`added_tokens.json`)
+/// that most repos lack, between files it needs again during an outage.
+fn names_missing_entry(headers: &[(&'static str, HeaderValue)]) -> bool {
+    headers.iter().any(|(name, value)| {
+        *name == "x-error-code"
+            && matches!(value.as_bytes(), b"EntryNotFound" | b"RevisionNotFound")
+    })
+}
+
 impl ResolveError {
     /// The Hub could not give an answer (as opposed to answering no): the case for serving
     /// what was known before.
@@ -331,8 +342,10 @@ impl Resolver {
                 if e.hub_unavailable() {
                     *self.hub_failed_at.lock() = Some(Instant::now());
                 }
-                if let ResolveError::Hub { status, .. } = e {
-                    if status::classify(status) == Verdict::Refused {
+                if let ResolveError::Hub { status, headers } = &e {
+                    if status::classify(*status) == Verdict::Refused
+                        && !names_missing_entry(headers)
+                    {
                         self.forget(who, &req.repo.folded());
                     }
                 }
@@ -597,6 +610,16 @@ mod tests {
     }
 
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_missing_file_is_no_refusal_of_the_repo() {
+        let code = |c: &'static str| vec![("x-error-code", HeaderValue::from_static(c))];
+        assert!(names_missing_entry(&code("EntryNotFound")));
+        assert!(names_missing_entry(&code("RevisionNotFound")));
+        assert!(!names_missing_entry(&code("RepoNotFound")));
+        assert!(!names_missing_entry(&code("GatedRepo")));
+        assert!(!names_missing_entry(&[]));
+    }
 
     #[test]
     fn lfs_redirect_carries_the_metadata() {

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from support import REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop
+from support import (REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop,
+                     venv_python)
 from tlsca import TestPKI
 
 FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
@@ -26,6 +27,7 @@ FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "edge_only: needs hf-edge between the client and the Hub")
+    config.addinivalue_line("markers", "client(name): runs that client (a row of README's Clients table)")
     config.addinivalue_line("markers", "hub_only: checks the fake Hub itself against the real client")
     if TARGET not in ("edge", "hub"):
         raise pytest.UsageError(f"E2E_TARGET must be 'edge' or 'hub', not {TARGET!r}")
@@ -37,6 +39,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if excluded in item.keywords:
             item.add_marker(skip)
+        clients = [m.args[0] for m in item.iter_markers("client")]
+        if clients:
+            _client_tests[item.nodeid] = (clients, f"{item.path.name}::{item.originalname}")
+
+
+# The outcome of each test that runs a client (its `client` markers), written at the end of the session to
+# CLIENT_RESULTS for scripts/clients_table.py, which renders README's Clients table from the edge run's.
+CLIENT_RESULTS = REPO_ROOT / "target" / f"e2e-clients-{TARGET}.json"
+_client_tests: dict[str, tuple[list[str], str]] = {}
+_client_outcomes: dict[str, dict[str, set[str]]] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.nodeid not in _client_tests or (report.when != "call" and report.passed):
+        return
+    clients, test = _client_tests[report.nodeid]
+    for client in clients:
+        _client_outcomes.setdefault(client, {}).setdefault(test, set()).add(report.outcome)
+
+
+def pytest_sessionfinish(session):
+    if not _client_outcomes:
+        return
+    # A test counts as passed when every one of its runs (parameters) passed.
+    results = {client: {test: "failed" if "failed" in o else "skipped" if o == {"skipped"} else "passed"
+                        for test, o in sorted(tests.items())}
+               for client, tests in sorted(_client_outcomes.items())}
+    CLIENT_RESULTS.parent.mkdir(exist_ok=True)
+    CLIENT_RESULTS.write_text(json.dumps({"target": TARGET, "clients": results}, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +166,9 @@ def new_client(endpoint, tmp_path):
     """A factory of further clients, each with its own empty cache."""
     homes = itertools.count(1)
     return lambda: Client(endpoint, tmp_path / f"client-{next(homes)}")
+
+
+@pytest.fixture(scope="session")
+def library_python() -> Path:
+    """A python with datasets and transformers (tests/e2e/requirements-libraries.txt), in a venv of its own."""
+    return venv_python(REPO_ROOT / "target" / "e2e-venv-libraries", Path(__file__).with_name("requirements-libraries.txt"))

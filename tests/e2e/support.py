@@ -115,6 +115,19 @@ class FakeHub:
         self._call("POST", "/_fake/faults/clear")
 
 
+def venv_python(venv: Path, requirements: Path) -> Path:
+    """The python of `venv`, (re)created with `requirements` when they changed (pip's cache makes a rebuild a
+    matter of seconds)."""
+    python, stamp = venv / "bin" / "python", venv / ".requirements.sha256"
+    want = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    if not python.exists() or not stamp.exists() or stamp.read_text() != want:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
+                        str(requirements)], check=True, timeout=900)
+        stamp.write_text(want)
+    return python
+
+
 @dataclass
 class Edge:
     url: str  # what clients use as HF_ENDPOINT
@@ -165,9 +178,10 @@ class ClientError(AssertionError):
 class Client:
     """A huggingface_hub user with an empty cache of their own, talking to `endpoint`."""
 
-    def __init__(self, endpoint: str, home: Path, env: dict[str, str] | None = None):
+    def __init__(self, endpoint: str, home: Path, env: dict[str, str] | None = None, python: Path | None = None):
         self.endpoint = endpoint
         self.home = home
+        self.python = python or Path(sys.executable)  # another venv's python runs other client versions
         self.cache = home / "hub"
         self.extra_env = env or {}  # e.g. SSL_CERT_FILE, for a client that talks to a TLS fake Hub itself
 
@@ -194,7 +208,7 @@ class Client:
 
     def outcome(self, code: str, token: str | None = None, timeout: float = CLIENT_TIMEOUT, **args) -> dict:
         process = subprocess.run(
-            [sys.executable, str(CLIENT_RUNNER)],
+            [str(self.python), str(CLIENT_RUNNER)],
             input=json.dumps({"code": code, "args": args}).encode(),
             env=self.env(token), capture_output=True, timeout=timeout,
         )

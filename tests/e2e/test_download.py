@@ -5,6 +5,8 @@ import pytest
 from support import sha256_file
 from snippets import DOWNLOAD, SNAPSHOT
 
+pytestmark = pytest.mark.client("huggingface_hub 2.x")
+
 GPT2_CHANGED = ["config.json", "pytorch_model.bin"]  # a regular and an LFS file, different in every revision
 
 
@@ -55,6 +57,7 @@ def test_snapshot_download_matches_original_model_files(client, model_dir):
     assert got == originals
 
 
+@pytest.mark.client("hf CLI")
 def test_hf_cli_download(client, fakehub, tmp_path):
     target = tmp_path / "gpt2"
     expected = fakehub.expected("gpt2", "refs/pr/1")

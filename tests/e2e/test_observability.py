@@ -179,7 +179,7 @@ def test_scrape_has_the_specified_families(traffic):
 def test_no_label_carries_a_token_an_address_or_a_path(traffic):
     bounded = {
         "mount": {"/"},  # the configured mounts' prefixes
-        "route": {"resolve", "api", "lfs", "other", "invalid"},
+        "route": {"resolve", "api", "lfs_object", "lfs", "other", "invalid"},
         "method": {"GET", "HEAD", "POST", "PUT", "DELETE", "other"},
         "status": {"1xx", "2xx", "3xx", "4xx", "5xx", "none"},
         "cache": {"hit", "miss", "coalesced", "stale", "bypass", "none"},

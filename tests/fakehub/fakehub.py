@@ -13,7 +13,10 @@ This server models what clients and hf-edge depend on (see shared/docs/hf-hub-pr
 * access control with the Hub's status codes and `X-Error-Code`s (gated, private, missing, invalid token);
 * the JSON API the clients use: repo info, paginated tree listing, paths-info, refs, commits, whoami,
   xet-read-token;
-* a CDN that rejects `Authorization` and expired or forged signatures, and serves byte ranges.
+* a CDN that rejects `Authorization` and expired or forged signatures, and serves byte ranges;
+* git smart HTTP (`git clone`), served by the real `git http-backend` from bare repositories made on first use,
+  whose LFS files are pointer files; and the git-lfs batch API, whose download actions point at the CDN with
+  `header` auth that the CDN requires (its `/lfs/` path), and whose upload actions point at the Hub.
 
 Strict where the real Hub is: `Host` must be the listener's own authority (else 421 from the Hub, 404 from the
 CDN); JSON and text are gzipped when the request's Accept-Encoding allows it (Content-Length is then the
@@ -42,12 +45,15 @@ import hmac
 import importlib.util
 import json
 import mimetypes
+import os
 import random
 import re
 import secrets
 import socket
 import ssl
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -181,8 +187,14 @@ def blob_from_disk(path: str, disk_path: Path, hashes: HashCache) -> Blob:
     return Blob(size=size, sha256=hashes.sha256(disk_path), lfs=True, disk_path=disk_path)
 
 
+GENERATED_CHUNK = 64 << 20  # randbytes takes at most 2**31 - 1 bits at once
+
+
 def generated(seed: str, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    if size <= GENERATED_CHUNK:
+        return rng.randbytes(size)
+    return b"".join(rng.randbytes(min(GENERATED_CHUNK, size - at)) for at in range(0, size, GENERATED_CHUNK))
 
 
 def iso(moment: datetime) -> str:
@@ -678,6 +690,7 @@ class Hub:
         self.lock = threading.Lock()
         self.log: list[dict] = []
         self.faults: list[Fault] = []
+        self.git_repos = GitRepos()
 
     @property
     def cas_url(self) -> str:
@@ -762,6 +775,12 @@ class Hub:
         path = req.path
         if path.startswith("/_fake/cas/") or path == "/_fake/cas":
             return json_response(500, {"error": "fake CAS: Xet traffic must never reach the hub"})
+        if match := LFS_BATCH_PATH.fullmatch(path):
+            if req.method != "POST":
+                return json_response(405, {"message": "batch takes POST"})
+            return self.lfs_batch(req, match[1] or "model", match[2])
+        if match := GIT_PATH.fullmatch(path):
+            return self.git(req, match[1] or "model", match[2], match[3])
         if match := re.fullmatch(r"/api/resolve-cache/(models|datasets|spaces|kernels)/(.+)", path):
             return self.resolve_cache(req, KINDS[match[1]], match[2])
         if path == "/api/whoami-v2":
@@ -1011,9 +1030,74 @@ class Hub:
         headers += [("Location", target), ("Content-Type", "text/plain; charset=utf-8")]
         return Response(status, headers, f"Found. Redirecting to {target}".encode())
 
+    # ---- git smart HTTP and the git-lfs batch API
+
+    def git(self, req: Request, kind: str, repo_id: str, service_path: str) -> Response:
+        """`git clone` over smart HTTP (fetches only: this Hub takes no pushes), by `git http-backend`."""
+        pushes = service_path == "git-receive-pack" or "service=git-receive-pack" in req.query
+        repo, _ = self.open_repo(req, kind, unquote(repo_id), "main", content=True)
+        if pushes:
+            raise HubError(403, "pushes are not accepted by the fake Hub")
+        return self.git_repos.serve(repo, service_path, req)
+
+    def lfs_batch(self, req: Request, kind: str, repo_id: str) -> Response:
+        """Download actions: a CDN `/lfs/` URL and the `header` auth the CDN requires for it; upload actions:
+        the Hub. Objects this repo does not hold get a per-object 404, as on the Hub."""
+        try:
+            batch = json.loads(req.body)
+            operation, wanted = batch["operation"], batch["objects"]
+        except (ValueError, KeyError, TypeError):
+            return json_response(422, {"message": "invalid batch request"})
+        user = self.authenticate(req)
+        repo = self.visible_repo(kind, unquote(repo_id), user)
+        objects = []
+        if operation == "upload":
+            if user is None:
+                raise HubError(401, "upload needs a token")
+            for o in wanted:
+                upload = {"href": f"{self.hub_url}/_fake-lfs-upload/{o['oid']}", "header": {"X-Upload": "1"},
+                          "expires_in": self.cdn_url_ttl}
+                objects.append({"oid": o["oid"], "size": o["size"], "authenticated": True,
+                                "actions": {"upload": upload}})
+        else:
+            self.require_content_access(repo, user)
+            held = {b.sha256: b for c in repo.commits.values() for b in c.files.values() if b.lfs}
+            for o in wanted:
+                blob = held.get(o.get("oid"))
+                if blob is None or blob.size != o.get("size"):
+                    objects.append({**o, "error": {"code": 404, "message": "Object does not exist"}})
+                    continue
+                expires = int(time.time()) + self.cdn_url_ttl
+                download = {"href": f"{self.cdn_url}/lfs/{blob.sha256}",
+                            "header": {LFS_TOKEN_HEADER: self.lfs_token(blob.sha256, expires)},
+                            "expires_at": datetime.fromtimestamp(expires, timezone.utc).isoformat()}
+                objects.append({"oid": blob.sha256, "size": blob.size, "authenticated": True,
+                                "actions": {"download": download}})
+        answer = {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+        return Response(200, [("Content-Type", "application/vnd.git-lfs+json")], json.dumps(answer).encode())
+
+    def lfs_token(self, sha256: str, expires: int) -> str:
+        return f"{expires}.{hmac.new(self.secret, f'lfs:{sha256}:{expires}'.encode(), hashlib.sha256).hexdigest()}"
+
+    def lfs_token_refused(self, sha256: str, token: str | None) -> str | None:
+        expires, _, _ = (token or "").partition(".")
+        if not expires.isdigit() or not hmac.compare_digest(token, self.lfs_token(sha256, int(expires))):
+            return f"missing or invalid {LFS_TOKEN_HEADER}"
+        if int(expires) < time.time():
+            return "Request has expired"
+        return None
+
     def handle_cdn(self, req: Request) -> Response:
         if "authorization" in req.headers:
             return json_response(400, {"error": "Authorization header not allowed on signed URLs"})
+        if (match := re.fullmatch(r"/lfs/([0-9a-f]{64})", req.path)) and req.method in ("GET", "HEAD"):
+            refused = self.lfs_token_refused(match[1], req.headers.get(LFS_TOKEN_HEADER.lower()))
+            if refused:
+                return json_response(403, {"error": refused})
+            blob = self.blobs.get(match[1])
+            if blob is None:
+                return json_response(404, {"error": "Not Found"})
+            return blob_response(req, blob, [("ETag", f'"{blob.sha256}"'), ("Content-Type", "application/octet-stream")])
         match = re.fullmatch(r"/blobs/([0-9a-f]{64})", req.path)
         if not match or req.method not in ("GET", "HEAD"):
             return json_response(404, {"error": "Not Found"})
@@ -1040,6 +1124,8 @@ class Hub:
             return json_response(200, {"cleared": True})
         if route == ("POST", "/_fake/push"):
             return self.push(json.loads(req.body))
+        if route == ("POST", "/_fake/repos"):
+            return self.create_repo(json.loads(req.body))
         if route == ("GET", "/_fake/faults"):
             with self.lock:
                 return json_response(200, [f.to_json() for f in self.faults])
@@ -1096,6 +1182,19 @@ class Hub:
             repo.branches["main"] = commit.sha
         return json_response(200, {"commit": commit.sha})
 
+    def create_repo(self, spec: dict) -> Response:
+        """A new public repo whose main holds `files` (paths to base64 content), e.g. a dataset a test made with
+        the real pyarrow. Answers 409 if it exists (a session's tests share the fake)."""
+        kind, repo_id = spec.get("type", "model"), spec["repo"]
+        files = {p: base64.b64decode(content) for p, content in spec["files"].items()}
+        with self.lock:
+            if (kind, repo_id) in self.repos:
+                return json_response(409, {"error": f"{kind} {repo_id} exists"})
+            repo = make_repo(Repo(kind, repo_id), v1=files, main={}, pr={})
+            self.repos[(kind, repo_id)] = repo
+            self.blobs.update({b.sha256: b for c in repo.commits.values() for b in c.files.values() if b.lfs})
+        return json_response(200, {"commit": repo.branches["main"]})
+
     def expected_files(self, params: dict[str, str]) -> Response:
         """Ground truth for tests: the commit a revision points at and the content of its files."""
         repo = self.repo_from_spec(params)
@@ -1105,6 +1204,74 @@ class Hub:
         files = {p: {"sha256": b.sha256, "size": b.size, "lfs": b.lfs, "oid": b.oid}
                  for p, b in commit.files.items()}
         return json_response(200, {"commit": commit.sha, "files": files})
+
+
+LFS_BATCH_PATH = re.compile(r"/(?:(dataset|space|kernel)s/)?([\w.-]+(?:/[\w.-]+)?)\.git/info/lfs/objects/batch")
+GIT_PATH = re.compile(r"/(?:(dataset|space|kernel)s/)?([\w-]+(?:\.[\w-]+)*?(?:/[\w-]+(?:\.[\w-]+)*?)?)(?:\.git)?"
+                      r"/(info/refs|git-upload-pack|git-receive-pack)")
+LFS_TOKEN_HEADER = "X-Fake-Lfs-Token"
+GIT_DATE = "1704067200 +0000"  # EPOCH: the bare repositories are the same on every run
+
+
+class GitRepos:
+    """Bare git repositories of the fake's repos (branch main, as the Hub's main), made on first use in a temp
+    directory, LFS files as their pointer files; served by the real `git http-backend` as CGI. LFS files that
+    `.gitattributes` does not cover by extension (LFS by size) get a line of their own there, as the Hub adds on
+    upload, so that git-lfs smudges every one of them."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="fakehub-git-"))
+        self.made: set[str] = set()
+        self.lock = threading.Lock()
+
+    def directory(self, repo: Repo) -> str:
+        name = f"{repo.kind}--{repo.id.replace('/', '--')}.git"
+        with self.lock:
+            if name not in self.made:
+                self.make(repo, self.root / name)
+                self.made.add(name)
+        return name
+
+    @staticmethod
+    def make(repo: Repo, path: Path) -> None:
+        commit = repo.commits[repo.branches["main"]]
+        stream = [b"commit refs/heads/main\n",
+                  f"author Fake Hub <hub@fake> {GIT_DATE}\ncommitter Fake Hub <hub@fake> {GIT_DATE}\n".encode()]
+        title = commit.title.encode()
+        stream.append(b"data %d\n%s\n" % (len(title), title))
+        files = {p: blob.pointer if blob.lfs else blob.data for p, blob in commit.files.items()}
+        by_size = [p for p, blob in commit.files.items() if blob.lfs and not p.endswith(LFS_EXTENSIONS)]
+        files[".gitattributes"] = files.get(".gitattributes", b"") + "".join(
+            f"{p.replace(' ', '[[:space:]]')} filter=lfs diff=lfs merge=lfs -text\n" for p in sorted(by_size)).encode()
+        for file_path, content in sorted(files.items()):
+            quoted = json.dumps(file_path, ensure_ascii=False).encode()  # C-style quoting that git accepts
+            stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (quoted, len(content), content))
+        run = lambda *args, **kw: subprocess.run(["git", *args], check=True, capture_output=True, timeout=60, **kw)
+        run("init", "--quiet", "--bare", "--initial-branch=main", str(path))
+        run("--git-dir", str(path), "fast-import", "--quiet", input=b"".join(stream))
+
+    def serve(self, repo: Repo, service_path: str, req: Request) -> Response:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": f"/{self.directory(repo)}/{service_path}",
+            "REQUEST_METHOD": req.method, "QUERY_STRING": req.query,
+            "CONTENT_TYPE": req.headers.get("content-type", ""), "CONTENT_LENGTH": str(len(req.body)),
+            "HTTP_CONTENT_ENCODING": req.headers.get("content-encoding", ""),
+            "GIT_PROTOCOL": req.headers.get("git-protocol", ""), "REMOTE_ADDR": "127.0.0.1",
+        }
+        done = subprocess.run(["git", "http-backend"], input=req.body, env=env, capture_output=True, timeout=60)
+        head, sep, body = done.stdout.partition(b"\r\n\r\n")
+        if not sep:
+            return json_response(500, {"error": f"git http-backend failed: {done.stderr.decode()[-500:]}"})
+        status, headers = 200, []
+        for line in head.decode().split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name.lower() not in ("content-length", "transfer-encoding"):
+                headers.append((name, value.strip()))
+        return Response(status, headers, body)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -1139,11 +1306,12 @@ class Handler(BaseHTTPRequestHandler):
         hub: Hub = self.server.hub
         path, _, query = self.path.partition("?")
         length = int(self.headers.get("Content-Length") or 0)
+        body = self.read_chunked() if "chunked" in self.headers.get("Transfer-Encoding", "") else self.rfile.read(length)
         headers = {}
         for name, value in self.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        req = Request(self.server.role, self.command, path, query, headers, self.rfile.read(length))
+        req = Request(self.server.role, self.command, path, query, headers, body)
         control = self.server.role == "control" or (
             req.server == "hub" and path.startswith("/_fake/") and not path.startswith("/_fake/cas"))
         if control:
@@ -1180,6 +1348,16 @@ class Handler(BaseHTTPRequestHandler):
         self.send(req, resp, entry, fault)
         if fault and fault.expire_urls:
             hub.expire_signed_urls()
+
+    def read_chunked(self) -> bytes:
+        """A chunked request body (git sends big upload-pack requests so)."""
+        parts = []
+        while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+            parts.append(self.rfile.read(size))
+            self.rfile.readline()
+        while self.rfile.readline().strip():  # trailers
+            pass
+        return b"".join(parts)
 
     def send(self, req: Request, resp: Response, entry: dict | None = None, fault: Fault | None = None):
         resp = compressed(req, resp)

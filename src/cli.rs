@@ -34,6 +34,11 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Take the listening sockets from the hf-edge running on the same config (over
+        /// `cache.dir/upgrade.sock`; send it SIGQUIT), which then drains: a zero-downtime
+        /// upgrade.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit (0 = valid, 2 = invalid).
     CheckConfig { file: PathBuf },
@@ -145,12 +150,12 @@ const EXIT_CONFIG: u8 = 2;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, upgrade } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::server::run(cfg, config) {
+            match crate::server::run(cfg, config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hf-edge: {e:#}");
@@ -245,11 +250,11 @@ fn warm(args: WarmArgs) -> ExitCode {
     };
     if terminal {
         println!(
-            "{}@{} ({}): {:?}: {} of {} files stored ({} already), {}, {:.1} s",
+            "{}@{} ({}): {}: {} of {} files stored ({} already), {}, {:.1} s",
             status.repo,
             status.revision,
             status.commit.as_deref().unwrap_or("-"),
-            status.state,
+            status.state.label(),
             status.files_done,
             status.files_total,
             status.files_skipped,

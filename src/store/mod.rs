@@ -447,6 +447,9 @@ impl BlobStore {
         size: u64,
         source: impl FnOnce() -> Arc<dyn Refetch>,
     ) -> Fetch {
+        if !self.contains(&id) {
+            self.adopt(id, size).await;
+        }
         {
             let mut fills = self.fills.lock();
             if let Some(fill) = fills.running.get(&id) {
@@ -637,6 +640,26 @@ impl BlobStore {
     }
 
     /// A committed blob trades its reservation for its place in the LRU.
+    /// Indexes a complete blob this process did not write: another hf-edge on the same
+    /// `cache.dir` committed it, such as the process a graceful upgrade replaced, which
+    /// finishes its fills while it drains. One `stat` per miss, so those bytes are not fetched
+    /// upstream again.
+    async fn adopt(&'static self, id: BlobId, size: u64) {
+        let path = self.layout.blob(&id);
+        match tokio::fs::metadata(&path).await {
+            Ok(md) if md.is_file() && md.len() == size => {
+                self.insert_index(id, size);
+                if let Some(eviction) = self.policy.eviction {
+                    let key = CacheEntryKey::key_only(cache_key(&id).to_compact());
+                    let evicted = eviction.admit(key, size as usize, SystemTime::now() + FOREVER);
+                    self.purge_in_background(evicted);
+                }
+                log::info!("blob {id}: complete on disk, written by another process; adopted");
+            }
+            _ => {}
+        }
+    }
+
     fn admit_committed(&'static self, fill: &Fill) {
         let mut reserved = self.reserved.lock();
         *reserved = reserved.saturating_sub(fill.size);

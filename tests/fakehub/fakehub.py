@@ -187,8 +187,14 @@ def blob_from_disk(path: str, disk_path: Path, hashes: HashCache) -> Blob:
     return Blob(size=size, sha256=hashes.sha256(disk_path), lfs=True, disk_path=disk_path)
 
 
+GENERATED_CHUNK = 64 << 20  # randbytes takes at most 2**31 - 1 bits at once
+
+
 def generated(seed: str, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    if size <= GENERATED_CHUNK:
+        return rng.randbytes(size)
+    return b"".join(rng.randbytes(min(GENERATED_CHUNK, size - at)) for at in range(0, size, GENERATED_CHUNK))
 
 
 def iso(moment: datetime) -> str:

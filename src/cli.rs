@@ -51,6 +51,9 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Check a running hf-edge: GET an http:// URL such as http://127.0.0.1:9090/readyz; exit 0
+    /// on a 2xx answer within 5 s, 1 otherwise (a health check for images without curl).
+    Probe { url: String },
     /// Fetch a repo revision's files into a running server's store, through its admin API
     /// (`metrics.listen`, `ops.admin_token`); exit 0 when every selected file is stored.
     Warm(WarmArgs),
@@ -163,6 +166,17 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Command::Probe { url } => match crate::probe::status(&url, Duration::from_secs(5)) {
+            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("hf-edge: {url}: HTTP {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("hf-edge: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -17,14 +17,17 @@ pub mod config;
 pub mod downstream;
 pub mod durable;
 pub mod gateway;
+pub mod health;
 pub mod hub;
 pub mod jsonl;
 pub mod metrics;
 pub mod ops;
+pub mod probe;
 pub mod proxy;
 pub mod resolver;
 pub mod server;
 pub mod snapshots;
+pub mod status;
 pub mod store;
 pub mod warm;
 

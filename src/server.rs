@@ -15,9 +15,11 @@ use pingora_cache::eviction::{simple_lru, EvictionManager};
 use crate::config::Config;
 use crate::downstream;
 use crate::gateway::{Gateway, Shared};
+use crate::health::HubProbe;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{EdgeProxy, RequestIds};
+use crate::status::StatusSource;
 use crate::store::{BlobStore, FillPolicy};
 use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
@@ -78,6 +80,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     };
     let gateway = Arc::new(Gateway::new(cfg.clone(), config_path, shared)?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
+    let hub = HubProbe::new(gateway.live.clone(), metrics.clone());
+    let status = Arc::new(StatusSource::new(
+        store,
+        metrics.clone(),
+        hub.clone(),
+        cfg.public_url.as_ref().map(ToString::to_string),
+        cfg.listen,
+        cfg.cache.max_size,
+    ));
     // Warm jobs fetch through the live mount they name (`/` unless told otherwise).
     let warmer = Arc::new(Warmer {
         live: gateway.live.clone(),
@@ -101,6 +112,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         live: gateway.live.clone(),
         metrics: metrics.clone(),
         request_ids: RequestIds::default(),
+        status,
     };
 
     let conf = ServerConf {
@@ -150,6 +162,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         HttpServer::new_app(OpsApp {
             metrics,
             store,
+            hub: hub.clone(),
             gateway,
             warmer,
         }),

@@ -156,6 +156,18 @@ pub enum Refused {
     Disk(std::io::Error),
 }
 
+/// A fill in flight as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FillView {
+    /// `sha256/<hex>` or `oid/<hex>`.
+    pub blob: String,
+    pub size: u64,
+    /// Bytes written so far.
+    pub written: u64,
+    /// Requests reading it.
+    pub readers: usize,
+}
+
 /// How fills are bounded (from `cache.*`).
 pub struct FillPolicy {
     /// Fills running at once at most.
@@ -527,6 +539,28 @@ impl BlobStore {
         drop(fills);
         tokio::spawn(fill::run(self, fill, file, source()));
         Fetch::Started(BlobReader::filling(slot))
+    }
+
+    /// The fills in flight, for the status page: largest first.
+    pub fn fills_in_flight(&self) -> Vec<FillView> {
+        let mut fills: Vec<FillView> = self
+            .fills
+            .lock()
+            .running
+            .values()
+            .map(|f| FillView {
+                blob: f.id.to_string(),
+                size: f.size,
+                written: match *f.progress.borrow() {
+                    Progress::Written(n) => n,
+                    Progress::Committed => f.size,
+                    Progress::Opening | Progress::Failed => 0,
+                },
+                readers: *f.readers.borrow(),
+            })
+            .collect();
+        fills.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.blob.cmp(&b.blob)));
+        fills
     }
 
     fn refuse(&self, why: Refused) -> Fetch {

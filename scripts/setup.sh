@@ -3,6 +3,7 @@
 #  - cmake, which Pingora's zlib-ng build needs (from Debian's packages);
 #  - prometheus and promtool, which the observability tests run (from Debian's packages);
 #  - openssl, with which the TLS tests make a CA for the run (from Debian's packages);
+#  - chromium, systemd-analyze, buildah and kubectl for the deploy kit's tests (Debian's packages);
 #  - git and git-lfs, which the git clone tests run (from Debian's packages);
 #  - haproxy, the real load balancer the client-listener tests put in front of hf-edge (PROXY protocol);
 #  - tinyproxy, the real HTTP proxy the egress tests put between hf-edge and the fake Hub (Debian's
@@ -66,6 +67,21 @@ if ! command -v git >/dev/null || ! command -v git-lfs >/dev/null; then
   echo "setup: installing git and git-lfs (the git clone tests)" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq git git-lfs >/dev/null
+fi
+
+# Deploy kit (issue 15): Debian's chromium renders the status page in its e2e test,
+# systemd-analyze verifies and rates deploy/hf-edge.service, buildah builds and runs the container
+# image (deploy/container) without any registry, kubectl renders deploy/kubernetes (kustomize).
+deploy_missing=
+for tool in chromium:chromium systemd-analyze:systemd buildah:buildah kubectl:kubernetes-client; do
+  command -v "${tool%%:*}" >/dev/null || deploy_missing="$deploy_missing ${tool#*:}"
+done
+if [ -n "$deploy_missing" ]; then
+  echo "setup: installing$deploy_missing (the deploy kit's tests)" >&2
+  as_root apt-get update -qq
+  # shellcheck disable=SC2086 # a list of package names
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends $deploy_missing >/dev/null
 fi
 
 if [ "${1:-}" = "--venv" ]; then

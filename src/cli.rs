@@ -34,6 +34,11 @@ enum Command {
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Take the listening sockets from the hf-edge running on the same config (over
+        /// `cache.dir/upgrade.sock`; send it SIGQUIT), which then drains: a zero-downtime
+        /// upgrade.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit (0 = valid, 2 = invalid).
     CheckConfig { file: PathBuf },
@@ -46,6 +51,9 @@ enum Command {
         #[arg(long)]
         generate: bool,
     },
+    /// Check a running hf-edge: GET an http:// URL such as http://127.0.0.1:9090/readyz; exit 0
+    /// on a 2xx answer within 5 s, 1 otherwise (a health check for images without curl).
+    Probe { url: String },
     /// Fetch a repo revision's files into a running server's store, through its admin API
     /// (`metrics.listen`, `ops.admin_token`); exit 0 when every selected file is stored.
     Warm(WarmArgs),
@@ -145,12 +153,12 @@ const EXIT_CONFIG: u8 = 2;
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, upgrade } => {
             let cfg = match load_config(config.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match crate::server::run(cfg, config) {
+            match crate::server::run(cfg, config, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("hf-edge: {e:#}");
@@ -158,6 +166,17 @@ pub fn run() -> ExitCode {
                 }
             }
         }
+        Command::Probe { url } => match crate::probe::status(&url, Duration::from_secs(5)) {
+            Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+            Ok(status) => {
+                eprintln!("hf-edge: {url}: HTTP {status}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("hf-edge: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -245,11 +264,11 @@ fn warm(args: WarmArgs) -> ExitCode {
     };
     if terminal {
         println!(
-            "{}@{} ({}): {:?}: {} of {} files stored ({} already), {}, {:.1} s",
+            "{}@{} ({}): {}: {} of {} files stored ({} already), {}, {:.1} s",
             status.repo,
             status.revision,
             status.commit.as_deref().unwrap_or("-"),
-            status.state,
+            status.state.label(),
             status.files_done,
             status.files_total,
             status.files_skipped,

@@ -1,12 +1,18 @@
 //! The YAML configuration: parsed (`RawConfig`, every struct denies unknown keys because the
-//! config ships with the binary and a typo must not silently fall back to a default), then
-//! validated into [`Config`], with the key path in every error.
+//! config ships with the binary and a typo must not silently fall back to a default; every key
+//! has a default, so a file holds only what differs; `${VAR}` and `${VAR:-default}` are
+//! expanded in values), then validated into [`Config`], with the key path in every error.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use serde::de::{self, Visitor};
 use serde::Deserialize;
 
 use crate::access::{OfflineRestricted, Policy, RepoGlob, SiteKey};
@@ -230,248 +236,395 @@ pub struct Metrics {
 }
 
 // === raw (as written) ===
+//
+// Every section is `#[serde(default)]` from its `Default`, so a file names only what it
+// changes; the defaults are conf/hf-edge.yaml's (a test holds the two equal). Every value is
+// a `Scalar`: `${VAR}` references are expanded and the text parsed inside the deserializer,
+// so that an error there carries the key path and the line.
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawConfig {
-    listen: String,
-    #[serde(default)]
-    threads: Option<usize>,
-    #[serde(default = "default_shutdown_grace")]
-    shutdown_grace: RawValue,
+    listen: Scalar<String>,
+    threads: Option<Scalar<usize>>,
+    shutdown_grace: Scalar<Dur>,
     upstream: RawUpstream,
     cache: RawCache,
     metrics: RawMetrics,
-    #[serde(default)]
     log: RawLog,
-    #[serde(default)]
     access: RawAccess,
-    #[serde(default)]
-    public_url: Option<String>,
-    #[serde(default)]
+    public_url: Option<Scalar<String>>,
     ops: RawOps,
-    #[serde(default)]
     limits: RawLimits,
-    #[serde(default)]
     mounts: Vec<RawMount>,
-    #[serde(default)]
     warm: RawWarm,
-    #[serde(default)]
     tls: Option<RawTls>,
-    #[serde(default)]
-    trusted_proxies: Vec<String>,
+    trusted_proxies: Vec<Scalar<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     #[serde(default = "default_tls_listen")]
-    listen: String,
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    listen: Scalar<String>,
+    cert_file: Scalar<PathBuf>,
+    key_file: Scalar<PathBuf>,
 }
 
-fn default_tls_listen() -> String {
-    "0.0.0.0:8443".into()
+fn default_tls_listen() -> Scalar<String> {
+    text("0.0.0.0:8443")
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        RawConfig {
+            listen: text("127.0.0.1:8080"),
+            threads: None,
+            shutdown_grace: Scalar(Dur::secs(10)),
+            upstream: RawUpstream::default(),
+            cache: RawCache::default(),
+            metrics: RawMetrics::default(),
+            log: RawLog::default(),
+            access: RawAccess::default(),
+            public_url: None,
+            ops: RawOps::default(),
+            limits: RawLimits::default(),
+            mounts: Vec::new(),
+            warm: RawWarm::default(),
+            tls: None,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMount {
-    prefix: String,
+    prefix: Scalar<String>,
+    #[serde(default)]
     upstream: RawUpstream,
     #[serde(default)]
     access: RawAccess,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawLimits {
-    #[serde(default = "default_header_timeout")]
-    header_timeout: RawValue,
-    #[serde(default = "default_max_connections")]
-    max_connections: usize,
+    header_timeout: Scalar<Dur>,
+    max_connections: Scalar<usize>,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
-            header_timeout: default_header_timeout(),
-            max_connections: default_max_connections(),
+            header_timeout: Scalar(Dur::secs(10)),
+            max_connections: Scalar(10_000),
         }
     }
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawOps {
-    #[serde(default)]
-    admin_token: Option<String>,
-    #[serde(default)]
-    admin_token_file: Option<PathBuf>,
+    admin_token: Option<Scalar<String>>,
+    admin_token_file: Option<Scalar<PathBuf>>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct RawAccess {
-    #[serde(default)]
-    require_key: bool,
-    #[serde(default)]
+    require_key: Scalar<bool>,
     keys: Vec<RawKey>,
-    #[serde(default)]
-    auth_ttl: Option<RawValue>,
-    #[serde(default)]
-    offline_restricted: Option<String>,
-    #[serde(default)]
+    auth_ttl: Scalar<Dur>,
+    offline_restricted: Scalar<String>,
     repos: RawRepos,
 }
 
+impl Default for RawAccess {
+    fn default() -> Self {
+        RawAccess {
+            require_key: Scalar(false),
+            keys: Vec::new(),
+            auth_ttl: Scalar(Dur(Policy::default().auth_ttl)),
+            offline_restricted: text("deny"),
+            repos: RawRepos::default(),
+        }
+    }
+}
+
+/// A site key: only its name and hash are required.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKey {
-    name: String,
-    sha256: String,
+    name: Scalar<String>,
+    sha256: Scalar<String>,
     #[serde(default)]
-    upstream_token: Option<String>,
+    upstream_token: Option<Scalar<String>>,
     #[serde(default)]
-    upstream_token_file: Option<PathBuf>,
+    upstream_token_file: Option<Scalar<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawRepos {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    deny: Vec<String>,
+    allow: Vec<Scalar<String>>,
+    deny: Vec<Scalar<String>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawLog {
-    #[serde(default = "default_access_log")]
-    access: String,
+    access: Scalar<String>,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         RawLog {
-            access: default_access_log(),
+            access: text("stderr"),
         }
     }
 }
 
-fn default_access_log() -> String {
-    "stderr".into()
-}
-
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawUpstream {
-    endpoint: String,
-    #[serde(default)]
-    token: Option<String>,
-    #[serde(default)]
-    token_file: Option<PathBuf>,
-    #[serde(default = "default_cdn_hosts")]
-    cdn_hosts: Vec<String>,
-    #[serde(default = "default_connect_timeout")]
-    connect_timeout: RawValue,
-    #[serde(default = "default_read_timeout")]
-    read_timeout: RawValue,
-    #[serde(default = "default_metadata_timeout")]
-    metadata_timeout: RawValue,
-    #[serde(default = "default_failure_hold_down")]
-    failure_hold_down: RawValue,
-    #[serde(default)]
-    offline: bool,
-    #[serde(default)]
-    ca_file: Option<PathBuf>,
-    #[serde(default)]
-    proxy: Option<String>,
-    #[serde(default)]
-    no_proxy: Vec<String>,
-    #[serde(default)]
-    proxy_credentials_file: Option<PathBuf>,
+    endpoint: Scalar<String>,
+    token: Option<Scalar<String>>,
+    token_file: Option<Scalar<PathBuf>>,
+    cdn_hosts: Vec<Scalar<String>>,
+    connect_timeout: Scalar<Dur>,
+    read_timeout: Scalar<Dur>,
+    metadata_timeout: Scalar<Dur>,
+    failure_hold_down: Scalar<Dur>,
+    offline: Scalar<bool>,
+    ca_file: Option<Scalar<PathBuf>>,
+    proxy: Option<Scalar<String>>,
+    no_proxy: Vec<Scalar<String>>,
+    proxy_credentials_file: Option<Scalar<PathBuf>>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            endpoint: text("https://huggingface.co"),
+            token: None,
+            token_file: None,
+            cdn_hosts: ["*.hf.co", "*.huggingface.co", "*.xethub.hf.co"]
+                .map(text)
+                .to_vec(),
+            connect_timeout: Scalar(Dur::secs(10)),
+            read_timeout: Scalar(Dur::secs(60)),
+            metadata_timeout: Scalar(Dur::secs(5)),
+            failure_hold_down: Scalar(Dur::secs(10)),
+            offline: Scalar(false),
+            ca_file: None,
+            proxy: None,
+            no_proxy: Vec::new(),
+            proxy_credentials_file: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawCache {
-    dir: PathBuf,
-    max_size: RawValue,
-    #[serde(default = "default_revision_ttl")]
-    revision_ttl: RawValue,
-    #[serde(default)]
-    group_access: bool,
-    #[serde(default = "default_meta_max_entries")]
-    meta_max_entries: usize,
-    #[serde(default = "default_api_snapshots_max_size")]
-    api_snapshots_max_size: RawValue,
-    #[serde(default = "default_api_snapshots_max_files")]
-    api_snapshots_max_files: usize,
-    #[serde(default = "default_max_fills")]
-    max_fills: usize,
-    #[serde(default)]
-    pin: Vec<String>,
-    #[serde(default = "default_max_pinned")]
-    max_pinned: RawValue,
+    dir: Scalar<PathBuf>,
+    max_size: Scalar<Size>,
+    revision_ttl: Scalar<Dur>,
+    group_access: Scalar<bool>,
+    meta_max_entries: Scalar<usize>,
+    api_snapshots_max_size: Scalar<Size>,
+    api_snapshots_max_files: Scalar<usize>,
+    max_fills: Scalar<usize>,
+    pin: Vec<Scalar<String>>,
+    max_pinned: Scalar<Size>,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            dir: Scalar(PathBuf::from("./hf-edge-cache")),
+            max_size: Scalar(Size(100 << 30)),
+            revision_ttl: Scalar(Dur::secs(60)),
+            group_access: Scalar(false),
+            meta_max_entries: Scalar(100_000),
+            api_snapshots_max_size: Scalar(Size(1 << 30)),
+            api_snapshots_max_files: Scalar(100_000),
+            max_fills: Scalar(64),
+            pin: Vec::new(),
+            max_pinned: Scalar(Size(10 << 30)),
+        }
+    }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawMetrics {
-    listen: String,
+    listen: Scalar<String>,
 }
 
-/// A size or duration, written as a number or a string with a unit.
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
-enum RawValue {
-    Int(u64),
-    Str(String),
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            listen: text("127.0.0.1:9090"),
+        }
+    }
 }
 
-fn default_cdn_hosts() -> Vec<String> {
-    ["*.hf.co", "*.huggingface.co", "*.xethub.hf.co"]
-        .map(String::from)
-        .to_vec()
+// === values: ${VAR} expansion, then parsing ===
+
+/// A value as written (a string, number or boolean), its `${VAR}` references expanded, parsed
+/// by `T::from_str`.
+#[derive(Clone)]
+struct Scalar<T>(T);
+
+fn text(s: &str) -> Scalar<String> {
+    Scalar(s.to_string())
 }
-fn default_shutdown_grace() -> RawValue {
-    RawValue::Str("10s".into())
+
+/// A size: a number of bytes or a number with a unit.
+#[derive(Clone, Copy)]
+struct Size(u64);
+
+impl FromStr for Size {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_size(s)
+            .map(Size)
+            .ok_or("not a size like 100GiB, 500MB or 1048576")
+    }
 }
-fn default_connect_timeout() -> RawValue {
-    RawValue::Str("10s".into())
+
+/// A duration: seconds as a number, or a number with a unit.
+#[derive(Clone, Copy)]
+struct Dur(Duration);
+
+impl Dur {
+    const fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
 }
-fn default_read_timeout() -> RawValue {
-    RawValue::Str("60s".into())
+
+impl FromStr for Dur {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s)
+            .map(Dur)
+            .ok_or("not a duration like 60s, 5m or 500ms")
+    }
 }
-fn default_metadata_timeout() -> RawValue {
-    RawValue::Str("5s".into())
+
+thread_local! {
+    /// The variables the file being parsed refers to, for `Scalar`'s deserializer (derived
+    /// `Deserialize` impls cannot be handed a context). Set and cleared by `Config::from_yaml`.
+    static VARS: RefCell<HashMap<String, String>> = RefCell::default();
 }
-fn default_failure_hold_down() -> RawValue {
-    RawValue::Str("10s".into())
+
+/// The values of the variables `text` refers to (`${NAME...`) that `env` has.
+fn referenced_vars(text: &str, env: &impl Fn(&str) -> Option<String>) -> HashMap<String, String> {
+    text.match_indices("${")
+        .filter_map(|(i, _)| {
+            let rest = &text[i + 2..];
+            let name = &rest[..rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len())];
+            env(name).map(|v| (name.to_string(), v))
+        })
+        .collect()
 }
-fn default_revision_ttl() -> RawValue {
-    RawValue::Str("60s".into())
+
+/// Expands `${NAME}` (an error when unset) and `${NAME:-default}` (the default when unset or
+/// empty); `$${` is a literal `${`. Any other `$` is kept as written.
+fn expand(s: &str, vars: &HashMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(literal) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = literal;
+            continue;
+        }
+        let Some(reference) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let end = reference
+            .find('}')
+            .ok_or("has a ${ without its closing } (write $${ for a literal ${)")?;
+        let body = &reference[..end];
+        let (name, default) = match body.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (body, None),
+        };
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "${{{body}}}: {name:?} is not a variable name (letters, digits, _)"
+            ));
+        }
+        match (vars.get(name), default) {
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "${{{name}}}: environment variable {name} is not set \
+                     (${{{name}:-default}} gives a default)"
+                ))
+            }
+        }
+        rest = &reference[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
-fn default_header_timeout() -> RawValue {
-    RawValue::Str("10s".into())
+
+impl<'de, T: FromStr> Deserialize<'de> for Scalar<T>
+where
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor(PhantomData))
+    }
 }
-fn default_max_connections() -> usize {
-    10_000
-}
-fn default_meta_max_entries() -> usize {
-    100_000
-}
-fn default_api_snapshots_max_size() -> RawValue {
-    RawValue::Str("1GiB".into())
-}
-fn default_api_snapshots_max_files() -> usize {
-    100_000
-}
-fn default_max_fills() -> usize {
-    64
+
+struct ScalarVisitor<T>(PhantomData<T>);
+
+impl<T: FromStr> Visitor<'_> for ScalarVisitor<T>
+where
+    T::Err: fmt::Display,
+{
+    type Value = Scalar<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number or boolean")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let value = VARS
+            .with(|vars| expand(v, &vars.borrow()))
+            .map_err(E::custom)?;
+        value
+            .parse()
+            .map(Scalar)
+            .map_err(|e| E::custom(format!("{value:?}: {e}")))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        self.visit_str(&v.to_string())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        self.visit_str(&v.to_string())
+    }
 }
 
 // === loading and validation ===
@@ -495,7 +648,8 @@ impl Config {
         .expect("the embedded default config is valid")
     }
 
-    /// Parses and validates YAML; `env` supplies `HF_TOKEN` (a parameter so tests stay pure).
+    /// Parses and validates YAML; `env` supplies `HF_TOKEN` and the `${VAR}` references (a
+    /// parameter so tests stay pure).
     pub fn from_yaml(
         text: &str,
         file: &str,
@@ -506,17 +660,32 @@ impl Config {
             key: key.to_string(),
             message,
         };
-        let de = serde_yaml::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." {
-                "<root>".to_string()
-            } else {
-                key
-            };
-            // serde_yaml appends " at line N column M"; keep it, it helps find the key.
-            invalid(&key, e.into_inner().to_string())
-        })?;
+        // A file of comments only (or nothing) is a null document: all defaults.
+        let blank = text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+        let raw = if blank {
+            RawConfig::default()
+        } else {
+            VARS.with(|v| *v.borrow_mut() = referenced_vars(text, &env));
+            let de = serde_yaml::Deserializer::from_str(text);
+            let parsed: Result<RawConfig, _> = serde_path_to_error::deserialize(de);
+            VARS.with(|v| v.borrow_mut().clear());
+            parsed.map_err(|e| {
+                let key = match e.path().to_string() {
+                    k if k == "." => "<root>".to_string(),
+                    k => k,
+                };
+                // serde_yaml prefixes its own path, the key's or its section's (dropped: the
+                // key leads already), and appends " at line N column M" (kept: it finds the key).
+                let message = e.into_inner().to_string();
+                let message = match message.split_once(": ") {
+                    Some((path, rest)) if key.starts_with(path) => rest.to_string(),
+                    _ => message,
+                };
+                invalid(&key, message)
+            })?
+        };
         raw.validate(env)
             .map_err(|(key, message)| invalid(&key, message))
     }
@@ -559,50 +728,52 @@ fn egress(
         .map_err(|(k, m)| (key(&k), m))
 }
 
+/// An optional value, empty (e.g. `${VAR:-}`) counting as unset.
+fn given<T: AsRef<std::ffi::OsStr>>(v: Option<Scalar<T>>) -> Option<T> {
+    v.map(|s| s.0).filter(|v| !v.as_ref().is_empty())
+}
+
 impl RawConfig {
     fn validate(self, env: impl Fn(&str) -> Option<String>) -> Result<Config, Invalid> {
-        let listen = parse_addr("listen", &self.listen)?;
+        let listen = parse_addr("listen", &self.listen.0)?;
         let threads = match self.threads {
-            Some(0) => return Err(bad("threads", "must be at least 1")),
-            Some(n) => n,
+            Some(Scalar(0)) => return Err(bad("threads", "must be at least 1")),
+            Some(Scalar(n)) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let upstream = self.upstream.validate("upstream", env("HF_TOKEN"))?;
-        let positive = |key: &str, v: &RawValue| match duration(key, v)? {
+        let positive = |key: &str, v: Scalar<Dur>| match v.0 .0 {
             d if d.is_zero() => Err(bad(key, "must be greater than 0")),
             d => Ok(d),
         };
 
         let c = self.cache;
-        if c.dir.as_os_str().is_empty() {
+        if c.dir.0.as_os_str().is_empty() {
             return Err(bad("cache.dir", "must not be empty"));
         }
-        let max_size = size("cache.max_size", &c.max_size)?;
+        let max_size = c.max_size.0 .0;
         if max_size == 0 {
             return Err(bad("cache.max_size", "must be greater than 0"));
         }
-        if c.max_fills == 0 {
+        if c.max_fills.0 == 0 {
             return Err(bad("cache.max_fills", "must be at least 1"));
         }
         let cache = Cache {
-            dir: c.dir,
+            dir: c.dir.0,
             max_size,
-            revision_ttl: duration("cache.revision_ttl", &c.revision_ttl)?,
-            group_access: c.group_access,
-            meta_max_entries: match c.meta_max_entries {
+            revision_ttl: c.revision_ttl.0 .0,
+            group_access: c.group_access.0,
+            meta_max_entries: match c.meta_max_entries.0 {
                 0 => return Err(bad("cache.meta_max_entries", "must be at least 1")),
                 n => n,
             },
-            api_snapshots_max_size: size(
-                "cache.api_snapshots_max_size",
-                &c.api_snapshots_max_size,
-            )?,
-            api_snapshots_max_files: c.api_snapshots_max_files,
-            max_fills: c.max_fills,
-            pin: pin_policy(&c.pin, &c.max_pinned)?,
+            api_snapshots_max_size: c.api_snapshots_max_size.0 .0,
+            api_snapshots_max_files: c.api_snapshots_max_files.0,
+            max_fills: c.max_fills.0,
+            pin: pin_policy(&c.pin, c.max_pinned.0)?,
         };
         let metrics = Metrics {
-            listen: parse_addr("metrics.listen", &self.metrics.listen)?,
+            listen: parse_addr("metrics.listen", &self.metrics.listen.0)?,
         };
         if metrics.listen == listen && listen.port() != 0 {
             return Err(bad("metrics.listen", "must differ from listen"));
@@ -612,16 +783,17 @@ impl RawConfig {
         for (i, m) in self.mounts.into_iter().enumerate() {
             let at = format!("mounts[{i}]");
             mounts.push(Mount {
-                prefix: mount_prefix(&format!("{at}.prefix"), &m.prefix)?,
+                prefix: mount_prefix(&format!("{at}.prefix"), &m.prefix.0)?,
                 upstream: m.upstream.validate(&format!("{at}.upstream"), None)?,
                 access: m.access.validate(&format!("{at}.access"))?,
             });
         }
         no_overlap(&mounts)?;
-        if self.log.access.trim().is_empty() {
+        let access_log = self.log.access.0;
+        if access_log.trim().is_empty() {
             return Err(bad("log.access", "must be stderr, off, or a file path"));
         }
-        let public_url = match self.public_url {
+        let public_url = match given(self.public_url) {
             Some(u) => Some(
                 Origin::parse(&u)
                     .map_err(|m| bad("public_url", m))
@@ -634,12 +806,12 @@ impl RawConfig {
         };
         let admin_token = secret(
             "ops.admin_token",
-            self.ops.admin_token,
-            self.ops.admin_token_file,
+            given(self.ops.admin_token),
+            given(self.ops.admin_token_file),
         )?;
         let limits = Limits {
-            header_timeout: positive("limits.header_timeout", &self.limits.header_timeout)?,
-            max_connections: match self.limits.max_connections {
+            header_timeout: positive("limits.header_timeout", self.limits.header_timeout)?,
+            max_connections: match self.limits.max_connections.0 {
                 0 => return Err(bad("limits.max_connections", "must be at least 1")),
                 n => n,
             },
@@ -647,9 +819,9 @@ impl RawConfig {
         let tls = match self.tls {
             Some(t) => {
                 let tls = Tls {
-                    listen: parse_addr("tls.listen", &t.listen)?,
-                    cert_file: t.cert_file,
-                    key_file: t.key_file,
+                    listen: parse_addr("tls.listen", &t.listen.0)?,
+                    cert_file: t.cert_file.0,
+                    key_file: t.key_file.0,
                 };
                 if tls.listen == listen {
                     return Err(bad("tls.listen", "must differ from listen"));
@@ -665,7 +837,9 @@ impl RawConfig {
             self.trusted_proxies
                 .iter()
                 .enumerate()
-                .map(|(i, c)| Cidr::parse(c).map_err(|m| bad(&format!("trusted_proxies[{i}]"), m)))
+                .map(|(i, c)| {
+                    Cidr::parse(&c.0).map_err(|m| bad(&format!("trusted_proxies[{i}]"), m))
+                })
                 .collect::<Result<_, _>>()?,
         );
         let warm = self.warm.validate()?;
@@ -700,11 +874,11 @@ impl RawConfig {
             ops: Ops { admin_token },
             listen,
             threads,
-            shutdown_grace: duration("shutdown_grace", &self.shutdown_grace)?,
+            shutdown_grace: self.shutdown_grace.0 .0,
             upstream,
             cache,
             metrics,
-            access_log: self.log.access,
+            access_log,
             access,
         })
     }
@@ -716,45 +890,27 @@ impl RawUpstream {
     fn validate(self, at: &str, env_token: Option<String>) -> Result<Upstream, Invalid> {
         let key = |k: &str| format!("{at}.{k}");
         let u = self;
-        let endpoint = Origin::parse(&u.endpoint).map_err(|m| bad(&key("endpoint"), m))?;
+        let endpoint = Origin::parse(&u.endpoint.0).map_err(|m| bad(&key("endpoint"), m))?;
         if endpoint.has_path() {
             return Err(bad(
                 &key("endpoint"),
                 "must be an origin without a path, like https://huggingface.co",
             ));
         }
-        let token = match (u.token, u.token_file) {
-            (Some(_), Some(_)) => {
-                return Err(bad(
-                    &key("token_file"),
-                    format!("set either {at}.token or {at}.token_file, not both"),
-                ))
-            }
-            (Some(t), None) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| bad(&key("token_file"), format!("{}: {e}", path.display())))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => env_token,
-        };
-        let token = match token {
-            Some(t) if t.trim().is_empty() => None,
-            Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
-                return Err(bad(&key("token"), "must not contain whitespace"))
-            }
-            t => t.map(Secret::new),
+        let (token, token_file) = (given(u.token), given(u.token_file));
+        let token = match (&token, &token_file) {
+            (None, None) => secret(&key("token"), env_token, None)?,
+            _ => secret(&key("token"), token, token_file)?,
         };
         let cdn_hosts = u
             .cdn_hosts
             .iter()
             .enumerate()
             .map(|(i, h)| {
-                HostPattern::parse(h).map_err(|m| bad(&key(&format!("cdn_hosts[{i}]")), m))
+                HostPattern::parse(&h.0).map_err(|m| bad(&key(&format!("cdn_hosts[{i}]")), m))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let positive = |k: &str, v: &RawValue| match duration(&key(k), v)? {
+        let positive = |k: &str, v: Scalar<Dur>| match v.0 .0 {
             d if d.is_zero() => Err(bad(&key(k), "must be greater than 0")),
             d => Ok(d),
         };
@@ -762,16 +918,20 @@ impl RawUpstream {
             endpoint,
             token,
             cdn_hosts,
-            connect_timeout: positive("connect_timeout", &u.connect_timeout)?,
-            read_timeout: positive("read_timeout", &u.read_timeout)?,
-            metadata_timeout: positive("metadata_timeout", &u.metadata_timeout)?,
-            failure_hold_down: duration(&key("failure_hold_down"), &u.failure_hold_down)?,
-            offline: u.offline,
-            ca_file: u
-                .ca_file
+            connect_timeout: positive("connect_timeout", u.connect_timeout)?,
+            read_timeout: positive("read_timeout", u.read_timeout)?,
+            metadata_timeout: positive("metadata_timeout", u.metadata_timeout)?,
+            failure_hold_down: u.failure_hold_down.0 .0,
+            offline: u.offline.0,
+            ca_file: given(u.ca_file)
                 .map(|path| CaBundle::load(&path).map_err(|m| bad(&key("ca_file"), m)))
                 .transpose()?,
-            egress: egress(at, u.proxy, &u.no_proxy, u.proxy_credentials_file)?,
+            egress: egress(
+                at,
+                given(u.proxy),
+                &u.no_proxy.into_iter().map(|p| p.0).collect::<Vec<_>>(),
+                given(u.proxy_credentials_file),
+            )?,
         })
     }
 }
@@ -835,6 +995,8 @@ fn no_overlap(mounts: &[Mount]) -> Result<(), Invalid> {
 }
 
 /// A secret given inline or in a file (`{key}_file`), not both; trimmed; empty is unset.
+/// Every secret has both forms, so a mounted file (a Kubernetes Secret, a systemd credential)
+/// never has to be copied into the config.
 fn secret(
     key: &str,
     inline: Option<String>,
@@ -865,10 +1027,10 @@ impl RawAccess {
         let mut keys = Vec::with_capacity(self.keys.len());
         for (i, k) in self.keys.into_iter().enumerate() {
             let at = |f: &str| format!("{at}.keys[{i}].{f}");
-            if k.name.trim().is_empty() {
+            if k.name.0.trim().is_empty() {
                 return Err(bad(&at("name"), "must not be empty"));
             }
-            let hex_hash = k.sha256.trim().trim_start_matches("sha256:");
+            let hex_hash = k.sha256.0.trim().trim_start_matches("sha256:");
             let sha256: [u8; 32] = hex::decode(hex_hash)
                 .ok()
                 .and_then(|v| v.try_into().ok())
@@ -878,54 +1040,37 @@ impl RawAccess {
                         "must be 64 hex digits (see `hf-edge hash-key`)",
                     )
                 })?;
-            let token = match (k.upstream_token, k.upstream_token_file) {
-                (Some(_), Some(_)) => {
-                    return Err(bad(
-                        &at("upstream_token_file"),
-                        "set upstream_token or upstream_token_file, not both",
-                    ))
-                }
-                (Some(t), None) => Some(t),
-                (None, Some(path)) => Some(
-                    std::fs::read_to_string(&path)
-                        .map_err(|e| {
-                            bad(
-                                &at("upstream_token_file"),
-                                format!("{}: {e}", path.display()),
-                            )
-                        })?
-                        .trim()
-                        .to_string(),
-                ),
-                (None, None) => None,
-            };
+            let token = secret(
+                &at("upstream_token"),
+                given(k.upstream_token),
+                given(k.upstream_token_file),
+            )?;
             let upstream = token
-                .filter(|t| !t.is_empty())
-                .map(|t| http::HeaderValue::from_str(&format!("Bearer {t}")))
+                .map(|t| http::HeaderValue::from_str(&format!("Bearer {}", t.expose())))
                 .transpose()
                 .map_err(|_| bad(&at("upstream_token"), "not a valid token"))?;
             keys.push(SiteKey {
-                name: k.name,
+                name: k.name.0,
                 sha256,
                 upstream,
             });
         }
-        if self.require_key && keys.is_empty() {
+        if self.require_key.0 && keys.is_empty() {
             return Err(bad(
                 &format!("{at}.require_key"),
                 format!("is true but {at}.keys is empty"),
             ));
         }
-        let globs = |key: &str, list: Vec<String>| {
+        let globs = |key: &str, list: Vec<Scalar<String>>| {
             list.iter()
                 .enumerate()
-                .map(|(i, g)| RepoGlob::parse(g).map_err(|m| bad(&format!("{key}[{i}]"), m)))
+                .map(|(i, g)| RepoGlob::parse(&g.0).map_err(|m| bad(&format!("{key}[{i}]"), m)))
                 .collect::<Result<Vec<_>, _>>()
         };
-        let offline_restricted = match self.offline_restricted.as_deref() {
-            None | Some("deny") => OfflineRestricted::Deny,
-            Some("allow") => OfflineRestricted::Allow,
-            Some(other) => {
+        let offline_restricted = match self.offline_restricted.0.as_str() {
+            "deny" => OfflineRestricted::Deny,
+            "allow" => OfflineRestricted::Allow,
+            other => {
                 return Err(bad(
                     &format!("{at}.offline_restricted"),
                     format!("{other:?} is not deny or allow"),
@@ -933,14 +1078,11 @@ impl RawAccess {
             }
         };
         Ok(Policy {
-            require_key: self.require_key,
+            require_key: self.require_key.0,
             keys,
             allow: globs(&format!("{at}.repos.allow"), self.repos.allow)?,
             deny: globs(&format!("{at}.repos.deny"), self.repos.deny)?,
-            auth_ttl: match &self.auth_ttl {
-                Some(v) => duration(&format!("{at}.auth_ttl"), v)?,
-                None => Policy::default().auth_ttl,
-            },
+            auth_ttl: self.auth_ttl.0 .0,
             offline_restricted,
         })
     }
@@ -960,32 +1102,21 @@ pub struct Warm {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 struct RawWarm {
-    #[serde(default = "default_warm_interval")]
-    interval: RawValue,
-    #[serde(default)]
-    max_rate: Option<RawValue>,
-    #[serde(default)]
+    interval: Scalar<Dur>,
+    max_rate: Option<Scalar<Size>>,
     repos: Vec<crate::warm::RawSpec>,
 }
 
 impl Default for RawWarm {
     fn default() -> Self {
         RawWarm {
-            interval: default_warm_interval(),
+            interval: Scalar(Dur::secs(600)),
             max_rate: None,
             repos: Vec::new(),
         }
     }
-}
-
-fn default_warm_interval() -> RawValue {
-    RawValue::Str("10m".into())
-}
-
-fn default_max_pinned() -> RawValue {
-    RawValue::Str("10GiB".into())
 }
 
 /// Entries in `warm.repos` at most (each costs a Hub request every interval).
@@ -995,12 +1126,12 @@ const MAX_PINS: usize = 256;
 
 impl RawWarm {
     fn validate(self) -> Result<Warm, Invalid> {
-        let interval = duration("warm.interval", &self.interval)?;
+        let interval = self.interval.0 .0;
         if interval < Duration::from_secs(1) {
             return Err(bad("warm.interval", "must be at least 1s"));
         }
-        let max_rate = match &self.max_rate {
-            Some(v) => match size("warm.max_rate", v)? {
+        let max_rate = match self.max_rate {
+            Some(Scalar(Size(v))) => match v {
                 0 => {
                     return Err(bad(
                         "warm.max_rate",
@@ -1034,7 +1165,10 @@ impl RawWarm {
     }
 }
 
-fn pin_policy(pin: &[String], max_pinned: &RawValue) -> Result<crate::store::PinPolicy, Invalid> {
+fn pin_policy(
+    pin: &[Scalar<String>],
+    max_pinned: Size,
+) -> Result<crate::store::PinPolicy, Invalid> {
     if pin.len() > MAX_PINS {
         return Err(bad("cache.pin", format!("more than {MAX_PINS} patterns")));
     }
@@ -1042,12 +1176,12 @@ fn pin_policy(pin: &[String], max_pinned: &RawValue) -> Result<crate::store::Pin
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            crate::store::PinPattern::parse(p).map_err(|m| bad(&format!("cache.pin[{i}]"), m))
+            crate::store::PinPattern::parse(&p.0).map_err(|m| bad(&format!("cache.pin[{i}]"), m))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(crate::store::PinPolicy {
         patterns,
-        max_pinned: size("cache.max_pinned", max_pinned)?,
+        max_pinned: max_pinned.0,
     })
 }
 
@@ -1058,30 +1192,6 @@ fn parse_addr(key: &str, s: &str) -> Result<SocketAddr, Invalid> {
             format!("{s:?} is not an address like 127.0.0.1:8080 or [::]:8080"),
         )
     })
-}
-
-fn size(key: &str, v: &RawValue) -> Result<u64, Invalid> {
-    match v {
-        RawValue::Int(n) => Ok(*n),
-        RawValue::Str(s) => parse_size(s).ok_or_else(|| {
-            bad(
-                key,
-                format!("{s:?} is not a size like 100GiB, 500MB or 1048576"),
-            )
-        }),
-    }
-}
-
-fn duration(key: &str, v: &RawValue) -> Result<Duration, Invalid> {
-    match v {
-        RawValue::Int(n) => Ok(Duration::from_secs(*n)),
-        RawValue::Str(s) => parse_duration(s).ok_or_else(|| {
-            bad(
-                key,
-                format!("{s:?} is not a duration like 60s, 5m or 500ms"),
-            )
-        }),
-    }
 }
 
 /// Parses `100GiB`, `1.5 GB`, `512MiB`, `1024` (bytes). Decimal units are powers of 1000,
@@ -1204,11 +1314,11 @@ metrics:
         let cases = [
             (
                 MINIMAL.replace("dir:", "dirr:"),
-                "cache: unknown field `dirr`",
+                "cache.dirr: unknown field `dirr`",
             ),
             (
                 MINIMAL.replace("\"100GiB\"", "\"100 parsecs\""),
-                "cache.max_size: \"100 parsecs\" is not a size",
+                "cache.max_size: \"100 parsecs\": not a size",
             ),
             (
                 MINIMAL.replace("\"127.0.0.1:9090\"", "\"nowhere\""),
@@ -1264,7 +1374,7 @@ metrics:
             ),
             (
                 format!("{MINIMAL}limits:\n  max_conns: 5\n"),
-                "limits: unknown field `max_conns`",
+                "limits.max_conns: unknown field `max_conns`",
             ),
             (
                 MINIMAL.replace(
@@ -1278,7 +1388,7 @@ metrics:
                     "max_size: \"100GiB\"",
                     "max_size: \"100GiB\"\n  api_snapshots_max_size: lots",
                 ),
-                "cache.api_snapshots_max_size: \"lots\" is not a size",
+                "cache.api_snapshots_max_size: \"lots\": not a size",
             ),
         ];
         for (yaml, want) in cases {
@@ -1325,6 +1435,139 @@ metrics:
         ] {
             let got = err(&with(keys));
             assert!(got.starts_with(want), "{got}");
+        }
+    }
+
+    #[test]
+    fn every_key_has_a_default() {
+        let full = format!("{:?}", parse(DEFAULT_YAML).unwrap());
+        for empty in ["", "# nothing\n", "{}\n"] {
+            assert_eq!(format!("{:?}", parse(empty).unwrap()), full, "{empty:?}");
+        }
+        let c = parse("cache: {max_size: 10GiB}\n").unwrap();
+        assert_eq!(c.cache.max_size, 10 << 30);
+        assert_eq!(c.cache.dir, PathBuf::from("./hf-edge-cache"));
+        assert_eq!(c.upstream.endpoint.to_string(), "https://huggingface.co");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        let c = parse("listen: \"0.0.0.0:8080\"\nmetrics:\n  listen: \"0.0.0.0:9090\"\n").unwrap();
+        assert_eq!(c.metrics.listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.upstream.cdn_hosts.len(), 3);
+        // Defaults do not loosen the grammar.
+        let got = err("cache: {max_size: 10GiB, maxsize: 1}\n");
+        assert!(
+            got.starts_with("t.yaml: cache.maxsize: unknown field `maxsize`"),
+            "{got}"
+        );
+        assert!(got.contains("at line 1 column"), "{got}");
+    }
+
+    #[test]
+    fn variables_are_expanded_in_values() {
+        let env = |k: &str| match k {
+            "DIR" => Some("/srv/cache".to_string()),
+            "FILLS" => Some("8".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let yaml = "cache:\n  dir: ${DIR}/hf\n  max_size: ${SIZE:-2GiB}\n  max_fills: ${FILLS}\n\
+                    listen: ${LISTEN:-0.0.0.0:8080}\nlog:\n  access: \"${EMPTY:-off}\"\n\
+                    access:\n  keys:\n    - {name: \"$${NOT} $HOME $\", sha256: \"${EMPTY}\"}\n";
+        let got = Config::from_yaml(yaml, "t.yaml", env)
+            .unwrap_err()
+            .to_string();
+        // Everything before the key list expanded; the sha256 left empty is checked as given.
+        assert!(got.contains("access.keys[0].sha256: must be 64"), "{got}");
+        let yaml = yaml.replace("\"${EMPTY}\"", &format!("\"{}\"", "ab".repeat(32)));
+        let c = Config::from_yaml(&yaml, "t.yaml", env).unwrap();
+        assert_eq!(c.cache.dir, PathBuf::from("/srv/cache/hf"));
+        assert_eq!(c.cache.max_size, 2 << 30);
+        assert_eq!(c.cache.max_fills, 8);
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.access_log, "off");
+        assert_eq!(c.access.keys[0].name, "${NOT} $HOME $");
+
+        let cases = [
+            (
+                "cache:\n  max_size: 1GiB\n  dir: ${CACHE_DIR}\n",
+                "t.yaml: cache.dir: ${CACHE_DIR}: environment variable CACHE_DIR is not set",
+                "at line 3 column 8",
+            ),
+            (
+                "upstream:\n  endpoint: \"${HUB:-https://h.co}/${X\"\n",
+                "t.yaml: upstream.endpoint: has a ${ without its closing }",
+                "at line 2",
+            ),
+            (
+                "listen: ${1X}\n",
+                "t.yaml: listen: ${1X}: \"1X\" is not a variable name",
+                "at line 1",
+            ),
+            (
+                "cache:\n  max_fills: ${NO_FILLS:-many}\n",
+                "t.yaml: cache.max_fills: \"many\": invalid digit",
+                "at line 2",
+            ),
+        ];
+        for (yaml, want, line) in cases {
+            let got = Config::from_yaml(yaml, "t.yaml", env)
+                .unwrap_err()
+                .to_string();
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+            assert!(got.contains(line), "{got:?} should contain {line:?}");
+        }
+    }
+
+    #[test]
+    fn every_secret_has_a_file_form() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in [("hub", "hf_hub\n"), ("admin", "adm1n"), ("key", " hf_key ")] {
+            std::fs::write(dir.path().join(name), value).unwrap();
+        }
+        let env = |k: &str| (k == "CREDS").then(|| dir.path().display().to_string());
+        let yaml = format!(
+            "upstream:\n  token_file: ${{CREDS}}/hub\nops:\n  admin_token_file: ${{CREDS}}/admin\n\
+             access:\n  keys:\n    - name: ci\n      sha256: \"{}\"\n      upstream_token_file: ${{CREDS}}/key\n",
+            "ab".repeat(32)
+        );
+        let c = Config::from_yaml(&yaml, "t.yaml", env).unwrap();
+        assert_eq!(c.upstream.token.unwrap().expose(), "hf_hub");
+        assert_eq!(c.ops.admin_token.unwrap().expose(), "adm1n");
+        assert_eq!(
+            c.access.keys[0]
+                .upstream
+                .as_ref()
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "Bearer hf_key"
+        );
+        // An empty value, e.g. `${VAR:-}`, is unset: the HF_TOKEN fallback still applies.
+        let c = Config::from_yaml("upstream:\n  token: ${T:-}\n", "t.yaml", |k| {
+            (k == "HF_TOKEN").then(|| "hf_env".into())
+        })
+        .unwrap();
+        assert_eq!(c.upstream.token.unwrap().expose(), "hf_env");
+
+        let cases = [
+            (
+                "upstream:\n  token: a\n  token_file: /x\n".to_string(),
+                "t.yaml: upstream.token_file: set upstream.token or upstream.token_file, not both",
+            ),
+            (
+                "ops:\n  admin_token_file: /nonexistent/admin\n".to_string(),
+                "t.yaml: ops.admin_token_file: /nonexistent/admin: ",
+            ),
+            (
+                format!(
+                    "access:\n  keys:\n    - {{name: ci, sha256: \"{}\", upstream_token: a, upstream_token_file: /x}}\n",
+                    "ab".repeat(32)
+                ),
+                "t.yaml: access.keys[0].upstream_token_file: set access.keys[0].upstream_token or",
+            ),
+        ];
+        for (yaml, want) in cases {
+            let got = err(&yaml);
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
         }
     }
 
@@ -1398,7 +1641,7 @@ metrics:
             ),
             (
                 mount("/x", "    bogus: 1\n"),
-                "mounts[0]: unknown field `bogus`",
+                "mounts[0].bogus: unknown field `bogus`",
             ),
         ];
         for (yaml, want) in cases {

@@ -172,6 +172,7 @@ pub struct Metrics {
     store_orphans_cancelled: IntCounter,
     store_over_max_fills: IntCounter,
     store_without_room: IntCounter,
+    hub_state: IntGaugeVec,
     store_pinned_objects: IntGauge,
     store_pinned_bytes: IntGauge,
     warm_files: IntCounterVec,
@@ -196,6 +197,29 @@ impl WarmResult {
             WarmResult::Stored => "stored",
             WarmResult::Failed => "failed",
         }
+    }
+}
+
+/// The Hub's states as the operator endpoints report them (`hf_edge_hub_state`).
+pub const HUB_STATES: [&str; 5] = ["unknown", "reachable", "failing", "unreachable", "offline"];
+
+/// What the status page shows of the traffic so far (since start).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Traffic {
+    /// File download lookups by result (`hit`, `miss`, ...).
+    pub lookups: Vec<(&'static str, u64)>,
+    /// Lookups answered from the store: hits, and reads of a fill another request started.
+    pub from_store: u64,
+    /// File body bytes sent from the store: bytes that did not cross the WAN again.
+    pub sent_from_cache: u64,
+    pub sent_from_upstream: u64,
+}
+
+impl Traffic {
+    /// The share of lookups answered from the store; `None` before the first.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let all: u64 = self.lookups.iter().map(|(_, n)| n).sum();
+        (all > 0).then(|| self.from_store as f64 / all as f64)
     }
 }
 
@@ -396,6 +420,17 @@ impl Metrics {
                 "hf_edge_store_fills_without_room_total",
                 "Requests served uncached because fills in flight held all of cache.max_size.",
             )?,
+            hub_state: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "hf_edge_hub_state",
+                        "Each mount's upstream at the last probe (1 for the current state): unknown, reachable, failing (5xx/429), unreachable, offline (offline mode). Readiness does not depend on it.",
+                    ),
+                    &["mount", "state"],
+                )?;
+                reg(Box::new(g.clone()))?;
+                g
+            },
             store_pinned_objects: gauge(
                 "hf_edge_store_pinned_objects",
                 "Blobs cache.pin keeps out of eviction.",
@@ -546,6 +581,41 @@ impl Metrics {
 
     pub fn client_header_timeout(&self) {
         self.client_header_timeouts.inc();
+    }
+
+    /// Sets `hf_edge_hub_state` of the mount at `prefix`: 1 for `state` (one of
+    /// [`HUB_STATES`]), 0 for the others.
+    pub fn set_hub_state(&self, prefix: &str, state: &str) {
+        for s in HUB_STATES {
+            self.hub_state
+                .with_label_values(&[prefix, s])
+                .set(i64::from(s == state));
+        }
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        let lookups: Vec<(&'static str, u64)> = CacheResult::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.label(),
+                    self.cache_lookups.with_label_values(&[r.label()]).get(),
+                )
+            })
+            .collect();
+        let from_store = CacheResult::ALL
+            .iter()
+            .zip(&lookups)
+            .filter(|(r, _)| r.from_store())
+            .map(|(_, (_, n))| n)
+            .sum();
+        let sent = |source: &str| self.sent_bytes.with_label_values(&[source]).get();
+        Traffic {
+            lookups,
+            from_store,
+            sent_from_cache: sent("cache"),
+            sent_from_upstream: sent("upstream"),
+        }
     }
 
     /// The text exposition, with the store families brought up to `store`.

@@ -1,10 +1,9 @@
 //! The operator endpoints on `metrics.listen`: `/metrics`, `/healthz` (alive), `/readyz`
-//! (store writable, upstream reachable), open; and `/admin/*` (offline mode, warm jobs), which
-//! needs the bearer `ops.admin_token` (a cross-site "simple request" cannot carry one). Never
-//! on the client listener.
+//! (store writable; the Hub's state reported, never required: see [`crate::health`]), open;
+//! and `/admin/*` (offline mode, warm jobs), which needs the bearer `ops.admin_token` (a
+//! cross-site "simple request" cannot carry one). Never on the client listener.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use http::Response;
@@ -12,6 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::gateway::Gateway;
+use crate::health::{self, HubProbe};
 use crate::metrics::Metrics;
 use crate::store::BlobStore;
 use crate::warm::Warmer;
@@ -23,6 +23,8 @@ const MAX_ADMIN_BODY: usize = 64 * 1024;
 pub struct OpsApp {
     pub metrics: Arc<Metrics>,
     pub store: &'static BlobStore,
+    /// Each mount's upstream state, for `/readyz`.
+    pub hub: Arc<HubProbe>,
     /// The live config: mounts' upstreams, `ops.admin_token` (`None`: admin endpoints are
     /// refused), and reload.
     pub gateway: Arc<Gateway>,
@@ -96,6 +98,7 @@ fn json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 impl OpsApp {
+    /// Ready while the store is writable; the Hub's state is in the body, not in the status.
     async fn readiness(&self) -> Response<Vec<u8>> {
         let probe = self.store.layout().root().join("tmp/.ready-probe");
         let store = tokio::task::spawn_blocking(move || {
@@ -104,31 +107,19 @@ impl OpsApp {
         .await
         .map_err(std::io::Error::other)
         .and_then(|r| r);
-        // The top-level upstream: the one every client reaches without a prefix.
-        let root = self.gateway.live.load().root().upstream.clone();
-        let hub = &root.hub;
-        let upstream = if root.is_offline() {
-            Ok(())
-        } else {
-            let addr = (hub.host.clone(), hub.port);
-            let connect = tokio::net::TcpStream::connect(addr);
-            match tokio::time::timeout(Duration::from_secs(2), connect).await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("connect timed out".to_string()),
-            }
-        };
-        let ready = store.is_ok() && upstream.is_ok();
+        let r = health::readiness(store);
+        let status = if r.ready { 200 } else { 503 };
+        let upstreams = self.hub.states();
         json(
-            if ready { 200 } else { 503 },
+            status,
             serde_json::json!({
-                "status": if ready { "ready" } else { "not ready" },
-                "store": store.map_or_else(|e| format!("not writable: {e}"), |_| "writable".into()),
-                "upstream": match (&upstream, root.is_offline()) {
-                    (_, true) => "offline mode".to_string(),
-                    (Ok(()), false) => "reachable".to_string(),
-                    (Err(e), false) => format!("unreachable: {e}"),
-                },
+                "status": if r.ready { "ready" } else { "not ready" },
+                "store": r.store,
+                "config": r.config,
+                // The top-level upstream's, as before mounts; every mount's below.
+                "hub": upstreams[0].state,
+                "upstream": upstreams[0].detail,
+                "upstreams": upstreams,
             }),
         )
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
@@ -17,16 +17,30 @@ use crate::client::ProxyHeaderBeforeTls;
 use crate::config::Config;
 use crate::downstream;
 use crate::gateway::{Gateway, Shared};
+use crate::health::HubProbe;
 use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{EdgeProxy, RequestIds};
+use crate::status::StatusSource;
 use crate::store::{BlobStore, FillPolicy};
 use crate::tls::Certificates;
 use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
+/// How long a process started with `--upgrade` waits for the running one's sockets (it sends
+/// them once it gets SIGQUIT), and the running one tries to hand them over, in seconds.
+const UPGRADE_WAIT_SECS: usize = 30;
+
+/// Where the running process hands its listening sockets to its successor: one path per
+/// store, so two hf-edge on one host never take each other's.
+pub fn upgrade_sock(cfg: &Config) -> PathBuf {
+    cfg.cache.dir.join("upgrade.sock")
+}
+
 /// Starts hf-edge and serves until a signal stops it. `config_path` is the file a reload
 /// (SIGHUP, `POST /admin/reload`) re-reads; `None`: the embedded default, not reloadable.
-pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// With `upgrade`, the listening sockets are taken from the running hf-edge (see
+/// [`upgrade_sock`]) once the store and mounts are ready.
+pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     crate::durable::restrict_new_files(cfg.cache.group_access);
     let (mut store, found) = BlobStore::open(&cfg.cache.dir)
         .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
@@ -81,6 +95,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         certificates.clone(),
     )?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
+    let hub = HubProbe::new(gateway.live.clone(), metrics.clone());
+    let status = Arc::new(StatusSource::new(
+        store,
+        metrics.clone(),
+        hub.clone(),
+        cfg.public_url.as_ref().map(ToString::to_string),
+        cfg.listen,
+        cfg.cache.max_size,
+    ));
     // Warm jobs fetch through the live mount they name (`/` unless told otherwise).
     let warmer = Arc::new(Warmer {
         live: gateway.live.clone(),
@@ -105,15 +128,29 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         request_ids: RequestIds::default(),
         trusted_proxies: cfg.trusted_proxies.clone(),
+        status,
     };
 
     let conf = ServerConf {
         threads: cfg.threads,
         grace_period_seconds: Some(cfg.shutdown_grace.as_secs()),
+        upgrade_sock: upgrade_sock(&cfg).display().to_string(),
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_SECS),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        log::info!(
+            "upgrade: waiting up to {UPGRADE_WAIT_SECS}s for the running hf-edge's sockets on {} (send it SIGQUIT)",
+            upgrade_sock(&cfg).display()
+        );
+    }
     server.bootstrap();
+    notify_systemd();
 
     // Admit what is on disk, least recently used first; delete what no longer fits in the
     // background, so a large store over its bound does not hold up serving.
@@ -155,6 +192,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         HttpServer::new_app(OpsApp {
             metrics,
             store,
+            hub: hub.clone(),
             gateway,
             warmer,
         }),
@@ -173,4 +211,27 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         cfg.upstream.endpoint
     );
     server.run_forever()
+}
+
+/// Tells systemd (`Type=notify` with `NotifyAccess=all`) that this process is ready and is the
+/// service's main process, so that after an upgrade started by `ExecReload` the unit follows
+/// the new process while the old one drains. Sent once the sockets are ours (an upgrade) or
+/// about to be bound (a fresh start). Nothing to do outside systemd (no `NOTIFY_SOCKET`).
+fn notify_systemd() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let state = format!("READY=1\nMAINPID={}\n", std::process::id());
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let addr = match target.as_encoded_bytes().strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&target)?,
+        };
+        sock.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        log::warn!("cannot notify systemd at {}: {e}", target.display());
+    }
 }

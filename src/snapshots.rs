@@ -43,6 +43,10 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
     pub body: String,
+    /// The answer was the Hub's 404 `EntryNotFound` (the listed folder does not exist at that
+    /// revision), with its `X-Error-Message`: given again as such, not as a listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_not_found: Option<String>,
 }
 
 /// The caps on what is kept.
@@ -520,6 +524,7 @@ mod tests {
             content_type: "application/json".into(),
             link: None,
             body: body.into(),
+            entry_not_found: None,
         }
     }
 

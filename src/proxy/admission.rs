@@ -93,7 +93,11 @@ pub fn admit(
         Route::LfsObject(o) => vec![o.repo.clone()],
         _ => grammar::candidate_repos(path),
     };
-    if !(readings.is_empty() && grammar::names_no_repo(path)) {
+    // The status page names no repo (`/status.json` would read as one): repo rules leave it be,
+    // a required site key does not.
+    let names_no_repo = (readings.is_empty() && grammar::names_no_repo(path))
+        || crate::status::Page::at(path).is_some();
+    if !names_no_repo {
         policy.check_repos(&readings)?;
     }
     Ok(Admitted {

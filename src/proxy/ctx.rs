@@ -178,6 +178,8 @@ pub struct Passthrough {
     pub snapshot_key: Option<String>,
     /// The rewritten `Link` of the answer being kept.
     pub snapshot_link: Option<String>,
+    /// The answer is the Hub's 404 `EntryNotFound` (its message), kept like a listing.
+    pub entry_not_found: Option<String>,
     /// A git-lfs batch request, whose download actions are rewritten to point at hf-edge.
     pub lfs_batch: Option<LfsBatch>,
 }

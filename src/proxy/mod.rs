@@ -49,6 +49,7 @@ use crate::client::{self, TrustedProxies};
 use crate::downstream;
 use crate::hub::grammar::Route;
 use crate::metrics::{Metrics, UpstreamKind};
+use crate::status::{Page, StatusSource};
 
 pub struct EdgeProxy {
     /// The mounts and access log; swapped whole by a reload.
@@ -57,6 +58,8 @@ pub struct EdgeProxy {
     pub request_ids: RequestIds,
     /// Whose forwarding headers are believed (`trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// `GET /` and `/status.json`: the status page.
+    pub status: Arc<StatusSource>,
 }
 
 impl EdgeProxy {
@@ -103,6 +106,11 @@ impl ProxyHttp for EdgeProxy {
             Err(r) => return respond::refusal(session, &r, &ctx.request_id).await,
         };
         ctx.route = Some(admitted.route.clone());
+        // The status page is the edge's own, at its top level only.
+        let page = Page::at(session.req_header().uri.path());
+        if let Some(page) = page.filter(|_| is_file_read && mount.prefix == "/") {
+            return respond::status_page(session, &self.status, page, &ctx.request_id).await;
+        }
         match admitted.route {
             Route::Resolve(r) if is_file_read => {
                 mount.downloads.start(session, ctx, r, &mount.policy).await

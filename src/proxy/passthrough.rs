@@ -79,6 +79,7 @@ impl PassthroughFlow {
                 .then(|| snapshots::key_for(req.uri.path(), req.uri.query()))
                 .flatten(),
             snapshot_link: None,
+            entry_not_found: None,
             lfs_batch: (req.method == Method::POST)
                 .then(|| grammar::lfs_batch_repo(req.uri.path()))
                 .flatten()
@@ -139,7 +140,22 @@ impl PassthroughFlow {
             v.starts_with(b"application/vnd.git-lfs+json") || v.starts_with(b"application/json")
         });
         let rewritten = (json && pass.rewrites_json) || (lfs_json && pass.lfs_batch.is_some());
-        if rewritten && resp.status.is_success() {
+        // A listing of a folder the revision lacks is an answer too, kept as the listing would
+        // be: clients ask for optional folders (transformers' chat templates) and would retry a
+        // 502 for a minute during an outage.
+        let not_found = code == 404
+            && pass.snapshot_key.is_some()
+            && resp
+                .headers
+                .get("x-error-code")
+                .is_some_and(|v| v.as_bytes() == b"EntryNotFound");
+        if not_found && json {
+            let message = resp.headers.get("x-error-message");
+            pass.entry_not_found = Some(message.map_or_else(String::new, |m| {
+                String::from_utf8_lossy(m.as_bytes()).into_owned()
+            }));
+        }
+        if (rewritten && resp.status.is_success()) || pass.entry_not_found.is_some() {
             resp.remove_header(&header::CONTENT_LENGTH);
             resp.remove_header(&header::ETAG);
             pass.json = Some(Vec::new());
@@ -180,6 +196,7 @@ impl PassthroughFlow {
                 content_type: "application/json".into(),
                 link: pass.snapshot_link.clone(),
                 body: String::from_utf8_lossy(&out).into_owned(),
+                entry_not_found: pass.entry_not_found.clone(),
             };
             self.snapshots.save(IdentityKey::of(auth), key, snap);
         }
@@ -252,7 +269,16 @@ impl PassthroughFlow {
             return Ok(false);
         };
         self.metrics.revision_lookup(RevisionLookup::StaleServed);
-        let mut resp = ResponseHeader::build(200, Some(6))?;
+        let status = if snap.entry_not_found.is_some() {
+            404
+        } else {
+            200
+        };
+        let mut resp = ResponseHeader::build(status, Some(8))?;
+        if let Some(message) = &snap.entry_not_found {
+            resp.insert_header("x-error-code", "EntryNotFound")?;
+            resp.insert_header("x-error-message", message)?;
+        }
         resp.insert_header(header::CONTENT_TYPE, snap.content_type)?;
         resp.insert_header(header::CONTENT_LENGTH, snap.body.len().to_string())?;
         resp.insert_header("warning", headers::STALE_WARNING)?;

@@ -11,6 +11,7 @@ use super::range;
 use crate::access::Denied;
 use crate::hub::headers::{head_response, json_error, FileMeta};
 use crate::resolver::ResolveError;
+use crate::status::{self, Page, StatusSource};
 
 /// Writes a whole response; a HEAD gets the headers only.
 async fn write(
@@ -112,4 +113,41 @@ pub async fn resolve_error(
         ResolveError::Upstream(u) => error(session, u.status(), &u.to_string(), request_id).await,
         ResolveError::Offline => error(session, 504, &e.to_string(), request_id).await,
     }
+}
+
+/// The status page (`/`) or its data (`/status.json`). The page runs no script and loads
+/// nothing, and says so in its `Content-Security-Policy`.
+pub async fn status_page(
+    session: &mut Session,
+    source: &StatusSource,
+    page: Page,
+    request_id: &str,
+) -> Result<bool> {
+    let req = session.req_header();
+    let header =
+        |name: http::header::HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header(http::header::HOST).map(str::to_string);
+    let proto = req
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let s = source.status(host.as_deref(), proto.as_deref()).await;
+    let (content_type, body) = match page {
+        Page::Html => ("text/html; charset=utf-8", status::html(&s).into_bytes()),
+        Page::Json => (
+            "application/json",
+            serde_json::to_vec(&s).expect("the status serializes"),
+        ),
+    };
+    let mut resp = ResponseHeader::build(200, Some(6))?;
+    resp.insert_header("content-type", content_type)?;
+    resp.insert_header("content-length", body.len())?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("x-content-type-options", "nosniff")?;
+    resp.insert_header(
+        "content-security-policy",
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+    )?;
+    write(session, resp, Bytes::from(body), request_id).await
 }

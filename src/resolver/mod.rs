@@ -46,6 +46,17 @@ pub enum ResolveError {
     Offline,
 }
 
+/// Where what the Hub said a revision lacks is kept: by the revision as asked (a branch may
+/// gain the file; a commit never does).
+fn missing_key(who: IdentityKey, req: &ResolveRequest) -> FileKey {
+    (
+        who,
+        req.repo.folded(),
+        crate::hub::grammar::canonical_revision(&req.revision),
+        req.path.clone(),
+    )
+}
+
 /// A refusal that is about one file or revision the repo lacks (`EntryNotFound`,
 /// `RevisionNotFound`: the repo itself was readable), not about the repo or the identity: what
 /// was known of the repo stands. transformers asks for optional files (`added_tokens.json`)
@@ -106,6 +117,11 @@ pub struct Resolver {
     /// Branch/tag → commit, with when the Hub said so (`None`: known from before a restart).
     revisions: Mutex<HashMap<RevKey, (String, Option<Instant>)>>,
     files: Mutex<HashMap<FileKey, FileMeta>>,
+    /// Files the Hub said a revision lacks (`EntryNotFound`, `RevisionNotFound`), keyed by
+    /// the revision as asked, with the Hub's error headers: the last answer known, given
+    /// again while the Hub cannot be asked, as a found file's is. Clients ask for optional
+    /// files (transformers' `added_tokens.json`) and retry a 502 for a minute.
+    missing: Mutex<HashMap<FileKey, Vec<(&'static str, HeaderValue)>>>,
     approvals: Mutex<HashMap<RepoKey, Instant>>,
     /// One approval recheck at a time per (identity, repo): clients fetching many files of a
     /// repo whose approval expired cost the Hub one metadata request, not one per file.
@@ -180,6 +196,7 @@ impl Resolver {
             offline_allow: cfg.offline_restricted == crate::access::OfflineRestricted::Allow,
             revisions: Mutex::new(revisions),
             files: Mutex::new(files),
+            missing: Mutex::new(HashMap::new()),
             approvals: Mutex::new(HashMap::new()),
             rechecks: Mutex::new(HashMap::new()),
             hub_failed_at: Mutex::new(None),
@@ -207,8 +224,8 @@ impl Resolver {
             return Ok(meta.clone());
         }
         if self.hub_held_down() {
-            if let Some(meta) = self.stale(who, req, auth.is_some()) {
-                return Ok(meta);
+            if let Some(answer) = self.last_answer(who, req, auth.is_some()) {
+                return answer;
             }
         }
         // With a cached answer, only the approval is in question: one recheck at a time per
@@ -232,14 +249,14 @@ impl Resolver {
             self.refresh(req, raw_path, auth).await
         };
         match answer {
-            Err(e) if e.hub_unavailable() => match self.stale(who, req, auth.is_some()) {
-                Some(meta) => {
+            Err(e) if e.hub_unavailable() => match self.last_answer(who, req, auth.is_some()) {
+                Some(answer) => {
                     log::warn!(
-                        "{} {}: serving what was known before: {e}",
+                        "{} {}: answering what was known before: {e}",
                         req.repo,
                         req.path
                     );
-                    Ok(meta)
+                    answer
                 }
                 None => Err(e),
             },
@@ -266,6 +283,30 @@ impl Resolver {
             }
             None => false,
         }
+    }
+
+    /// What the Hub last answered this request, when it cannot be asked: the file
+    /// ([`Resolver::stale`]), or that the revision lacks it.
+    fn last_answer(
+        &self,
+        who: IdentityKey,
+        req: &ResolveRequest,
+        credentialed: bool,
+    ) -> Option<Result<FileMeta, ResolveError>> {
+        if let Some(meta) = self.stale(who, req, credentialed) {
+            return Some(Ok(meta));
+        }
+        let missing = self.missing.lock();
+        let known = |who: IdentityKey| missing.get(&missing_key(who, req)).cloned();
+        let headers = match credentialed {
+            true if self.offline_allow => known(who),
+            _ => None,
+        }
+        .or_else(|| known(IdentityKey::anonymous()))?;
+        Some(Err(ResolveError::Hub {
+            status: 404,
+            headers,
+        }))
     }
 
     /// The last answer known for this request, whatever its age, marked stale (counted in
@@ -323,6 +364,9 @@ impl Resolver {
         self.files
             .lock()
             .retain(|(w, r, _, _), _| !(*w == who && r == repo));
+        self.missing
+            .lock()
+            .retain(|(w, r, _, _), _| !(*w == who && r == repo));
     }
 
     /// Asks the Hub (one metadata `HEAD`, following its redirects), then caches the answer.
@@ -343,15 +387,20 @@ impl Resolver {
                     *self.hub_failed_at.lock() = Some(Instant::now());
                 }
                 if let ResolveError::Hub { status, headers } = &e {
-                    if status::classify(*status) == Verdict::Refused
-                        && !names_missing_entry(headers)
-                    {
+                    if *status == 404 && names_missing_entry(headers) {
+                        let mut missing = self.missing.lock();
+                        if missing.len() >= MAX_ENTRIES {
+                            missing.clear();
+                        }
+                        missing.insert(missing_key(who, req), headers.clone());
+                    } else if status::classify(*status) == Verdict::Refused {
                         self.forget(who, &req.repo.folded());
                     }
                 }
                 return Err(e);
             }
         };
+        self.missing.lock().remove(&missing_key(who, req));
         let now = Instant::now();
         {
             let mut approvals = self.approvals.lock();

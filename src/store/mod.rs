@@ -156,6 +156,18 @@ pub enum Refused {
     Disk(std::io::Error),
 }
 
+/// A fill in flight as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FillView {
+    /// `sha256/<hex>` or `oid/<hex>`.
+    pub blob: String,
+    pub size: u64,
+    /// Bytes written so far.
+    pub written: u64,
+    /// Requests reading it.
+    pub readers: usize,
+}
+
 /// How fills are bounded (from `cache.*`).
 pub struct FillPolicy {
     /// Fills running at once at most.
@@ -447,6 +459,9 @@ impl BlobStore {
         size: u64,
         source: impl FnOnce() -> Arc<dyn Refetch>,
     ) -> Fetch {
+        if !self.contains(&id) {
+            self.adopt(id, size).await;
+        }
         {
             let mut fills = self.fills.lock();
             if let Some(fill) = fills.running.get(&id) {
@@ -524,6 +539,28 @@ impl BlobStore {
         drop(fills);
         tokio::spawn(fill::run(self, fill, file, source()));
         Fetch::Started(BlobReader::filling(slot))
+    }
+
+    /// The fills in flight, for the status page: largest first.
+    pub fn fills_in_flight(&self) -> Vec<FillView> {
+        let mut fills: Vec<FillView> = self
+            .fills
+            .lock()
+            .running
+            .values()
+            .map(|f| FillView {
+                blob: f.id.to_string(),
+                size: f.size,
+                written: match *f.progress.borrow() {
+                    Progress::Written(n) => n,
+                    Progress::Committed => f.size,
+                    Progress::Opening | Progress::Failed => 0,
+                },
+                readers: *f.readers.borrow(),
+            })
+            .collect();
+        fills.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.blob.cmp(&b.blob)));
+        fills
     }
 
     fn refuse(&self, why: Refused) -> Fetch {
@@ -637,6 +674,26 @@ impl BlobStore {
     }
 
     /// A committed blob trades its reservation for its place in the LRU.
+    /// Indexes a complete blob this process did not write: another hf-edge on the same
+    /// `cache.dir` committed it, such as the process a graceful upgrade replaced, which
+    /// finishes its fills while it drains. One `stat` per miss, so those bytes are not fetched
+    /// upstream again.
+    async fn adopt(&'static self, id: BlobId, size: u64) {
+        let path = self.layout.blob(&id);
+        match tokio::fs::metadata(&path).await {
+            Ok(md) if md.is_file() && md.len() == size => {
+                self.insert_index(id, size);
+                if let Some(eviction) = self.policy.eviction {
+                    let key = CacheEntryKey::key_only(cache_key(&id).to_compact());
+                    let evicted = eviction.admit(key, size as usize, SystemTime::now() + FOREVER);
+                    self.purge_in_background(evicted);
+                }
+                log::info!("blob {id}: complete on disk, written by another process; adopted");
+            }
+            _ => {}
+        }
+    }
+
     fn admit_committed(&'static self, fill: &Fill) {
         let mut reserved = self.reserved.lock();
         *reserved = reserved.saturating_sub(fill.size);

@@ -37,6 +37,18 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// As the admin API spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Listing => "listing",
+            JobState::Fetching => "fetching",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Interrupted => "interrupted",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         !matches!(self, JobState::Listing | JobState::Fetching)
     }
@@ -156,6 +168,9 @@ pub struct Jobs {
     next_id: AtomicU64,
     path: PathBuf,
     persisted: Mutex<Option<Instant>>,
+    /// Lists made to be written, and the newest written.
+    generation: AtomicU64,
+    written: Arc<Mutex<u64>>,
 }
 
 impl Jobs {
@@ -199,6 +214,8 @@ impl Jobs {
             next_id: AtomicU64::new(next_id),
             path,
             persisted: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            written: Arc::new(Mutex::new(0)),
         };
         jobs.persist(true);
         Ok(jobs)
@@ -281,8 +298,24 @@ impl Jobs {
             *last = Some(Instant::now());
         }
         let bytes = serde_json::to_vec(&self.list()).expect("job status serializes");
-        if let Err(e) = crate::durable::replace_atomic(&self.path, &bytes) {
-            log::warn!("cannot write {}: {e}", self.path.display());
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let (path, written) = (self.path.clone(), self.written.clone());
+        let write = move || {
+            // Writes may run out of order on the blocking pool: an older list never replaces
+            // a newer one.
+            let mut last = written.lock();
+            if *last > generation {
+                return;
+            }
+            *last = generation;
+            if let Err(e) = crate::durable::replace_atomic(&path, &bytes) {
+                log::warn!("cannot write {}: {e}", path.display());
+            }
+        };
+        // Off the async worker threads when there are some: they never wait on a disk.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 }
@@ -327,6 +360,9 @@ mod tests {
             states,
             [(a.id(), JobState::Interrupted), (b.id(), JobState::Done)]
         );
+        for s in [JobState::Interrupted, JobState::Fetching] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.label(), "one spelling");
+        }
         let c = reopened.create(&spec(), "api").unwrap();
         assert_eq!(c.id(), b.id() + 1, "ids are not reused");
         for _ in 1..MAX_RUNNING {

@@ -134,9 +134,9 @@ impl Warmer {
         if job.finish(state, error) {
             let s = job.status();
             log::info!(
-                "warm job {}: {:?}: {} of {} files stored ({} already), {} bytes, {:.1} s{}",
+                "warm job {}: {}: {} of {} files stored ({} already), {} bytes, {:.1} s{}",
                 s.id,
-                s.state,
+                s.state.label(),
                 s.files_done,
                 s.files_total,
                 s.files_skipped,

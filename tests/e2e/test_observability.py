@@ -188,6 +188,7 @@ def test_no_label_carries_a_token_an_address_or_a_path(traffic):
         "source": {"cache", "upstream"},
         "kind": {"metadata", "blob", "api"},
         "cause": {"connect", "timeout", "reset", "5xx", "429"},
+        "state": {"unknown", "reachable", "failing", "unreachable", "offline"},
     }
     for (name, labels), _ in parse(scrape_text(traffic)).items():
         if not name.startswith("hf_edge_") or name == "hf_edge_build_info":
@@ -259,6 +260,7 @@ def test_prometheus_scrapes_the_edge_and_loads_the_alerts(traffic, tmp_path):
         assert {r["name"] for r in rules} == {
             "HfEdgeDown", "HfEdgeUpstreamErrors", "HfEdgeHitRatioCollapse", "HfEdgeStoreNearFull",
             "HfEdgeIntegrityFailure", "HfEdgeStoreWriteErrors", "HfEdgeFillsAbandoned",
+            "HfEdgeHubUnreachable",
         }
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     finally:
@@ -303,16 +305,21 @@ def test_operator_endpoints_answer_json(edge):
     assert json.loads(body)["status"] == "ready"
 
 
-def test_not_ready_while_the_upstream_is_unreachable(other_edge):
+def test_ready_through_a_hub_outage_which_readyz_and_metrics_report(other_edge):
     unreachable = other_edge(f"http://127.0.0.1:{free_port()}")  # nothing listens there
     url = f"http://{unreachable.metrics_addr}/readyz"
 
-    # Readiness may come from a periodic probe of the upstream: give it time to notice.
-    status, headers, body = poll(lambda: http("GET", url), lambda answer: answer[0] == 503)
+    # The Hub is probed in the background: give the first probe time to report.
+    status, headers, body = poll(lambda: http("GET", url),
+                                 lambda answer: json.loads(answer[2])["hub"]["state"] != "unknown")
 
-    assert status == 503, body
+    # Serving what is cached through an outage is the cache's job: it stays in the load balancer.
+    assert status == 200, body
     assert headers["Content-Type"].startswith("application/json")
-    assert json.loads(body)["status"] != "ready"
+    assert json.loads(body)["status"] == "ready"
+    assert json.loads(body)["hub"]["state"] == "unreachable", body
+    _, _, metrics = http("GET", f"http://{unreachable.metrics_addr}/metrics")
+    assert 'hf_edge_hub_state{mount="/",state="unreachable"} 1' in metrics.decode(), metrics
 
 
 def test_every_response_has_a_request_id_found_in_the_access_log(edge):

@@ -4,6 +4,8 @@ AutoTokenizer and the model's weights of all-MiniLM-L6-v2, then again from a fre
 PyPI's torch wheels bring CUDA (gigabytes), so the weights are fetched the way from_pretrained fetches them
 (transformers' `cached_file`) and read with safetensors instead of being loaded into a torch model."""
 
+import time
+
 import pytest
 
 from support import Client
@@ -51,10 +53,19 @@ def test_auto_classes_and_weights(endpoint, original, library_python, tmp_path):
 @pytest.mark.edge_only
 def test_a_fresh_client_loads_the_model_with_the_hub_down(other_fakehub, other_edge, original, library_python,
                                                           tmp_path):
+    """From what hf-edge knew: the repo info transformers asks first, the files, and which optional files and
+    folders (added_tokens.json, chat templates) the Hub said the repo lacks, answered as the Hub did. Each of
+    those answered 502 would cost the client a minute of retries."""
     hub = other_fakehub()
     edge = other_edge(hub.hub)
+    started = time.monotonic()
     assert Client(edge.url, tmp_path / "warm", python=library_python).run(LOAD, source=REPO) == original
+    warm_seconds = time.monotonic() - started
 
     hub.fault({"mode": "down"})
     cold = Client(edge.url, tmp_path / "cold", python=library_python)
+    started = time.monotonic()
     assert cold.run(LOAD, source=REPO) == original
+    cold_seconds = time.monotonic() - started
+    print(f"transformers: {warm_seconds:.1f} s with the Hub up, {cold_seconds:.1f} s with it down")
+    assert cold_seconds < warm_seconds + 10, (cold_seconds, warm_seconds)

@@ -37,6 +37,7 @@ the big model files across the fakes a test run starts.
 """
 
 import argparse
+import atexit
 import base64
 import bisect
 import gzip
@@ -49,6 +50,8 @@ import os
 import random
 import re
 import secrets
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -187,8 +190,14 @@ def blob_from_disk(path: str, disk_path: Path, hashes: HashCache) -> Blob:
     return Blob(size=size, sha256=hashes.sha256(disk_path), lfs=True, disk_path=disk_path)
 
 
+GENERATED_CHUNK = 64 << 20  # randbytes takes at most 2**31 - 1 bits at once
+
+
 def generated(seed: str, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    if size <= GENERATED_CHUNK:
+        return rng.randbytes(size)
+    return b"".join(rng.randbytes(min(GENERATED_CHUNK, size - at)) for at in range(0, size, GENERATED_CHUNK))
 
 
 def iso(moment: datetime) -> str:
@@ -1214,13 +1223,16 @@ class GitRepos:
     upload, so that git-lfs smudges every one of them."""
 
     def __init__(self):
-        self.root = Path(tempfile.mkdtemp(prefix="fakehub-git-"))
+        self.root: Path | None = None  # made with the first repository, removed when the fake exits
         self.made: set[str] = set()
         self.lock = threading.Lock()
 
     def directory(self, repo: Repo) -> str:
         name = f"{repo.kind}--{repo.id.replace('/', '--')}.git"
         with self.lock:
+            if self.root is None:
+                self.root = Path(tempfile.mkdtemp(prefix="fakehub-git-"))
+                atexit.register(shutil.rmtree, self.root, ignore_errors=True)
             if name not in self.made:
                 self.make(repo, self.root / name)
                 self.made.add(name)
@@ -1245,10 +1257,11 @@ class GitRepos:
         run("--git-dir", str(path), "fast-import", "--quiet", input=b"".join(stream))
 
     def serve(self, repo: Repo, service_path: str, req: Request) -> Response:
+        directory = self.directory(repo)  # makes the root first
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_PROJECT_ROOT": str(self.root), "GIT_HTTP_EXPORT_ALL": "1",
-            "PATH_INFO": f"/{self.directory(repo)}/{service_path}",
+            "PATH_INFO": f"/{directory}/{service_path}",
             "REQUEST_METHOD": req.method, "QUERY_STRING": req.query,
             "CONTENT_TYPE": req.headers.get("content-type", ""), "CONTENT_LENGTH": str(len(req.body)),
             "HTTP_CONTENT_ENCODING": req.headers.get("content-encoding", ""),
@@ -1525,6 +1538,8 @@ def main() -> None:
     for server in servers.values():
         server.start()
     print(json.dumps({role: server.url for role, server in servers.items()}), flush=True)
+    # Stopped with SIGTERM by the tests: exit so that the git repositories' directory is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -47,6 +47,40 @@ fn bad_configs_exit_2_with_a_one_line_error_naming_the_key() {
 }
 
 #[test]
+fn check_config_takes_a_partial_file_and_the_environment() {
+    let (code, out) = check("cache: {max_size: 10GiB}\n");
+    assert_eq!(code, 0, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "cache:\n  dir: ${HF_EDGE_T_DIR}/store\n  max_size: ${HF_EDGE_T_SIZE:-1GiB}\n",
+    )
+    .unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hf-edge"))
+            .arg("check-config")
+            .arg(&path)
+            .env_remove("HF_EDGE_T_DIR")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        (out.status.code(), text)
+    };
+    let (code, out) = run(&[("HF_EDGE_T_DIR", "/srv")]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = run(&[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("cache.dir: ${HF_EDGE_T_DIR}: environment variable HF_EDGE_T_DIR is not set")
+            && out.contains("at line 2"),
+        "{out}"
+    );
+}
+
+#[test]
 fn hash_key_prints_the_sha256_a_config_stores() {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_hf-edge"))

@@ -294,6 +294,7 @@ pub fn key_hash(key: &str) -> String {
 pub struct EdgeBuilder {
     dir: tempfile::TempDir,
     config: EdgeConfig,
+    env: Vec<(String, String)>,
 }
 
 impl EdgeBuilder {
@@ -305,6 +306,12 @@ impl EdgeBuilder {
     /// Any change the named setters do not cover.
     pub fn configure(mut self, change: impl FnOnce(&mut EdgeConfig)) -> Self {
         change(&mut self.config);
+        self
+    }
+
+    /// An environment variable of the process (and of those an upgrade starts).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
         self
     }
 
@@ -414,9 +421,11 @@ impl EdgeBuilder {
     pub fn start(self) -> Edge {
         let config_path = self.dir.path().join("hf-edge.yaml");
         self.config.write(&config_path);
-        let child = spawn_edge(&config_path, self.dir.path());
+        let child = spawn_edge(&config_path, self.dir.path(), &[], &self.env);
         let mut edge = Edge {
             child,
+            retired: Vec::new(),
+            env: self.env,
             addr: self.config.listen,
             metrics: self.config.metrics.listen,
             dir: self.dir,
@@ -432,6 +441,9 @@ impl EdgeBuilder {
 
 pub struct Edge {
     child: Child,
+    /// Processes an upgrade replaced, draining; killed with the edge.
+    retired: Vec<Child>,
+    env: Vec<(String, String)>,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -449,7 +461,11 @@ impl Edge {
     pub fn builder_at(endpoint: &str) -> EdgeBuilder {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = EdgeConfig::for_tests(endpoint, dir.path());
-        EdgeBuilder { dir, config }
+        EdgeBuilder {
+            dir,
+            config,
+            env: Vec::new(),
+        }
     }
 
     /// An hf-edge in front of `hub` with the test defaults.
@@ -481,10 +497,46 @@ impl Edge {
         );
     }
 
-    /// Stops the process (SIGKILL).
+    /// Stops the process (SIGKILL), and any an upgrade replaced.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in self.retired.iter_mut().chain([&mut self.child]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.retired.clear();
+    }
+
+    /// A graceful upgrade: starts `hf-edge serve --upgrade` on the same config, waits until
+    /// it asks for the sockets, sends the running process SIGQUIT, and returns once the new
+    /// one has them. The old process drains (for `shutdown_grace`) and is killed with the edge.
+    pub fn upgrade(&mut self) {
+        let log = self.log_path();
+        let count = |needle: &str| {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .count()
+        };
+        let bootstrapped = count("Bootstrap done");
+        let waiting = count("upgrade: waiting");
+        let new = spawn_edge(
+            &self.config_path,
+            self.dir.path(),
+            &["--upgrade"],
+            &self.env,
+        );
+        wait_for("the new process to wait for the sockets", || {
+            (count("upgrade: waiting") > waiting).then_some(())
+        });
+        let old = std::mem::replace(&mut self.child, new);
+        self.retired.push(old);
+        let pid = libc::pid_t::try_from(self.retired.last().unwrap().id()).expect("pid");
+        // SAFETY: kill(2) with a pid this test started and has not reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGQUIT) }, 0, "kill -QUIT");
+        wait_for("the new process to take the sockets", || {
+            (count("Bootstrap done") > bootstrapped).then_some(())
+        });
     }
 
     /// Stops the process (SIGKILL) and starts it again on the same config and cache.
@@ -498,8 +550,13 @@ impl Edge {
         self.stop();
         change(&mut self.config);
         self.config.write(&self.config_path);
-        self.child = spawn_edge(&self.config_path, self.dir.path());
+        self.child = spawn_edge(&self.config_path, self.dir.path(), &[], &self.env);
         self.wait_ready();
+    }
+
+    /// The process id serving now.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends SIGTERM (graceful shutdown).
@@ -648,7 +705,7 @@ impl Edge {
     }
 }
 
-fn spawn_edge(config: &Path, dir: &Path) -> Child {
+fn spawn_edge(config: &Path, dir: &Path, extra: &[&str], env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -657,7 +714,9 @@ fn spawn_edge(config: &Path, dir: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_hf-edge"))
         .args(["serve", "--config"])
         .arg(config)
+        .args(extra)
         .env_remove("HF_TOKEN")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(log.try_clone().expect("log fd"))
         .stderr(log)
         .spawn()

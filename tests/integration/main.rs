@@ -29,4 +29,6 @@ mod resolve; // /resolve metadata, bodies, the blob store, ranges
 mod security; // hostile clients: credentials, the site token, repo rules, poisoning
 mod shutdown; // SIGTERM and shutdown_grace
 mod stalled; // a client that stops reading stalls no other client of its fill
+mod status; // /readyz through Hub outages, the status page and /status.json
+mod upgrade; // hf-edge serve --upgrade under load: no failed request, nothing fetched twice
 mod warm; // warm jobs, repos kept warm, the warming bandwidth cap, pinned blobs

@@ -3,7 +3,7 @@
 
 use crate::fake_hub::{FakeHub, Fault};
 use crate::fixtures::{GPT2_WEIGHTS, MANY_FILES_TREE, SITE_TOKEN};
-use crate::harness::Edge;
+use crate::harness::{wait_for, Edge};
 
 const INTERNAL_TOKEN: &str = "hf_approved";
 
@@ -73,6 +73,22 @@ fn each_prefix_reaches_its_own_hub_with_its_own_token_and_blobs_are_shared() {
             assert_eq!(cdn.header("authorization"), None, "{}", cdn.path);
         }
     }
+
+    // Metadata answers are kept per mount: `/internal`'s in cache.dir/mounts/internal.
+    let journal = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    let internal_journal = edge.cache_dir().join("mounts/internal/meta.jsonl");
+    wait_for("the internal mount's journal", || {
+        journal(internal_journal.clone())
+            .contains("only-internal.txt")
+            .then_some(())
+    });
+    let names = |file: &str| format!("\"path\":\"{file}\"");
+    let root_journal = wait_for("the root mount's journal", || {
+        let text = journal(edge.cache_dir().join("meta.jsonl"));
+        text.contains(&names("only-public.txt")).then_some(text)
+    });
+    assert!(!root_journal.contains(&names("only-internal.txt")));
+    assert!(!journal(internal_journal).contains(&names("only-public.txt")));
 
     // A bounded mount label on the metrics and the access lines.
     let requests = |mount: &str| {

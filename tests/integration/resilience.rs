@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::fake_hub::{FakeHub, Fault};
-use crate::fixtures::{CONFIG, GPT2, GPT2_NEVER_FETCHED, GPT2_WEIGHTS, LFS, TINY_DS};
+use crate::fixtures::{CONFIG, GPT2, GPT2_MISSING, GPT2_NEVER_FETCHED, GPT2_WEIGHTS, LFS, TINY_DS};
 use crate::harness::{wait_for, wait_past, Edge};
 use crate::http::{request, request_with_body, sha256_hex};
 
@@ -134,6 +134,35 @@ fn after_a_failure_known_answers_are_served_without_asking_the_hub() {
     // A file with nothing to fall back on still asks, once.
     assert_eq!(edge.head(GPT2_NEVER_FETCHED, &[]).status, 502);
     assert_eq!(hub.log().len(), asked + 1, "no retries while the Hub fails");
+}
+
+#[test]
+fn what_the_hub_said_is_missing_stays_missing_during_an_outage() {
+    // Clients ask for optional files and folders (transformers: added_tokens.json, chat
+    // templates); answered 502 while the Hub is down, each costs a client a minute of retries.
+    let hub = FakeHub::start();
+    let edge = Edge::builder(&hub).start();
+    let missing_folder = "/api/models/gpt2/tree/main/no-such-folder";
+    assert_eq!(edge.head(GPT2_MISSING, &[]).status, 404);
+    assert_eq!(edge.get(missing_folder, &[]).status, 404);
+    assert_eq!(edge.get(CONFIG, &[]).status, 200);
+    hub.fault(Fault::down().on_hub());
+    for _ in 0..2 {
+        let file = edge.head(GPT2_MISSING, &[]);
+        assert_eq!(file.status, 404);
+        assert_eq!(file.header("x-error-code"), Some("EntryNotFound"));
+        let folder = edge.get(missing_folder, &[]);
+        assert_eq!(folder.status, 404, "{}", folder.text());
+        assert_eq!(folder.header("x-error-code"), Some("EntryNotFound"));
+        assert!(folder.is_stale());
+        assert_eq!(
+            edge.get(CONFIG, &[]).status,
+            200,
+            "and what it found, found"
+        );
+    }
+    // A file nobody asked for is not known missing.
+    assert_eq!(edge.head(GPT2_NEVER_FETCHED, &[]).status, 502);
 }
 
 #[test]

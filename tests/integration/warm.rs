@@ -467,3 +467,33 @@ fn a_warm_through_a_mount_fetches_from_that_mounts_hub() {
     assert_eq!((r.status, r.cache()), (200, Some("hit")));
     assert_eq!(r.text(), "internal side");
 }
+
+#[test]
+fn the_rate_cap_is_lifted_for_a_file_a_client_reads_too() {
+    let hub = FakeHub::start();
+    let edge = Edge::builder(&hub)
+        .admin_token(ADMIN)
+        .configure(|c| {
+            c.warm = Some(WarmConfig {
+                max_rate: Some("200KB".into()),
+                ..WarmConfig::default()
+            })
+        })
+        .start();
+    let id = start_job(
+        &edge,
+        &format!(r#"{{"repo": "{TINY_DS}", "include": ["*.parquet"]}}"#),
+    );
+    wait_for("the warm job's CDN request", || {
+        lfs_asked(&hub).then_some(())
+    });
+    // At the cap the file takes 15 s; a client joining the fill gets it at the link's pace.
+    let asked = Instant::now();
+    let r = edge.get(LFS, &[]);
+    let took = asked.elapsed();
+    assert_eq!((r.status, r.cache()), (200, Some("coalesced")));
+    assert_eq!(r.body.len(), LFS_SIZE);
+    assert!(took < Duration::from_secs(5), "the client waited {took:?}");
+    assert_eq!(wait_job_ended(&edge, id)["state"], "done");
+    assert_eq!(hub.body_fetches(), 1);
+}

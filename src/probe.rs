@@ -22,19 +22,26 @@ pub fn status(url: &str, timeout: Duration) -> Result<u16, String> {
         .ok_or_else(|| format!("{authority}: no address"))?;
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("{addr}: {e}"))?;
+    // One write: a request in pieces may be answered (and the connection closed) after the
+    // first, and the rest then resets the connection before the answer is read.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|_| stream.set_write_timeout(Some(timeout)))
-        .and_then(|_| {
-            write!(
-                stream,
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-            )
-        })
+        .and_then(|_| stream.write_all(request.as_bytes()))
         .map_err(|e| format!("{addr}: {e}"))?;
-    // "HTTP/1.1 200 OK": the status is all that is read (at most one small buffer).
+    // "HTTP/1.1 200 OK": the status line is all that is read (at most one small buffer).
     let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(|e| format!("{addr}: {e}"))?;
+    let mut n = 0;
+    while n < head.len() && !head[..n].contains(&b'\n') {
+        match stream
+            .read(&mut head[n..])
+            .map_err(|e| format!("{addr}: {e}"))?
+        {
+            0 => break,
+            got => n += got,
+        }
+    }
     let line = String::from_utf8_lossy(&head[..n]);
     line.strip_prefix("HTTP/1.")
         .and_then(|l| l.get(2..5))

@@ -37,15 +37,13 @@ pub async fn answer(
     if session.response_written().is_some() {
         return sent(status);
     }
+    // Pingora closes the client's connection after an upstream failure: the answer says so
+    // (`Connection: close`), or a client that reuses the connection meets a reset.
+    session.set_keepalive(None);
     if status::unavailable(status)
         && matches!(passthrough.serve_snapshot(session, ctx).await, Ok(true))
     {
-        // A whole answer to a GET (the only request a snapshot answers): the connection
-        // stays usable, and a client that reuses it must not meet a reset.
-        return FailToProxy {
-            error_code: 200,
-            can_reuse_downstream: true,
-        };
+        return sent(200);
     }
     let _ = respond::error(session, status, &message, &ctx.request_id).await;
     sent(status)

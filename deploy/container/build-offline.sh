@@ -3,7 +3,7 @@
 # Containerfile: no base image is pulled. The runtime base is made here from what distroless/cc
 # holds that hf-edge needs (the libraries BINARY links, found with ldd, the system's CA
 # certificates, passwd/group with the nonroot user 65532, /tmp), and the binary, built outside
-# (cargo build --release), is staged for the Containerfile's build-prebuilt stage.
+# (cargo build --release), is staged, stripped, for the Containerfile's build-prebuilt stage.
 #
 #   deploy/container/build-offline.sh target/release/hf-edge [TAG]      (TAG: localhost/hf-edge:latest)
 #
@@ -46,7 +46,9 @@ fi
 # The prebuilt root, inside the build context (the Containerfile copies from it).
 staged=$repo/target/container-root
 rm -rf "$staged"
-install -D -m 0755 "$binary" "$staged/usr/local/bin/hf-edge"
+# Stripped: the release profile keeps line tables for profiling (debug = 1), 100 MB the image
+# does not need.
+install -D -s -m 0755 "$binary" "$staged/usr/local/bin/hf-edge"
 mkdir -p "$staged/var/cache" "$staged/store"
 
 # --format docker: OCI images have no HEALTHCHECK.

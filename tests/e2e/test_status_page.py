@@ -98,7 +98,7 @@ def test_the_status_page_in_chromium(other_fakehub, other_edge, tmp_path):
         OUTPUT.mkdir(parents=True, exist_ok=True)
         shot = OUTPUT / "status-page.png"
         shot.unlink(missing_ok=True)
-        chromium(f"--screenshot={shot}", "--window-size=1200,1700", "--hide-scrollbars", f"{edge.url}/",
+        chromium(f"--screenshot={shot}", "--window-size=1200,2100", "--hide-scrollbars", f"{edge.url}/",
                  user_data=tmp_path / "chromium-shot")
     finally:
         hub._call("POST", "/_fake/release")

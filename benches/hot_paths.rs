@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use hf_edge::hub::grammar;
 use hf_edge::hub::headers::{content_disposition, rewrite_links};
-use hf_edge::hub::upstream::Origin;
+use hf_edge::hub::url::Origin;
 use hf_edge::proxy::range;
 use pingora::http::RequestHeader;
 

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use crate::access::{OfflineRestricted, Policy, RepoGlob, SiteKey};
 use crate::client::{Cidr, TrustedProxies};
 use crate::hub::egress::EgressProxy;
-use crate::hub::upstream::{CaBundle, HostPattern, Origin};
+use crate::hub::upstream::{CaBundle, HostPattern};
+use crate::hub::url::Origin;
 use crate::tls::Certificates;
 
 /// The embedded default, also what `hf-edge serve` runs with no `--config`.

@@ -12,13 +12,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::hub::upstream::{Upstream, Url};
+use crate::hub::upstream::Upstream;
+use crate::hub::url::Url;
 use crate::metrics::Metrics;
-use crate::proxy::Live;
 
 /// How long a probe's answer stands before the next request for the state starts another.
 pub const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -81,10 +80,13 @@ pub struct UpstreamState {
     pub detail: String,
 }
 
+/// The mounts' upstreams as configured now: (prefix, upstream) pairs.
+pub type Upstreams = Box<dyn Fn() -> Vec<(String, Arc<Upstream>)> + Send + Sync>;
+
 /// Every mount's upstream, each probed in the background when its state is asked for after
-/// [`PROBE_EVERY`]. Mounts come and go with reloads: the live set is read at each ask.
+/// [`PROBE_EVERY`]. Mounts come and go with reloads: `upstreams` is asked at each ask.
 pub struct HubProbe {
-    live: Arc<ArcSwap<Live>>,
+    upstreams: Upstreams,
     metrics: Arc<Metrics>,
     /// By mount prefix: when last probed, and the answer. Bounded by the prefixes configured.
     last: Mutex<HashMap<String, (Instant, HubState)>>,
@@ -92,12 +94,12 @@ pub struct HubProbe {
 }
 
 impl HubProbe {
-    pub fn new(live: Arc<ArcSwap<Live>>, metrics: Arc<Metrics>) -> Arc<HubProbe> {
-        for m in live.load().mounts() {
-            metrics.set_hub_state(&m.prefix, HubState::Unknown.label());
+    pub fn new(upstreams: Upstreams, metrics: Arc<Metrics>) -> Arc<HubProbe> {
+        for (prefix, _) in upstreams() {
+            metrics.set_hub_state(&prefix, HubState::Unknown.label());
         }
         Arc::new(HubProbe {
-            live,
+            upstreams,
             metrics,
             last: Mutex::new(HashMap::new()),
             probing: Mutex::new(HashSet::new()),
@@ -107,15 +109,13 @@ impl HubProbe {
     /// Every mount's upstream state now known, at once, the top-level one (`/`) first; starts
     /// a probe of each whose last is older than [`PROBE_EVERY`] and that none is running for.
     pub fn states(self: &Arc<Self>) -> Vec<UpstreamState> {
-        let live = self.live.load();
-        let mut states: Vec<UpstreamState> = live
-            .mounts()
-            .iter()
-            .map(|m| {
-                let state = self.state_of(&m.prefix, &m.upstream);
+        let mut states: Vec<UpstreamState> = (self.upstreams)()
+            .into_iter()
+            .map(|(prefix, upstream)| {
+                let state = self.state_of(&prefix, &upstream);
                 UpstreamState {
-                    mount: m.prefix.clone(),
-                    url: m.upstream.hub.to_string(),
+                    url: upstream.hub.to_string(),
+                    mount: prefix,
                     detail: state.describe(),
                     state,
                 }

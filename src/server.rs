@@ -95,7 +95,15 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         certificates.clone(),
     )?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
-    let hub = HubProbe::new(gateway.live.clone(), metrics.clone());
+    let live = gateway.live.clone();
+    let upstreams = move || {
+        let live = live.load();
+        let mounts = live.mounts().iter();
+        mounts
+            .map(|m| (m.prefix.clone(), m.upstream.clone()))
+            .collect()
+    };
+    let hub = HubProbe::new(Box::new(upstreams), metrics.clone());
     let status = Arc::new(StatusSource::new(
         store,
         metrics.clone(),

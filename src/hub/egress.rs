@@ -16,7 +16,7 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::{Error, ErrorType, OrErr, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::upstream::Origin;
+use super::url::Origin;
 
 /// The longest proxy answer to a `CONNECT` read before giving up on it.
 const MAX_CONNECT_ANSWER: usize = 16 * 1024;

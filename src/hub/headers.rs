@@ -10,7 +10,7 @@ use pingora::http::ResponseHeader;
 use serde_json::Value;
 
 use super::grammar::Repo;
-use super::upstream::{Origin, Url};
+use super::url::{Origin, Url};
 use super::BlobId;
 
 /// What the Hub said about one file at one commit.

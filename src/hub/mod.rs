@@ -8,6 +8,7 @@ pub mod intent;
 pub mod lfs;
 pub mod status;
 pub mod upstream;
+pub mod url;
 
 use std::fmt;
 

@@ -16,7 +16,8 @@ use super::verify::BodyCheck;
 use crate::client::Client;
 use crate::hub::grammar::{Repo, ResolveRequest, Route};
 use crate::hub::headers::FileMeta;
-use crate::hub::upstream::{HostClass, Upstream, Url};
+use crate::hub::upstream::{HostClass, Upstream};
+use crate::hub::url::Url;
 use crate::metrics::CacheResult;
 
 /// Which way a request travels, chosen in `request_filter`.

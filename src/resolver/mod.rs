@@ -20,7 +20,8 @@ use crate::access::IdentityKey;
 use crate::hub::grammar::{Repo, ResolveRequest};
 use crate::hub::headers::{FileMeta, ERROR_PASSTHROUGH};
 use crate::hub::status::{self, Verdict};
-use crate::hub::upstream::{HostClass, Upstream, UpstreamError, Url};
+use crate::hub::upstream::{HostClass, Upstream, UpstreamError};
+use crate::hub::url::Url;
 use crate::hub::{normalize_etag, BlobId};
 use crate::metrics::{Metrics, RevisionLookup, UpstreamCause, UpstreamKind};
 

@@ -27,7 +27,7 @@ use crate::hub::status;
 use crate::hub::upstream::{HostClass, Upstream, UpstreamError};
 use crate::metrics::{CacheResult, Metrics};
 use crate::resolver::{Resolver, DOWNLOAD_URL_TTL};
-use crate::store::{cache_key, BlobStore, Fetch, FillFailure, RefEntry};
+use crate::store::{cache_key, BlobReader, BlobStore, Fetch, FillFailure, RefEntry, Refused};
 
 /// Body requests asked again after a failure before any byte was used.
 const MAX_BODY_RETRIES: usize = 2;
@@ -174,6 +174,25 @@ impl DownloadFlow {
         from_store::serve_reader(session, body, download, result, &ctx.request_id).await
     }
 
+    /// The reader the store gave and the cache result it makes (a hit also moves the blob up
+    /// the LRU order); `Err` when the store refused to fill the blob.
+    pub(super) fn reader_of(
+        &self,
+        fetch: Fetch,
+        blob: &crate::hub::BlobId,
+        size: u64,
+    ) -> Result<(BlobReader, CacheResult), Refused> {
+        match fetch {
+            Fetch::Complete(r) => {
+                self.touch(blob, size);
+                Ok((r, CacheResult::Hit))
+            }
+            Fetch::Started(r) => Ok((r, CacheResult::Miss)),
+            Fetch::Joined(r) => Ok((r, CacheResult::Coalesced)),
+            Fetch::Refused(why) => Err(why),
+        }
+    }
+
     /// A hit moves the blob up the eviction manager's LRU order (a pinned blob is not in it).
     pub(super) fn touch(&self, blob: &crate::hub::BlobId, size: u64) {
         if self.store.is_pinned(blob) {
@@ -211,14 +230,10 @@ impl DownloadFlow {
                 session.req_header().uri.path(),
             ))
         };
-        let (mut reader, result) = match self.store.read_or_fill(blob, size, source).await {
-            Fetch::Complete(r) => {
-                self.touch(&blob, size);
-                (r, CacheResult::Hit)
-            }
-            Fetch::Started(r) => (r, CacheResult::Miss),
-            Fetch::Joined(r) => (r, CacheResult::Coalesced),
-            Fetch::Refused(why) => {
+        let fetch = self.store.read_or_fill(blob, size, source).await;
+        let (mut reader, result) = match self.reader_of(fetch, &blob, size) {
+            Ok(read) => read,
+            Err(why) => {
                 let path = &download.request.path;
                 log::info!("{}: {path} served uncached: {why}", ctx.request_id);
                 return Ok(());

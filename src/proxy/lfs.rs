@@ -31,8 +31,8 @@ use crate::hub::lfs::DownloadAction;
 use crate::hub::upstream::{HostClass, Upstream};
 use crate::hub::url::Url;
 use crate::hub::BlobId;
-use crate::metrics::{CacheResult, Metrics, UpstreamKind};
-use crate::store::{Fetch, FillFailure, Refetch, RefetchBody, RefetchError};
+use crate::metrics::{Metrics, UpstreamKind};
+use crate::store::{FillFailure, Refetch, RefetchBody, RefetchError};
 
 /// Most download actions kept at once (git-lfs asks for 100 objects per batch); the oldest
 /// go first.
@@ -204,14 +204,10 @@ impl DownloadFlow {
                 opened: AtomicBool::new(false),
             })
         };
-        let (mut reader, result) = match self.store.read_or_fill(blob, size, source).await {
-            Fetch::Complete(r) => {
-                self.touch(&blob, size);
-                (r, CacheResult::Hit)
-            }
-            Fetch::Started(r) => (r, CacheResult::Miss),
-            Fetch::Joined(r) => (r, CacheResult::Coalesced),
-            Fetch::Refused(why) => {
+        let fetch = self.store.read_or_fill(blob, size, source).await;
+        let (mut reader, result) = match self.reader_of(fetch, &blob, size) {
+            Ok(read) => read,
+            Err(why) => {
                 let msg = format!("LFS object {} cannot be fetched now: {why}", req.oid);
                 return busy(session, &msg, &ctx.request_id).await;
             }

@@ -23,7 +23,7 @@ use pingora_proxy::Session;
 
 use super::download::DownloadFlow;
 use super::from_store::serve_blob;
-use super::refetch::{answer_for, body_from, cause, ResumeError};
+use super::refetch::{answer_for, body_from, counted, ResumeError};
 use super::{respond, Ctx};
 use crate::access::IdentityKey;
 use crate::hub::grammar::{LfsObjectRequest, Repo};
@@ -31,7 +31,7 @@ use crate::hub::lfs::DownloadAction;
 use crate::hub::upstream::{HostClass, Upstream};
 use crate::hub::url::Url;
 use crate::hub::BlobId;
-use crate::metrics::{Metrics, UpstreamKind};
+use crate::metrics::Metrics;
 use crate::store::{FillFailure, Refetch, RefetchBody, RefetchError};
 
 /// Most download actions kept at once (git-lfs asks for 100 objects per batch); the oldest
@@ -262,21 +262,8 @@ impl Refetch for LfsRefetch {
             return Err(ResumeError::from(e).into());
         }
         let first = !self.opened.swap(true, Ordering::Relaxed);
-        let sent = Instant::now();
-        let resp = match self
-            .upstream
-            .get_with(&self.href, &self.header, offset)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.upstream_error(cause(&e));
-                return Err(ResumeError::from(e).into());
-            }
-        };
-        let code = resp.header.status.as_u16();
-        self.metrics
-            .upstream_response(UpstreamKind::Blob, code, sent.elapsed());
+        let request = self.upstream.get_with(&self.href, &self.header, offset);
+        let resp = counted(&self.metrics, request).await?;
         body_from(resp, offset, self.size, first.then(|| self.metrics.clone()))
     }
 }

@@ -141,17 +141,9 @@ impl Refetch for UpstreamRefetch {
                 .auth
                 .as_ref()
                 .filter(|_| target.class == HostClass::Hub);
-            let sent = Instant::now();
-            let resp = match self.upstream.get_from(&target.url, auth, offset).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.metrics.upstream_error(cause(&e));
-                    return Err(ResumeError::from(e).into());
-                }
-            };
+            let request = self.upstream.get_from(&target.url, auth, offset);
+            let resp = counted(&self.metrics, request).await?;
             let code = resp.header.status.as_u16();
-            self.metrics
-                .upstream_response(UpstreamKind::Blob, code, sent.elapsed());
             if resp.header.status.is_redirection() {
                 hops += 1;
                 self.follow(&resp, &target, hops)?;
@@ -254,6 +246,26 @@ impl UpstreamRefetch {
                 Ok(())
             }
             _ => Err(ResumeError::FileChanged),
+        }
+    }
+}
+
+/// Sends a fill's request for blob bytes and counts it: its answer's status and time, or its
+/// failure.
+pub async fn counted(
+    metrics: &Metrics,
+    request: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
+) -> Result<UpstreamResponse, RefetchError> {
+    let sent = Instant::now();
+    match request.await {
+        Ok(resp) => {
+            let code = resp.header.status.as_u16();
+            metrics.upstream_response(UpstreamKind::Blob, code, sent.elapsed());
+            Ok(resp)
+        }
+        Err(e) => {
+            metrics.upstream_error(cause(&e));
+            Err(ResumeError::from(e).into())
         }
     }
 }

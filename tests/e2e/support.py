@@ -119,15 +119,15 @@ class FakeHub:
         self._call("POST", "/_fake/faults/clear")
 
 
-def venv_python(venv: Path, requirements: Path) -> Path:
+def venv_python(venv: Path, requirements: Path, install_timeout: float = 900) -> Path:
     """The python of `venv`, (re)created with `requirements` when they changed (pip's cache makes a rebuild a
-    matter of seconds)."""
+    matter of seconds); the install may take `install_timeout` seconds."""
     python, stamp = venv / "bin" / "python", venv / ".requirements.sha256"
     want = hashlib.sha256(requirements.read_bytes()).hexdigest()
     if not python.exists() or not stamp.exists() or stamp.read_text() != want:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=120)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
-                        str(requirements)], check=True, timeout=900)
+                        str(requirements)], check=True, timeout=install_timeout)
         stamp.write_text(want)
     return python
 

@@ -3,7 +3,6 @@
 PrometheusRule), the generated objects current with their sources, and the parts that must fit together checked:
 probes on the ops endpoints, the store on the volume claim, the config a valid hf-edge config."""
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import edge_binary
+from support import edge_binary, venv_python
 
 pytestmark = pytest.mark.edge_only
 
@@ -43,14 +42,7 @@ sys.exit(1 if errors else 0)
 @pytest.fixture(scope="module")
 def validators() -> Path:
     """The validators' venv python, (re)created when the requirements changed."""
-    python, stamp = VENV / "bin" / "python", VENV / ".requirements.sha256"
-    want = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if not python.exists() or not stamp.exists() or stamp.read_text() != want:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=120)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r",
-                        str(REQUIREMENTS)], check=True, timeout=600)
-        stamp.write_text(want)
-    return python
+    return venv_python(VENV, REQUIREMENTS, install_timeout=600)
 
 
 def render(kit: Path) -> list[dict]:

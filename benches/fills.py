@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, read_line, start_edge, stop  # noqa: E402
+from support import FakeHub, start_edge, start_fakehub, stop  # noqa: E402
 
 MODEL = "/sentence-transformers/all-MiniLM-L6-v2/resolve/main/model.safetensors"
 FAST_CLIENTS = 8
@@ -217,15 +217,9 @@ def main() -> int:
     fakes = []
 
     def fake_hub(bulk: str) -> FakeHub:
-        log = open(workdir / f"fakehub-{len(fakes)}.log", "wb")
-        fake = subprocess.Popen([sys.executable, str(ROOT / "tests/fakehub/fakehub.py"), "--bulk", bulk],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
-        fakes.append((fake, log))
-        line = read_line(fake, 60)
-        if not line:
-            raise RuntimeError(f"the fake Hub did not start:\n{Path(log.name).read_text()}")
-        urls = json.loads(line)
-        return FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
+        fake, hub = start_fakehub(workdir / f"fakehub-{len(fakes)}.log", "--bulk", bulk, timeout=60)
+        fakes.append(fake)
+        return hub
 
     try:
         hubs = {(n, size): fake_hub(f"{n}:{size}") for _, n, size, _ in ABANDONED}
@@ -252,9 +246,8 @@ def main() -> int:
         print(f"logs kept in {workdir}", file=sys.stderr)
         raise
     finally:
-        for fake, log in fakes:
+        for fake in fakes:
             stop(fake)
-            log.close()
 
     def seconds(rows: list[dict], key: str) -> str:
         values = [r[key] for r in rows]

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, http, read_line, start_edge, stop  # noqa: E402
+from support import FakeHub, http, start_edge, start_fakehub, stop  # noqa: E402
 
 VARIANTS = 200
 JUNK_QUERIES = 100
@@ -100,22 +99,17 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="journal-growth-", dir=args.out.parent) as tmp:
-        fake_log = open(Path(tmp) / "fakehub.log", "wb")
-        fake = subprocess.Popen([sys.executable, str(ROOT / "tests/fakehub/fakehub.py")],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=fake_log)
         try:
-            line = read_line(fake, 30)
-            if not line:
-                sys.exit(f"the fake Hub did not start:\n{(Path(tmp) / 'fakehub.log').read_text()}")
-            urls = json.loads(line)
-            hub = FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
+            fake, hub = start_fakehub(Path(tmp) / "fakehub.log")
+        except RuntimeError as e:
+            sys.exit(str(e))
+        try:
             for n, binary in enumerate(binaries):
                 workdir = Path(tmp) / str(n)
                 workdir.mkdir()
                 rows.append(run(binary, hub, workdir))
         finally:
             stop(fake)
-            fake_log.close()
 
     print(f"| binary | {VARIANTS} case variants: refs.jsonl | meta.jsonl | {JUNK_QUERIES} junk queries: api/ |")
     print("| --- | --- | --- | --- |")

@@ -41,7 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, http, read_line, start_edge, stop  # noqa: E402
+from support import FakeHub, http, start_edge, start_fakehub, stop  # noqa: E402
 
 REPO, FILE = "sentence-transformers/all-MiniLM-L6-v2", "model.safetensors"
 CASES = {"uncut": None, "cut at 10%": 0.1, "cut at 50%": 0.5, "cut at 90%": 0.9}
@@ -212,15 +212,11 @@ def main() -> int:
                                capture_output=True, text=True, timeout=10).stdout.strip() != ""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="resume-", dir=args.out.parent))
-    fake_stderr = open(workdir / "fakehub.log", "wb")
-    fake = subprocess.Popen([sys.executable, str(ROOT / "tests/fakehub/fakehub.py")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=fake_stderr)
     try:
-        line = read_line(fake, 30)
-        if not line:
-            sys.exit(f"the fake Hub did not start:\n{(workdir / 'fakehub.log').read_text()}")
-        urls = json.loads(line)
-        hub = FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
+        fake, hub = start_fakehub(workdir / "fakehub.log")
+    except RuntimeError as e:
+        sys.exit(str(e))
+    try:
         want = hub.expected(REPO)["files"][FILE]
         cuts = {case: fraction and int(want["size"] * fraction) for case, fraction in CASES.items()}
         rows: dict[str, list[dict]] = {case: [] for case in CASES}
@@ -242,7 +238,6 @@ def main() -> int:
         raise
     finally:
         stop(fake)
-        fake_stderr.close()
 
     cases = [summarize(case, cut, rows[case], rows["uncut"]) for case, cut in cuts.items()]
     text = table(want["size"], cases)

@@ -12,17 +12,13 @@ import contextlib
 import importlib.util
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support import (REPO_ROOT, STARTUP_TIMEOUT, TARGET, Client, Edge, FakeHub, read_line, running_edge, stop,
-                     venv_python)
+from support import REPO_ROOT, TARGET, Client, Edge, FakeHub, running_edge, start_fakehub, stop, venv_python
 from tlsca import TestPKI
 
-FAKEHUB = REPO_ROOT / "tests" / "fakehub" / "fakehub.py"
 
 
 def pytest_configure(config):
@@ -87,18 +83,13 @@ def hash_cache(tmp_path_factory) -> Path:
 @contextlib.contextmanager
 def running_fakehub(model_dir: Path, hash_cache: Path, workdir: Path, *options: str):
     """A fake Hub started with extra command-line `options` (see fakehub.py --help), stopped on exit."""
-    stderr_path = workdir / "stderr.log"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, str(FAKEHUB), "--model-dir", str(model_dir), "--hash-cache", str(hash_cache), *options],
-            stdout=subprocess.PIPE, stderr=stderr,
-        )
     try:
-        line = read_line(process, STARTUP_TIMEOUT)
-        if not line:
-            pytest.fail(f"fake hub did not start within {STARTUP_TIMEOUT}s:\n{stderr_path.read_text()}")
-        urls = json.loads(line)
-        yield FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
+        process, hub = start_fakehub(workdir / "stderr.log", "--model-dir", str(model_dir), "--hash-cache",
+                                     str(hash_cache), *options)
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    try:
+        yield hub
     finally:
         stop(process)
 

@@ -288,6 +288,20 @@ def running_edge(hub_url: str, workdir: Path, env: dict[str, str] | None = None,
         stop(process, signal.SIGINT)  # Pingora's fast shutdown; SIGTERM's graceful one waits out a grace period
 
 
+def start_fakehub(log: Path, *options: str, timeout: float = STARTUP_TIMEOUT) -> tuple[subprocess.Popen, FakeHub]:
+    """A fake Hub started with command-line `options` (see fakehub.py --help), its stderr in `log`: (process, its
+    URLs); the caller stops it. RuntimeError, with the log, when it does not start within `timeout`."""
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen([sys.executable, str(REPO_ROOT / "tests" / "fakehub" / "fakehub.py"), *options],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+    line = read_line(process, timeout)
+    if not line:
+        stop(process)
+        raise RuntimeError(f"the fake Hub did not start within {timeout} s:\n{log.read_text()}")
+    urls = json.loads(line)
+    return process, FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
+
+
 def start_edge(binary: Path, hub_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
     """A fresh hf-edge (the benchmarks' config) on an empty cache in `workdir`: (process, its
     address host:port, its metrics URL); the caller stops it."""

@@ -71,9 +71,12 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         ..FillPolicy::default()
     });
     let store: &'static BlobStore = Box::leak(Box::new(store));
-    store
-        .start_index()
-        .with_context(|| format!("cache.dir: cannot own the store index in {}", cfg.cache.dir.display()))?;
+    store.start_index().with_context(|| {
+        format!(
+            "cache.dir: cannot own the store index in {}",
+            cfg.cache.dir.display()
+        )
+    })?;
 
     let metrics = Arc::new(Metrics::register(
         prometheus::Registry::new(),

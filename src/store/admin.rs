@@ -492,7 +492,10 @@ fn remove_blob(layout: &Layout, path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {
         Ok(()) => {
             super::index::mark_stale(layout.root()).with_context(|| {
-                format!("cannot mark the store index in {} stale", layout.root().display())
+                format!(
+                    "cannot mark the store index in {} stale",
+                    layout.root().display()
+                )
             })?;
             Ok(true)
         }

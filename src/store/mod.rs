@@ -428,7 +428,10 @@ impl BlobStore {
 
     fn insert_index(&self, id: BlobId, size: u64, access: u64) -> bool {
         let entry = index::Entry { id, size, access };
-        let prev = self.index.lock().insert(cache_key(&id).primary_bin(), entry);
+        let prev = self
+            .index
+            .lock()
+            .insert(cache_key(&id).primary_bin(), entry);
         if prev.is_none() {
             self.stats.bytes.fetch_add(size, Ordering::Relaxed);
             self.stats.objects.fetch_add(1, Ordering::Relaxed);

@@ -348,7 +348,7 @@ mod tests {
     use super::*;
 
     fn entry(n: u8, size: u64, access: u64) -> Entry {
-        let id = if n % 2 == 0 {
+        let id = if n.is_multiple_of(2) {
             BlobId::Sha256([n; 32])
         } else {
             BlobId::GitOid([n; 20])

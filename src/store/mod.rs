@@ -360,6 +360,10 @@ impl BlobStore {
     /// Sets `cache.pin` and pins the stored blobs `refs.jsonl` names under it; before the
     /// store is shared and its eviction seeded.
     pub fn set_pins(&mut self, pins: PinPolicy) -> std::io::Result<()> {
+        if pins.patterns.is_empty() {
+            // Nothing to pin: `refs.jsonl` (a line per name served) need not be read.
+            return Ok(());
+        }
         let entries = read_refs(self.layout.root())?;
         let present = entries
             .iter()

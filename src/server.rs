@@ -166,18 +166,22 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     server.bootstrap();
     notify_systemd();
 
-    // Admit what is on disk, least recently used first; delete what no longer fits in the
-    // background, so a large store over its bound does not hold up serving.
-    let evict = store.seed_eviction(&found, eviction_dyn);
-    if !evict.is_empty() {
-        log::info!("evicting {} blob(s) over cache.max_size", evict.len());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("boot-eviction".into())
-            .spawn(move || rt.block_on(store.purge_evicted(evict)))?;
-    }
+    // Admit what is on disk, least recently used first, and delete what no longer fits, in the
+    // background: a store of millions of blobs does not hold up serving (the hits need only
+    // the index; fills admitted meanwhile rank as the most recently used, as they are).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("boot-eviction".into())
+        .spawn(move || {
+            let evict = store.seed_eviction(&found, eviction_dyn);
+            drop(found);
+            if !evict.is_empty() {
+                log::info!("evicting {} blob(s) over cache.max_size", evict.len());
+                rt.block_on(store.purge_evicted(evict));
+            }
+        })?;
 
     let proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
     let limits = downstream::Limits {

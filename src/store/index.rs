@@ -23,11 +23,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use pingora_cache::key::HashBinary;
+
 use crate::hub::BlobId;
 
-const MAGIC: &[u8; 8] = b"HFEIDX01";
+const MAGIC: &[u8; 8] = b"HFEIDX02";
 const HEADER: usize = 32;
-const RECORD: usize = 58;
+const RECORD: usize = 74;
 
 /// What a record says about a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +45,9 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub id: BlobId,
+    /// Its cache-key hash (what the eviction manager knows it by): kept, since computing it
+    /// for millions of blobs would cost a boot seconds.
+    pub key: HashBinary,
     pub size: u64,
     pub access: u64,
 }
@@ -116,16 +121,17 @@ fn encode(op: Op, e: &Entry) -> [u8; RECORD] {
             r[2..22].copy_from_slice(b);
         }
     }
-    r[34..42].copy_from_slice(&e.size.to_le_bytes());
-    r[42..50].copy_from_slice(&e.access.to_le_bytes());
-    let sum = checksum(&r[..50]);
-    r[50..].copy_from_slice(&sum.to_le_bytes());
+    r[34..50].copy_from_slice(&e.key);
+    r[50..58].copy_from_slice(&e.size.to_le_bytes());
+    r[58..66].copy_from_slice(&e.access.to_le_bytes());
+    let sum = checksum(&r[..66]);
+    r[66..].copy_from_slice(&sum.to_le_bytes());
     r
 }
 
 fn decode(r: &[u8]) -> Option<(Op, Entry)> {
-    let sum = u64::from_le_bytes(r[50..58].try_into().ok()?);
-    if checksum(&r[..50]) != sum {
+    let sum = u64::from_le_bytes(r[66..74].try_into().ok()?);
+    if checksum(&r[..66]) != sum {
         return None;
     }
     let op = match r[0] {
@@ -139,22 +145,31 @@ fn decode(r: &[u8]) -> Option<(Op, Entry)> {
         2 => BlobId::GitOid(r[2..22].try_into().ok()?),
         _ => return None,
     };
-    let size = u64::from_le_bytes(r[34..42].try_into().ok()?);
-    let access = u64::from_le_bytes(r[42..50].try_into().ok()?);
-    Some((op, Entry { id, size, access }))
+    let key = r[34..50].try_into().ok()?;
+    let size = u64::from_le_bytes(r[50..58].try_into().ok()?);
+    let access = u64::from_le_bytes(r[58..66].try_into().ok()?);
+    Some((
+        op,
+        Entry {
+            id,
+            key,
+            size,
+            access,
+        },
+    ))
 }
 
 /// Applies one record to the map being loaded.
-fn apply(map: &mut HashMap<BlobId, Entry>, op: Op, e: Entry) {
+fn apply(map: &mut HashMap<HashBinary, Entry>, op: Op, e: Entry) {
     match op {
         Op::Add => {
-            map.insert(e.id, e);
+            map.insert(e.key, e);
         }
         Op::Remove => {
-            map.remove(&e.id);
+            map.remove(&e.key);
         }
         Op::Touch => {
-            if let Some(known) = map.get_mut(&e.id) {
+            if let Some(known) = map.get_mut(&e.key) {
                 known.access = known.access.max(e.access);
             }
         }
@@ -283,7 +298,7 @@ impl Writer {
         }))
     }
 
-    /// Appends one record: one `write` of 58 bytes, to the page cache (a process killed
+    /// Appends one record: one `write` of 74 bytes, to the page cache (a process killed
     /// after it returns keeps it; only a power loss can tear it).
     pub fn append(&mut self, op: Op, e: &Entry) -> io::Result<()> {
         self.records += 1;
@@ -353,7 +368,12 @@ mod tests {
         } else {
             BlobId::GitOid([n; 20])
         };
-        Entry { id, size, access }
+        Entry {
+            id,
+            key: [n; 16],
+            size,
+            access,
+        }
     }
 
     fn sorted(mut v: Vec<Entry>) -> Vec<Entry> {

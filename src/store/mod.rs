@@ -45,6 +45,7 @@ use pingora_cache::{CacheKey, CacheMeta, Storage};
 use tokio::sync::watch;
 
 pub use hit::BlobReader;
+pub use index::Entry as StoredBlob;
 pub use layout::{FoundBlob, Layout};
 pub use pin::{PinPattern, PinPolicy, PinnedSet};
 pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
@@ -292,11 +293,21 @@ pub fn cache_key(id: &BlobId) -> CacheKey {
     CacheKey::new(id.to_string(), "")
 }
 
+/// The compact form of a blob's cache key, from its hash (no variance, no user tag: as
+/// `cache_key(id).to_compact()`).
+fn compact_key(primary: HashBinary) -> CompactCacheKey {
+    CompactCacheKey {
+        primary,
+        variance: None,
+        user_tag: "".into(),
+    }
+}
+
 impl BlobStore {
     /// Opens the store at `dir`: creates it, removes stale temp files and indexes the blobs,
     /// from the persisted index when there is a sound one, else by listing them.
     /// Returns the blobs found, least recently used first, for the eviction manager.
-    pub fn open(dir: &std::path::Path) -> std::io::Result<(BlobStore, Vec<FoundBlob>)> {
+    pub fn open(dir: &std::path::Path) -> std::io::Result<(BlobStore, Vec<StoredBlob>)> {
         let layout = Layout::new(dir);
         let removed = layout.prepare()?;
         if removed > 0 {
@@ -306,12 +317,17 @@ impl BlobStore {
             );
         }
         let (mut found, boot) = load_or_scan(&layout)?;
-        found.sort_by_key(|b| b.last_access);
+        found.sort_by_key(|b| b.access);
         let present = found.iter().map(|b| b.id).collect();
+        let index: HashMap<_, _> = found.iter().map(|b| (b.key, *b)).collect();
+        let stats = StoreStats::default();
+        stats.objects.store(index.len() as u64, Ordering::Relaxed);
+        let bytes = index.values().map(|b| b.size).sum();
+        stats.bytes.store(bytes, Ordering::Relaxed);
         let store = BlobStore {
-            refs: RefsLog::open(layout.root(), &present)?,
+            refs: RefsLog::open(layout.root(), present)?,
             layout,
-            index: Mutex::new(HashMap::with_capacity(found.len())),
+            index: Mutex::new(index),
             persist: Mutex::new(None),
             boot: Mutex::new(Some(boot)),
             fills: Mutex::new(Fills::default()),
@@ -321,11 +337,8 @@ impl BlobStore {
             handles: Mutex::new(HashMap::new()),
             pins: PinPolicy::default(),
             pinned: PinnedSet::default(),
-            stats: StoreStats::default(),
+            stats,
         };
-        for b in &found {
-            store.insert_index(b.id, b.size, unix_nanos(b.last_access));
-        }
         Ok((store, found))
     }
 
@@ -406,12 +419,12 @@ impl BlobStore {
     /// Returns what no longer fits, for [`BlobStore::purge_evicted`].
     pub fn seed_eviction(
         &self,
-        found: &[FoundBlob],
+        found: &[StoredBlob],
         eviction: &(dyn EvictionManager + Sync),
     ) -> Vec<CacheEntryKey> {
         let mut evict = Vec::new();
         for b in found.iter().filter(|b| !self.is_pinned(&b.id)) {
-            let key = CacheEntryKey::key_only(cache_key(&b.id).to_compact());
+            let key = CacheEntryKey::key_only(compact_key(b.key));
             evict.extend(eviction.admit(key, b.size as usize, SystemTime::now() + FOREVER));
         }
         evict
@@ -430,14 +443,10 @@ impl BlobStore {
         }
     }
 
-    fn insert_index(&self, id: BlobId, size: u64, access: u64) -> bool {
-        let entry = index::Entry { id, size, access };
-        let prev = self
-            .index
-            .lock()
-            .insert(cache_key(&id).primary_bin(), entry);
+    fn insert_index(&self, entry: StoredBlob) -> bool {
+        let prev = self.index.lock().insert(entry.key, entry);
         if prev.is_none() {
-            self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(entry.size, Ordering::Relaxed);
             self.stats.objects.fetch_add(1, Ordering::Relaxed);
         }
         prev.is_none()
@@ -445,9 +454,14 @@ impl BlobStore {
 
     /// Indexes a blob that became complete on disk, and journals it.
     fn add_blob(&self, id: BlobId, size: u64) {
-        let access = unix_nanos(SystemTime::now());
-        self.insert_index(id, size, access);
-        self.journal(index::Op::Add, &index::Entry { id, size, access });
+        let entry = StoredBlob {
+            id,
+            key: cache_key(&id).primary_bin(),
+            size,
+            access: unix_nanos(SystemTime::now()),
+        };
+        self.insert_index(entry);
+        self.journal(index::Op::Add, &entry);
     }
 
     fn remove_index(&self, key: &CompactCacheKey) -> Option<(BlobId, u64)> {

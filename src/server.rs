@@ -42,15 +42,16 @@ pub fn upgrade_sock(cfg: &Config) -> PathBuf {
 /// [`upgrade_sock`]) once the store and mounts are ready.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     crate::durable::restrict_new_files(cfg.cache.group_access);
-    let (mut store, found) = BlobStore::open(&cfg.cache.dir)
+    let mut store = BlobStore::open(&cfg.cache.dir)
         .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
     crate::durable::restrict_dir(&cfg.cache.dir, cfg.cache.group_access)
         .with_context(|| format!("cache.dir: cannot restrict {}", cfg.cache.dir.display()))?;
+    let counts = store.stats.counts();
     log::info!(
         "cache {}: {} blob(s), {} bytes",
         cfg.cache.dir.display(),
-        found.len(),
-        found.iter().map(|b| b.size).sum::<u64>()
+        counts.objects,
+        counts.bytes
     );
     // The store's fill tasks and Pingora's `Storage` API take `&'static` store and eviction;
     // they live as long as the process.
@@ -169,17 +170,13 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     // Admit what is on disk, least recently used first, and delete what no longer fits, in the
     // background: a store of millions of blobs does not hold up serving (the hits need only
     // the index; fills admitted meanwhile rank as the most recently used, as they are).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     std::thread::Builder::new()
         .name("boot-eviction".into())
         .spawn(move || {
-            let evict = store.seed_eviction(&found, eviction_dyn);
-            drop(found);
+            let evict = store.seed_eviction(eviction_dyn);
             if !evict.is_empty() {
                 log::info!("evicting {} blob(s) over cache.max_size", evict.len());
-                rt.block_on(store.purge_evicted(evict));
+                store.evict(evict);
             }
         })?;
 

@@ -45,6 +45,8 @@ _spec.loader.exec_module(L)
 
 COMMIT = hashlib.sha1(b"hf-edge scale bench").hexdigest()
 SPARSE_BLOB = 4 << 30  # 2,560 of them: 10 TiB
+IDLE = 10_000
+HOT = "/gpt2/resolve/main/config.json"  # a small file of the fake Hub's
 
 
 def gen_small(store: Path, n: int) -> int:
@@ -80,18 +82,24 @@ def gen_sparse(store: Path, n: int) -> int:
     return n * SPARSE_BLOB
 
 
-def write_config(run: Path, store: Path, ports: dict) -> Path:
+def write_config(run: Path, store: Path, ports: dict, meta_entries: int = 100_000,
+                 max_size: str = "16TiB", hub: str | None = None) -> Path:
     cfg = run / "hf-edge.yaml"
+    endpoint = hub or f"http://127.0.0.1:{ports['hub']}"
     cfg.write_text(
         f'listen: "127.0.0.1:{ports["edge"]}"\n'
         f"threads: 2\n"
         f"upstream:\n"
-        f'  endpoint: "http://127.0.0.1:{ports["hub"]}"\n'
+        f'  endpoint: "{endpoint}"\n'
+        f'  cdn_hosts: ["127.0.0.2"]\n'
         f"cache:\n"
         f'  dir: "{store}"\n'
-        f'  max_size: "16TiB"\n'
+        f'  max_size: "{max_size}"\n'
+        f"  meta_max_entries: {meta_entries}\n"
         f"metrics:\n"
         f'  listen: "127.0.0.1:{ports["metrics"]}"\n'
+        f"limits:\n"
+        f"  max_connections: {IDLE + 2000}\n"
         f"log:\n"
         f'  access: "off"\n')
     return cfg
@@ -172,6 +180,169 @@ def measure(kind: str, n: int, args) -> dict:
     return out
 
 
+def gen_meta(store: Path, n: int) -> None:
+    """`n` resolved files in meta.jsonl, as the resolver journals them: anonymous, 1,000 files
+    per repo, one commit, regular files (git oid ETags)."""
+    store.mkdir(parents=True, exist_ok=True)
+    who = hashlib.sha256(b"anonymous").hexdigest()[:32]
+    now = int(time.time())
+    with open(store / "meta.jsonl", "w") as f:
+        for i in range(n):
+            oid = hashlib.sha1(f"scale file {i}".encode()).hexdigest()
+            f.write(json.dumps({"who": who, "repo": f"scale/repo-{i // 1000}", "revision": "main",
+                                "commit": COMMIT, "path": f"dir/file-{i}.json", "etag": oid,
+                                "size": 1000 + i % 1000, "lfs": False, "time": now}) + "\n")
+
+
+def measure_meta(n: int, args) -> dict:
+    """RSS once ready with `n` resolved files reloaded from meta.jsonl, against none: what the
+    resolver's maps cost per file."""
+    out = {"files": n}
+    for label, count in (("empty", 0), ("loaded", n)):
+        store = BENCH / f"store-meta-{count}"
+        run = BENCH / f"run-meta-{count}"
+        for d in (store, run):
+            shutil.rmtree(d, ignore_errors=True)
+        run.mkdir(parents=True)
+        gen_meta(store, count)
+        ports = {k: L.free_port("127.0.0.1") for k in ("edge", "metrics", "hub")}
+        cfg = write_config(run, store, ports, meta_entries=max(count, 1))
+        try:
+            out[label] = boot(cfg, run / "hf-edge.log", ports, 0, max(60.0, n / 5000))
+            stop(signal.SIGTERM, 60)
+        finally:
+            L.PROCS.stop_all()
+            if not args.keep:
+                shutil.rmtree(store, ignore_errors=True)
+    delta = (out["loaded"]["rss_mib"] - out["empty"]["rss_mib"]) * (1 << 20)
+    out["bytes_per_file"] = round(delta / n)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def start_fakehub(run: Path) -> str:
+    """The e2e suite's fake Hub (stdlib only): its Hub URL."""
+    log = open(run / "fakehub.log", "ab")
+    p = L.PROCS.start("fakehub", [sys.executable, str(ROOT / "tests" / "fakehub" / "fakehub.py")],
+                      run / "fakehub.stdout")
+    log.close()
+    end = time.monotonic() + 30
+    out = run / "fakehub.stdout"
+    while time.monotonic() < end:
+        line = out.read_text().splitlines()[:1]
+        if line:
+            return json.loads(line[0])["hub"]
+        if p.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"the fake Hub did not start: {out.read_text()}")
+
+
+def get_hit(ports: dict) -> None:
+    url = f"http://127.0.0.1:{ports['edge']}{HOT}"
+    for _ in range(2):  # the first may fill; the second must be a hit
+        with urllib.request.urlopen(url, timeout=10) as r:
+            r.read()
+            cache = r.headers.get("X-Cache") or r.headers.get("x-cache")
+    if cache is not None and "hit" not in cache.lower():
+        raise RuntimeError(f"{HOT} is not a hit: {cache}")
+
+
+def measure_eviction(n: int, keep: int, args) -> dict:
+    """Hit latency on a hot small file (wrk, 64 connections) while the boot evicts `n - keep`
+    blobs over cache.max_size in the background, against the same store not evicting."""
+    run = BENCH / "run-evict"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    store = BENCH / "store-evict"
+    out = {"blobs": n}
+    try:
+        hub = start_fakehub(run)
+        for label, evict in (("steady", False), ("evicting", True)):
+            shutil.rmtree(store, ignore_errors=True)
+            gen_small(store, n)
+            ports = {k: L.free_port("127.0.0.1") for k in ("edge", "metrics", "hub")}
+            # The hot file is fetched into the store first, so it is the most recently used.
+            cfg = write_config(run, store, ports, hub=hub)
+            boot(cfg, run / "hf-edge.log", ports, n, 120)
+            get_hit(ports)
+            stop(signal.SIGTERM, 60)
+            if evict:
+                cfg = write_config(run, store, ports, hub=hub, max_size=str(keep * 24))
+            t0 = time.monotonic()
+            p = L.PROCS.start("hf-edge", [str(EDGE_BIN), "serve", "--config", str(cfg)],
+                              run / "hf-edge.log", env=dict(os.environ, RUST_LOG="info"))
+            L.wait_http(f"http://127.0.0.1:{ports['metrics']}/healthz", 120, p)
+            get_hit(ports)
+            out[label] = L.wrk(f"http://127.0.0.1:{ports['edge']}{HOT}", 64, args.wrk_secs)
+            evicted = metric(ports["metrics"], "hf_edge_store_evictions_total") or 0
+            out[label]["evicted"] = int(evicted)
+            if evict:
+                # How long the eviction took, to tell whether wrk ran through all of it.
+                while (metric(ports["metrics"], "hf_edge_store_evictions_total") or 0) < n - keep - 2 * keep \
+                        and time.monotonic() - t0 < 300:
+                    time.sleep(0.2)
+                out[label]["evictions_after_s"] = round(time.monotonic() - t0, 1)
+                out[label]["evicted_total"] = int(metric(ports["metrics"], "hf_edge_store_evictions_total") or 0)
+            stop(signal.SIGTERM, 60)
+    finally:
+        L.PROCS.stop_all()
+        shutil.rmtree(store, ignore_errors=True)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def measure_idle(args) -> dict:
+    """RSS with IDLE idle keep-alive connections (each made one request), and hit req/s and
+    p99 on the hot file (wrk, 64 connections) before, with and after them."""
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, IDLE * 2 + 1000), hard))
+    run = BENCH / "run-idle"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    store = BENCH / "store-idle"
+    shutil.rmtree(store, ignore_errors=True)
+    out = {"connections": IDLE}
+    socks = []
+    try:
+        hub = start_fakehub(run)
+        ports = {k: L.free_port("127.0.0.1") for k in ("edge", "metrics", "hub")}
+        cfg = write_config(run, store, ports, hub=hub)
+        boot(cfg, run / "hf-edge.log", ports, 0, 60)
+        get_hit(ports)
+        pid = L.PROCS.procs["hf-edge"].pid
+        url = f"http://127.0.0.1:{ports['edge']}{HOT}"
+        out["rss_before_mib"] = round(L.status_kib(pid, "VmRSS") / 1024, 1)
+        out["without"] = L.wrk(url, 64, args.wrk_secs)
+        req = f"GET {HOT} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        t0 = time.monotonic()
+        for _ in range(IDLE):
+            s = socket.create_connection(("127.0.0.1", ports["edge"]), timeout=10)
+            s.sendall(req)
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("hf-edge closed an idle-to-be connection")
+                got += chunk
+            socks.append(s)
+        out["open_s"] = round(time.monotonic() - t0, 1)
+        time.sleep(1)
+        out["rss_idle_mib"] = round(L.status_kib(pid, "VmRSS") / 1024, 1)
+        out["with"] = L.wrk(url, 64, args.wrk_secs)
+        # Still open (keep-alive lasts 60 s without a request): count the ones hf-edge kept.
+        out["still_open"] = int(metric(ports["metrics"], "hf_edge_client_connections") or -1)
+    finally:
+        for s in socks:
+            s.close()
+        L.PROCS.stop_all()
+        shutil.rmtree(store, ignore_errors=True)
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def plots(results: list[dict]) -> None:
     small = [r for r in results if r["kind"] == "small"]
     series_t = {f"boot: {label}": [(r["blobs"], max(r[k]["ready_s"], 1e-3)) for r in small]
@@ -202,6 +373,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000,1000000", help="small-blob store sizes")
     ap.add_argument("--sparse", type=int, default=2560, help="sparse 4 GiB files (0: none)")
+    ap.add_argument("--meta", type=int, default=1_000_000,
+                    help="resolved files reloaded from meta.jsonl, for the metadata memory (0: skip)")
+    ap.add_argument("--evict", type=int, default=110_000,
+                    help="blobs in the store of the eviction run, 100k of which are evicted (0: skip)")
+    ap.add_argument("--idle", action=argparse.BooleanOptionalAction, default=True,
+                    help=f"the {IDLE:,} idle connections run")
+    ap.add_argument("--wrk-secs", type=int, default=10)
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the generated stores")
     ap.add_argument("--budget", type=float, default=2400, help="deadline for the whole run (s)")
@@ -217,12 +395,19 @@ def main() -> int:
             results.append(measure("small", n, args))
         if args.sparse:
             results.append(measure("sparse", args.sparse, args))
+        meta = measure_meta(args.meta, args) if args.meta else None
+        evict = measure_eviction(args.evict, args.evict - 100_000, args) if args.evict else None
+        idle = measure_idle(args) if args.idle else None
     finally:
         L.PROCS.stop_all()
-    (BENCH / "results.json").write_text(json.dumps(results, indent=1))
+    (BENCH / "results.json").write_text(json.dumps({"stores": results, "meta": meta, "evict": evict, "idle": idle}, indent=1))
     if len([r for r in results if r["kind"] == "small"]) > 1:
         plots(results)
     text = table(results)
+    if meta:
+        text += (f"\n\nResolver metadata: {meta['files']:,} resolved files reloaded from meta.jsonl: "
+                 f"RSS {meta['loaded']['rss_mib']} MiB against {meta['empty']['rss_mib']} MiB with none, "
+                 f"{meta['bytes_per_file']} bytes per file; ready in {meta['loaded']['ready_s']} s.")
     (BENCH / "results.md").write_text(text + "\n")
     print(text)
     return 0

@@ -814,8 +814,7 @@ mod tests {
         let a = s.blob(b"a", true, 5);
         let b = s.blob(b"b", true, 5);
         s.name("org/a", "main", "a", &a);
-        let present = [a, b].into_iter().collect();
-        let server = RefsLog::open(s.root(), present).unwrap();
+        let server = RefsLog::open(s.root()).unwrap();
 
         purge(s.root(), "org/a", None).unwrap();
         server.record(&entry("org/b", "main", "b", &b), false);

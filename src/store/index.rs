@@ -52,10 +52,13 @@ pub struct Entry {
     pub access: u64,
 }
 
+/// The blobs by cache-key hash.
+pub type Blobs = HashMap<HashBinary, Entry>;
+
 /// The index as loaded at boot.
 #[derive(Debug)]
 pub struct Loaded {
-    pub entries: Vec<Entry>,
+    pub blobs: Blobs,
     /// The journal generation new records go to.
     pub generation: u64,
     /// Why the index may not match the disk (a crash, a torn journal, `hf-edge cache`): the
@@ -160,7 +163,7 @@ fn decode(r: &[u8]) -> Option<(Op, Entry)> {
 }
 
 /// Applies one record to the map being loaded.
-fn apply(map: &mut HashMap<HashBinary, Entry>, op: Op, e: Entry) {
+fn apply(map: &mut Blobs, op: Op, e: Entry) {
     match op {
         Op::Add => {
             map.insert(e.key, e);
@@ -236,7 +239,7 @@ pub fn load(root: &Path) -> Result<Loaded, LoadError> {
         stale = Some("`hf-edge cache` removed blobs since".into());
     }
     Ok(Loaded {
-        entries: map.into_values().collect(),
+        blobs: map,
         generation: last,
         stale,
     })
@@ -298,11 +301,15 @@ impl Writer {
         }))
     }
 
-    /// Appends one record: one `write` of 74 bytes, to the page cache (a process killed
-    /// after it returns keeps it; only a power loss can tear it).
-    pub fn append(&mut self, op: Op, e: &Entry) -> io::Result<()> {
-        self.records += 1;
-        self.journal.write_all(&encode(op, e))
+    /// Appends one record per entry, in one `write`, to the page cache (a process killed
+    /// after it returns keeps them; only a power loss can tear them).
+    pub fn append_all(&mut self, op: Op, entries: &[Entry]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(entries.len() * RECORD);
+        for e in entries {
+            buf.extend_from_slice(&encode(op, e));
+        }
+        self.records += entries.len() as u64;
+        self.journal.write_all(&buf)
     }
 
     /// Starts a new journal generation; the snapshot of `entries` taken at the same moment
@@ -387,12 +394,12 @@ mod tests {
         let root = dir.path();
         write_snapshot(root, 0, &[entry(1, 10, 5), entry(2, 20, 5)]).unwrap();
         let mut w = Writer::acquire(root, 0).unwrap().unwrap();
-        w.append(Op::Add, &entry(4, 40, 6)).unwrap();
-        w.append(Op::Remove, &entry(1, 10, 0)).unwrap();
-        w.append(Op::Touch, &entry(2, 0, 9)).unwrap();
+        w.append_all(Op::Add, &[entry(4, 40, 6)]).unwrap();
+        w.append_all(Op::Remove, &[entry(1, 10, 0)]).unwrap();
+        w.append_all(Op::Touch, &[entry(2, 0, 9)]).unwrap();
         let loaded = load(root).unwrap();
         assert_eq!(
-            sorted(loaded.entries),
+            sorted(loaded.blobs.into_values().collect()),
             vec![entry(2, 20, 9), entry(4, 40, 6)]
         );
         assert!(loaded.stale.is_some(), "a writer still owns it: dirty");
@@ -406,14 +413,14 @@ mod tests {
         let root = dir.path();
         write_snapshot(root, 0, &[]).unwrap();
         let mut w = Writer::acquire(root, 0).unwrap().unwrap();
-        w.append(Op::Add, &entry(2, 20, 1)).unwrap();
+        w.append_all(Op::Add, &[entry(2, 20, 1)]).unwrap();
         let g = w.rotate().unwrap();
-        w.append(Op::Add, &entry(4, 40, 1)).unwrap();
+        w.append_all(Op::Add, &[entry(4, 40, 1)]).unwrap();
         // A crash here replays both journals onto the old snapshot.
-        assert_eq!(load(root).unwrap().entries.len(), 2);
+        assert_eq!(load(root).unwrap().blobs.len(), 2);
         write_snapshot(root, g, &[entry(2, 20, 1)]).unwrap();
         assert!(!journal_path(root, 0).exists());
-        assert_eq!(load(root).unwrap().entries.len(), 2);
+        assert_eq!(load(root).unwrap().blobs.len(), 2);
         assert_eq!(load(root).unwrap().generation, 1);
     }
 
@@ -426,7 +433,7 @@ mod tests {
         torn.extend_from_slice(&encode(Op::Add, &entry(6, 60, 1))[..30]);
         fs::write(journal_path(root, 3), torn).unwrap();
         let loaded = load(root).unwrap();
-        assert_eq!(loaded.entries.len(), 2);
+        assert_eq!(loaded.blobs.len(), 2);
         assert!(loaded.stale.unwrap().contains("torn"));
     }
 

@@ -16,6 +16,7 @@
 //! fixed set of writer threads ([`pool`]).
 
 pub mod admin;
+mod evict;
 mod fill;
 mod hit;
 mod index;
@@ -278,6 +279,8 @@ pub struct BlobStore {
     reserved: Mutex<u64>,
     /// Started with the first fill (the `hf-edge cache` commands never need it).
     pool: OnceLock<WriterPool>,
+    /// Started with the first eviction.
+    deleter: OnceLock<evict::Deleter>,
     /// Open handles of complete blobs (immutable, so a kept handle is always right), with
     /// when the blob was last checked on disk and its access time set.
     handles: Mutex<HashMap<BlobId, KeptHandle>>,
@@ -306,8 +309,7 @@ fn compact_key(primary: HashBinary) -> CompactCacheKey {
 impl BlobStore {
     /// Opens the store at `dir`: creates it, removes stale temp files and indexes the blobs,
     /// from the persisted index when there is a sound one, else by listing them.
-    /// Returns the blobs found, least recently used first, for the eviction manager.
-    pub fn open(dir: &std::path::Path) -> std::io::Result<(BlobStore, Vec<StoredBlob>)> {
+    pub fn open(dir: &std::path::Path) -> std::io::Result<BlobStore> {
         let layout = Layout::new(dir);
         let removed = layout.prepare()?;
         if removed > 0 {
@@ -316,16 +318,13 @@ impl BlobStore {
                 dir.display()
             );
         }
-        let (mut found, boot) = load_or_scan(&layout)?;
-        found.sort_by_key(|b| b.access);
-        let present = found.iter().map(|b| b.id).collect();
-        let index: HashMap<_, _> = found.iter().map(|b| (b.key, *b)).collect();
+        let (index, boot) = load_or_scan(&layout)?;
         let stats = StoreStats::default();
         stats.objects.store(index.len() as u64, Ordering::Relaxed);
         let bytes = index.values().map(|b| b.size).sum();
         stats.bytes.store(bytes, Ordering::Relaxed);
         let store = BlobStore {
-            refs: RefsLog::open(layout.root(), present)?,
+            refs: RefsLog::open(layout.root())?,
             layout,
             index: Mutex::new(index),
             persist: Mutex::new(None),
@@ -334,12 +333,13 @@ impl BlobStore {
             policy: FillPolicy::default(),
             reserved: Mutex::new(0),
             pool: OnceLock::new(),
+            deleter: OnceLock::new(),
             handles: Mutex::new(HashMap::new()),
             pins: PinPolicy::default(),
             pinned: PinnedSet::default(),
             stats,
         };
-        Ok((store, found))
+        Ok(store)
     }
 
     pub fn layout(&self) -> &Layout {
@@ -416,12 +416,10 @@ impl BlobStore {
     }
 
     /// Admits the blobs found at boot into the eviction manager, oldest access first.
-    /// Returns what no longer fits, for [`BlobStore::purge_evicted`].
-    pub fn seed_eviction(
-        &self,
-        found: &[StoredBlob],
-        eviction: &(dyn EvictionManager + Sync),
-    ) -> Vec<CacheEntryKey> {
+    /// Returns what no longer fits, for [`BlobStore::evict`].
+    pub fn seed_eviction(&self, eviction: &(dyn EvictionManager + Sync)) -> Vec<CacheEntryKey> {
+        let mut found: Vec<StoredBlob> = self.index.lock().values().copied().collect();
+        found.sort_unstable_by_key(|b| b.access);
         let mut evict = Vec::new();
         for b in found.iter().filter(|b| !self.is_pinned(&b.id)) {
             let key = CacheEntryKey::key_only(compact_key(b.key));
@@ -430,17 +428,51 @@ impl BlobStore {
         evict
     }
 
-    /// Deletes blobs the eviction manager gave up on.
-    pub async fn purge_evicted(&'static self, evict: Vec<CacheEntryKey>) {
-        for key in evict {
-            let _ = self
-                .purge(
-                    PurgeTarget::Exact(&key),
-                    PurgeType::Eviction,
-                    &pingora_cache::trace::Span::inactive().handle(),
-                )
-                .await;
+    /// Forgets the blobs the eviction manager gave up on, in one lock of the index, and has
+    /// their files deleted in the background ([`evict`]).
+    pub fn evict(&self, evicted: Vec<CacheEntryKey>) {
+        if evicted.is_empty() {
+            return;
         }
+        let removed: Vec<StoredBlob> = {
+            let mut index = self.index.lock();
+            evicted
+                .iter()
+                .filter_map(|k| index.remove(&k.key().primary))
+                .collect()
+        };
+        if removed.is_empty() {
+            return;
+        }
+        {
+            let mut handles = self.handles.lock();
+            for b in &removed {
+                handles.remove(&b.id);
+            }
+        }
+        for b in &removed {
+            self.pinned.unpin(&b.id);
+        }
+        let (n, bytes) = (removed.len() as u64, removed.iter().map(|b| b.size).sum());
+        self.stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.stats.objects.fetch_sub(n, Ordering::Relaxed);
+        self.stats.evictions.fetch_add(n, Ordering::Relaxed);
+        self.stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.journal_all(index::Op::Remove, &removed);
+        let paths = removed.iter().map(|b| self.layout.blob(&b.id)).collect();
+        match self.deleter() {
+            Ok(deleter) => deleter.delete(paths),
+            Err(e) => log::error!("cannot start the eviction thread: {e}; evicted blobs stay on disk until the next boot's reconciling scan"),
+        }
+    }
+
+    fn deleter(&self) -> std::io::Result<&evict::Deleter> {
+        if let Some(d) = self.deleter.get() {
+            return Ok(d);
+        }
+        // Two first evictions may race here; the loser's thread ends with its queue.
+        let _ = self.deleter.set(evict::Deleter::start()?);
+        Ok(self.deleter.get().expect("set above"))
     }
 
     fn insert_index(&self, entry: StoredBlob) -> bool {
@@ -478,9 +510,13 @@ impl BlobStore {
     /// journal that cannot be written is given up: the index is then stale, and the next
     /// boot reconciles it with a scan (`index.dirty` stays).
     fn journal(&self, op: index::Op, e: &index::Entry) {
+        self.journal_all(op, std::slice::from_ref(e));
+    }
+
+    fn journal_all(&self, op: index::Op, entries: &[index::Entry]) {
         let mut persist = self.persist.lock();
         if let Some(w) = persist.as_mut() {
-            if let Err(err) = w.append(op, e) {
+            if let Err(err) = w.append_all(op, entries) {
                 log::error!(
                     "store index: cannot append to the journal in {}: {err}; not journaling until the next restart",
                     self.layout.root().display()
@@ -715,7 +751,7 @@ impl BlobStore {
         *reserved += size;
         let evicted = self.resize_reservation(*reserved);
         drop(reserved);
-        self.purge_in_background(evicted);
+        self.evict(evicted);
         true
     }
 
@@ -724,7 +760,7 @@ impl BlobStore {
         *reserved = reserved.saturating_sub(size);
         let evicted = self.resize_reservation(*reserved);
         drop(reserved);
-        self.purge_in_background(evicted);
+        self.evict(evicted);
     }
 
     /// A committed blob trades its reservation for its place in the LRU.
@@ -740,7 +776,7 @@ impl BlobStore {
                 if let Some(eviction) = self.policy.eviction {
                     let key = CacheEntryKey::key_only(cache_key(&id).to_compact());
                     let evicted = eviction.admit(key, size as usize, SystemTime::now() + FOREVER);
-                    self.purge_in_background(evicted);
+                    self.evict(evicted);
                 }
                 log::info!("blob {id}: complete on disk, written by another process; adopted");
             }
@@ -760,7 +796,7 @@ impl BlobStore {
         }
         evicted.extend(self.resize_reservation(*reserved));
         drop(reserved);
-        self.purge_in_background(evicted);
+        self.evict(evicted);
     }
 
     /// The bytes of fills in flight stand in the eviction manager as one entry, re-admitted as
@@ -779,16 +815,6 @@ impl BlobStore {
             return Vec::new();
         }
         eviction.admit(key, reserved as usize, SystemTime::now() + FOREVER)
-    }
-
-    fn purge_in_background(&'static self, evicted: Vec<CacheEntryKey>) {
-        if evicted.is_empty() {
-            return;
-        }
-        // (No runtime only while one shuts down: the blobs are then evicted at the next boot.)
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.purge_evicted(evicted));
-        }
     }
 
     fn note_write_error(&self, e: &std::io::Error) {

@@ -36,14 +36,14 @@ pub(super) fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 /// The blobs, from the persisted index, or from a scan when there is none or it is damaged.
-pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(Vec<StoredBlob>, BootIndex)> {
+pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(index::Blobs, BootIndex)> {
     let root = layout.root();
     let started = Instant::now();
     let why = match index::load(root) {
         Ok(loaded) => {
             log::info!(
                 "store index: {} blob(s) loaded from {} in {:.3}s{}",
-                loaded.entries.len(),
+                loaded.blobs.len(),
                 index::snapshot_path(root).display(),
                 started.elapsed().as_secs_f64(),
                 loaded.stale.as_ref().map_or(String::new(), |why| format!(
@@ -55,7 +55,7 @@ pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(Vec<StoredBlob>,
                 stale: loaded.stale,
                 scanned: false,
             };
-            return Ok((loaded.entries, boot));
+            return Ok((loaded.blobs, boot));
         }
         Err(LoadError::Missing) => "there is none yet".to_string(),
         Err(e) => e.to_string(),
@@ -64,7 +64,11 @@ pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(Vec<StoredBlob>,
         "store index: cannot use it ({why}): rebuilding it by a scan of {}",
         root.display()
     );
-    let found: Vec<StoredBlob> = layout.scan()?.iter().map(stored).collect();
+    let found: index::Blobs = layout
+        .scan()?
+        .iter()
+        .map(|b| (stored(b).key, stored(b)))
+        .collect();
     log::info!(
         "store index: scanned {} blob(s) in {:.3}s",
         found.len(),
@@ -253,12 +257,7 @@ impl BlobStore {
             "store index: reconciled with a scan in {:.3}s: {added} blob(s) added, {removed} gone",
             started.elapsed().as_secs_f64()
         );
-        if !evicted.is_empty() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(self.purge_evicted(evicted));
-        }
+        self.evict(evicted);
         Ok(())
     }
 }

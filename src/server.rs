@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -25,6 +26,9 @@ use crate::status::StatusSource;
 use crate::store::{BlobStore, FillPolicy};
 use crate::tls::Certificates;
 use crate::warm::{Jobs, Schedule, Throttle, Warmer};
+
+/// The read buffer of a client connection (see where the listener is added).
+const CLIENT_READ_BUFFER: usize = 4096;
 
 /// How long a process started with `--upgrade` waits for the running one's sockets (it sends
 /// them once it gets SIGQUIT), and the running one tries to hand them over, in seconds.
@@ -102,6 +106,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         certificates.clone(),
     )?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
+    release_boot_memory();
     let live = gateway.live.clone();
     let upstreams = move || {
         let live = live.load();
@@ -188,7 +193,13 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     let bounded = downstream::Bounded::new(proxy, limits, metrics.clone())
         .trusting(cfg.trusted_proxies.clone());
     let mut svc = Service::new("hf-edge proxy".to_string(), bounded);
-    svc.add_tcp(&cfg.listen.to_string());
+    // Pingora gives each accepted connection a 64 KiB read buffer for its whole life by
+    // default; requests here are headers (read into a buffer of Pingora's own) and rarely a
+    // body, so 10k idle keep-alive connections would hold hundreds of MiB for nothing.
+    svc.add_listener(
+        ListenerConfig::tcp(cfg.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
+    );
     if let (Some(tls), Some(certificates)) = (&cfg.tls, certificates) {
         let mut settings = TlsSettings::intermediate("", "")?;
         settings.set_cert_resolver(certificates);
@@ -229,6 +240,17 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     // Every runtime has stopped, so no fill commits any more: the index written now is whole.
     store.close_index();
     std::process::exit(0)
+}
+
+/// Gives back to the system the heap that reading the journals at boot used and freed (a
+/// million `meta.jsonl` lines are parsed, deduplicated and rewritten): glibc keeps freed small
+/// allocations for reuse, which would leave hundreds of MiB resident for nothing.
+fn release_boot_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Tells systemd (`Type=notify` with `NotifyAccess=all`) that this process is ready and is the

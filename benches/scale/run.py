@@ -334,6 +334,12 @@ def measure_idle(args) -> dict:
         out["with"] = L.wrk(url, 64, args.wrk_secs)
         # Still open (keep-alive lasts 60 s without a request): count the ones hf-edge kept.
         out["still_open"] = int(metric(ports["metrics"], "hf_edge_client_connections") or -1)
+        for s in socks:
+            s.close()
+        socks.clear()
+        time.sleep(2)
+        out["rss_after_mib"] = round(L.status_kib(pid, "VmRSS") / 1024, 1)
+        out["after"] = L.wrk(url, 64, args.wrk_secs)
     finally:
         for s in socks:
             s.close()
@@ -371,7 +377,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="10000,100000,1000000", help="small-blob store sizes")
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="small-blob store sizes ('': none)")
     ap.add_argument("--sparse", type=int, default=2560, help="sparse 4 GiB files (0: none)")
     ap.add_argument("--meta", type=int, default=1_000_000,
                     help="resolved files reloaded from meta.jsonl, for the metadata memory (0: skip)")
@@ -381,9 +387,13 @@ def main() -> int:
                     help=f"the {IDLE:,} idle connections run")
     ap.add_argument("--wrk-secs", type=int, default=10)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--edge-bin", type=Path, help="measure this binary (A/B a patched build)")
     ap.add_argument("--keep", action="store_true", help="keep the generated stores")
     ap.add_argument("--budget", type=float, default=2400, help="deadline for the whole run (s)")
     args = ap.parse_args()
+    global EDGE_BIN
+    if args.edge_bin:
+        EDGE_BIN, args.no_build = args.edge_bin.resolve(), True
     L.DEADLINE[0] = time.monotonic() + args.budget
     if not args.no_build:
         L.run(["cargo", "build", "--release", "--locked"], timeout=1800, cwd=ROOT)

@@ -6,8 +6,7 @@
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use pingora_cache::trace::Span;
-use pingora_cache::{HitHandler, Storage};
+use pingora_cache::HitHandler;
 use pingora_proxy::{RangeType, Session};
 
 use super::ctx::Download;
@@ -15,28 +14,18 @@ use super::range;
 use crate::hub::headers::apply_resolve_headers;
 use crate::hub::BlobId;
 use crate::metrics::CacheResult;
-use crate::store::{cache_key, BlobReader, BlobStore};
+use crate::store::BlobStore;
 
 /// A reader of the blob when the store has it or is filling it, with its cache result
 /// (`Hit` or `Coalesced`).
-pub async fn open(
-    store: &'static BlobStore,
-    blob: &BlobId,
-) -> Result<Option<(HitHandler, CacheResult)>> {
-    let span = Span::inactive().handle();
-    let Some((_, body)) = store.lookup(&cache_key(blob), &span).await? else {
-        return Ok(None);
-    };
-    let filling = body
-        .as_any()
-        .downcast_ref::<BlobReader>()
-        .is_some_and(BlobReader::is_filling);
-    let result = if filling {
+pub async fn open(store: &BlobStore, blob: &BlobId) -> Option<(HitHandler, CacheResult)> {
+    let reader = store.reader(*blob).await?;
+    let result = if reader.is_filling() {
         CacheResult::Coalesced
     } else {
         CacheResult::Hit
     };
-    Ok(Some((body, result)))
+    Some((Box::new(reader), result))
 }
 
 /// Answers a download from `body`, a reader of its blob, labelled `result`.

@@ -42,6 +42,8 @@ pub struct DownloadFlow {
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
+    /// With `cluster`: blobs this node does not own are filled from their owner.
+    pub peering: Option<super::Peering>,
 }
 
 impl DownloadFlow {
@@ -222,13 +224,18 @@ impl DownloadFlow {
             return Ok(());
         }
         let source = || -> Arc<dyn crate::store::Refetch> {
-            Arc::new(refetch::UpstreamRefetch::new(
+            let hub = Arc::new(refetch::UpstreamRefetch::new(
                 (&self.upstream, &self.resolver, &self.metrics),
                 (target.clone(), ctx.auth.clone()),
                 download,
                 blob,
                 session.req_header().uri.path(),
-            ))
+            ));
+            let from_owner = self
+                .peering
+                .as_ref()
+                .and_then(|p| p.source(blob, size, &target.url, hub.clone(), &self.metrics));
+            from_owner.unwrap_or(hub)
         };
         let fetch = self.store.read_or_fill(blob, size, source).await;
         let (mut reader, result) = match self.reader_of(fetch, &blob, size) {

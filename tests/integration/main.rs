@@ -13,6 +13,7 @@ mod http;
 mod access; // site keys, repo rules, the Hub's answers per identity, token leaks
 mod cache_cmd; // `hf-edge cache ...`, on hand-written stores and beside a running serve
 mod cli; // config validation, hash-key, exit codes
+mod cluster; // peering between three and four nodes: one upstream fetch, a dying owner, a joining node
 mod errors; // bad input and upstream failures
 mod eviction; // cache.max_size
 mod fill_limits; // cache.max_fills, reservations under max_size, the orphan policy

@@ -14,7 +14,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora_proxy::Session;
+use pingora_proxy::{RangeType, Session};
 
 use super::ctx::{Ctx, Download, Flow, Target};
 use super::refetch::MAX_BODY_HOPS;
@@ -222,6 +222,26 @@ impl DownloadFlow {
         let size = meta.size;
         if size > self.max_blob_size {
             return Ok(());
+        }
+        if let Some(peering) = &self.peering {
+            let start = match range::decide(session.req_header(), None, size) {
+                RangeType::Single(r) => r.start as u64,
+                _ => 0,
+            };
+            let streamed = peering.stream(blob, size, &target.url, start, &self.metrics);
+            match streamed.await {
+                None => {}
+                Some(Ok(stream)) => {
+                    download.cache_result = Some(CacheResult::Miss);
+                    let body = Box::new(stream);
+                    let (result, id) = (CacheResult::Miss, &ctx.request_id);
+                    return from_store::serve_reader(session, body, download, result, id).await;
+                }
+                Some(Err(e)) => {
+                    let path = &download.request.path;
+                    log::info!("{}: {path}: {e}; fetching it here", ctx.request_id);
+                }
+            }
         }
         let source = || -> Arc<dyn crate::store::Refetch> {
             let hub = Arc::new(refetch::UpstreamRefetch::new(

@@ -19,12 +19,17 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue};
 use parking_lot::Mutex;
 use pingora::Result;
+use pingora_cache::storage::{HandleHit, Storage};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheKey;
 use pingora_proxy::Session;
 
 use super::ctx::Ctx;
 use super::refetch::{body_from, counted, ResumeError, MAX_BODY_HOPS};
 use super::{from_store, respond, DownloadFlow};
-use crate::cluster::{Cluster, Signed, AUTH_HEADER, ORIGIN_HEADER, PEER_PATH, SIZE_HEADER};
+use crate::cluster::{
+    Cluster, Signed, AUTH_HEADER, MAX_PEER_SOURCES, ORIGIN_HEADER, PEER_PATH, SIZE_HEADER,
+};
 use crate::hub::upstream::{HostClass, Upstream};
 use crate::hub::url::{Origin, Url};
 use crate::hub::BlobId;
@@ -39,8 +44,9 @@ pub struct Peering {
 }
 
 impl Peering {
-    /// Where `blob`'s bytes come from when this node does not own it: its owner (then the next
-    /// node, then `hub`). `None` when this node owns it.
+    /// Where `blob`'s bytes come from when this node does not own it and keeps a copy: its
+    /// owner, then the next node, then `hub`. `None` when this node owns it, or does not keep
+    /// copies (`replicate: false`, see [`Peering::stream`]).
     pub fn source(
         &self,
         blob: BlobId,
@@ -49,11 +55,53 @@ impl Peering {
         hub: Arc<dyn Refetch>,
         metrics: &Arc<Metrics>,
     ) -> Option<Arc<dyn Refetch>> {
+        if !self.cluster.settings.replicate {
+            return None;
+        }
+        let peers = self.peers_for(blob, size, origin, Some(hub), metrics)?;
+        Some(Arc::new(peers))
+    }
+
+    /// With `replicate: false`, a blob this node does not own, streamed from its owner (then
+    /// the next node) without being kept: open at `offset`, the first byte the client asked
+    /// for. `None` when this node owns it or keeps copies; `Err` when no peer could send it
+    /// (the caller then fills it itself).
+    pub async fn stream(
+        &self,
+        blob: BlobId,
+        size: u64,
+        origin: &Url,
+        offset: u64,
+        metrics: &Arc<Metrics>,
+    ) -> Option<Result<PeerStream, RefetchError>> {
+        if self.cluster.settings.replicate {
+            return None;
+        }
+        let source = self.peers_for(blob, size, origin, None, metrics)?;
+        let opened = source.open(offset).await;
+        Some(opened.map(|body| PeerStream {
+            source,
+            body: std::sync::Mutex::new(Some(body)),
+            pos: offset,
+            end: size,
+            blob,
+            resumes: 0,
+        }))
+    }
+
+    fn peers_for(
+        &self,
+        blob: BlobId,
+        size: u64,
+        origin: &Url,
+        hub: Option<Arc<dyn Refetch>>,
+        metrics: &Arc<Metrics>,
+    ) -> Option<PeerRefetch> {
         let peers = self.cluster.sources(&blob);
         if peers.is_empty() {
             return None;
         }
-        Some(Arc::new(PeerRefetch {
+        Some(PeerRefetch {
             cluster: self.cluster.clone(),
             peers,
             path: format!("{}{PEER_PATH}{}", self.mount_base, blob),
@@ -62,7 +110,7 @@ impl Peering {
             hub,
             cursor: Mutex::new(None),
             metrics: metrics.clone(),
-        }))
+        })
     }
 }
 
@@ -83,7 +131,8 @@ struct PeerRefetch {
     /// Where the owner fetches the blob if it has not got it: the URL this node's metadata named.
     origin: String,
     size: u64,
-    hub: Arc<dyn Refetch>,
+    /// After the peers; `None`: no other source (a blob streamed through, not kept).
+    hub: Option<Arc<dyn Refetch>>,
     /// The source the last body came from (an index into `peers`; `peers.len()`: the Hub);
     /// `None` before the first.
     cursor: Mutex<Option<usize>>,
@@ -115,7 +164,10 @@ impl Refetch for PeerRefetch {
             next += 1;
         }
         *self.cursor.lock() = Some(hub);
-        self.hub.open(offset).await
+        match &self.hub {
+            Some(h) => h.open(offset).await,
+            None => Err(format!("no peer could send {}", self.path).into()),
+        }
     }
 }
 
@@ -164,6 +216,103 @@ impl RefetchBody for Counted {
             self.metrics.peer_received(c.len());
         }
         Ok(chunk)
+    }
+}
+
+/// A blob streamed from peers to one client without being kept (`replicate: false`). A body
+/// cut mid-way is resumed from the next peer at the first byte not sent; seeking (a client's
+/// range) reopens there. Its bytes were verified by the peer that stores them: a peer's reader
+/// of a fill in progress is handed the last byte only once the blob is verified.
+pub struct PeerStream {
+    source: PeerRefetch,
+    /// Only ever reached through `&mut self` (`get_mut`, never locked): the mutex makes the
+    /// stream `Sync`, as a hit handler must be, around a body that is only `Send`.
+    body: std::sync::Mutex<Option<Box<dyn RefetchBody>>>,
+    pos: u64,
+    /// Exclusive end of what is served.
+    end: u64,
+    blob: BlobId,
+    resumes: u32,
+}
+
+impl PeerStream {
+    fn body(&mut self) -> &mut Option<Box<dyn RefetchBody>> {
+        self.body
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn error(&self, what: impl std::fmt::Display) -> Box<pingora::Error> {
+        pingora::Error::explain(
+            pingora::ErrorType::ReadError,
+            format!("blob {} from peers: {what}", self.blob),
+        )
+    }
+}
+
+#[async_trait]
+impl HandleHit for PeerStream {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        while self.pos < self.end {
+            let mut body = match self.body().take() {
+                Some(b) => b,
+                None => {
+                    let opened = self.source.open(self.pos).await;
+                    opened.map_err(|e| self.error(e))?
+                }
+            };
+            match body.chunk().await {
+                Ok(Some(mut data)) => {
+                    data.truncate((self.end - self.pos).min(data.len() as u64) as usize);
+                    self.pos += data.len() as u64;
+                    *self.body() = Some(body);
+                    return Ok(Some(data));
+                }
+                // Cut: the next source, from the first byte not sent.
+                Ok(None) | Err(_) => {
+                    self.resumes += 1;
+                    if self.resumes > MAX_PEER_SOURCES as u32 {
+                        return Err(self.error(format!("cut at byte {}", self.pos)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let size = self.source.size;
+        let end = end.map_or(size, |e| (e as u64).min(size));
+        if start as u64 > end {
+            return Err(self.error("seek past the end"));
+        }
+        if start as u64 != self.pos {
+            *self.body() = None;
+        }
+        self.pos = start as u64;
+        self.end = end;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn std::any::Any + Send + Sync) {
+        self
     }
 }
 

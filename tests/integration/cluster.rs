@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use crate::fake_hub::{FakeHub, Fault};
-use crate::fixtures::{HELD_AFTER, LFS, LFS_SIZE};
+use crate::fixtures::{HELD_AFTER, LFS, LFS_SIZE, TINY_DS};
 use crate::harness::{free_port, wait_for, ClusterConfig, Edge, HealthCheckConfig};
 use crate::http::{request, Download};
 
@@ -31,6 +31,10 @@ fn cluster_config(me: SocketAddr, nodes: &[SocketAddr]) -> ClusterConfig {
 /// `n` nodes peering with each other (read timeouts long enough for a held CDN body); returns
 /// once every node sees every node up.
 fn start_cluster(hub: &FakeHub, n: usize) -> Vec<Edge> {
+    start_cluster_with(hub, n, true)
+}
+
+fn start_cluster_with(hub: &FakeHub, n: usize, replicate: bool) -> Vec<Edge> {
     let nodes: Vec<SocketAddr> = (0..n)
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
         .collect();
@@ -41,7 +45,10 @@ fn start_cluster(hub: &FakeHub, n: usize) -> Vec<Edge> {
                 .read_timeout("30s")
                 .configure(|c| {
                     c.listen = me;
-                    c.cluster = Some(cluster_config(me, &nodes));
+                    c.cluster = Some(ClusterConfig {
+                        replicate,
+                        ..cluster_config(me, &nodes)
+                    });
                 })
                 .start()
         })
@@ -212,6 +219,35 @@ fn a_fourth_node_takes_about_a_quarter_of_the_blobs() {
         "{moved} of 100 blobs moved to the new node"
     );
     assert_eq!(peer_requests(&edges[3], "sent", "ok"), 100 - moved);
+}
+
+#[test]
+fn without_replication_only_the_owner_keeps_the_blob_and_the_others_stream_it() {
+    let hub = FakeHub::start();
+    let edges = start_cluster_with(&hub, 3, false);
+    let sha = hub.expected(TINY_DS, "main", "data/train.parquet").sha256;
+    let stored = |e: &Edge| {
+        e.cache_dir()
+            .join(format!("blobs/sha256/{}/{sha}", &sha[..2]))
+            .is_file()
+    };
+    let whole: Vec<_> = edges.iter().map(|e| e.get(LFS, &[])).collect();
+    for r in &whole {
+        r.assert_whole_lfs_file();
+    }
+    let keepers: Vec<bool> = edges.iter().map(stored).collect();
+    assert_eq!(keepers.iter().filter(|&&k| k).count(), 1, "{keepers:?}");
+    let owner = keepers.iter().position(|&k| k).unwrap();
+    for (i, e) in edges.iter().enumerate() {
+        // Ranges are asked of the owner from their first byte.
+        let part = e.get(LFS, &[("Range", "bytes=1000-1999")]);
+        assert_eq!(part.status, 206);
+        assert_eq!(part.body, whole[0].body[1000..2000]);
+        let want = if i == owner { "hit" } else { "miss" };
+        assert_eq!(part.cache(), Some(want), "node {i}");
+    }
+    assert_eq!(hub.cdn_gets().len(), 1);
+    assert_eq!(edges.iter().map(upstream_blob_requests).sum::<u64>(), 1);
 }
 
 #[test]

@@ -31,6 +31,7 @@ mod security; // hostile clients: credentials, the site token, repo rules, poiso
 mod shutdown; // SIGTERM and shutdown_grace
 mod stalled; // a client that stops reading stalls no other client of its fill
 mod status; // /readyz through Hub outages, the status page and /status.json
+mod store_index; // the persisted store index across restarts, kills and damage
 mod tiers; // an hf-edge in front of another: site → region → Hub
 mod upgrade; // hf-edge serve --upgrade under load: no failed request, nothing fetched twice
 mod warm; // warm jobs, repos kept warm, the warming bandwidth cap, pinned blobs

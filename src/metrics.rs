@@ -135,6 +135,9 @@ pub struct StoreCounts {
     /// Blobs `cache.pin` keeps out of eviction, and their bytes.
     pub pinned_objects: u64,
     pub pinned_bytes: u64,
+    /// Hits answered from the memory tier, and the bytes it keeps.
+    pub memory_hits: u64,
+    pub memory_bytes: u64,
 }
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -175,6 +178,8 @@ pub struct Metrics {
     hub_state: IntGaugeVec,
     store_pinned_objects: IntGauge,
     store_pinned_bytes: IntGauge,
+    store_memory_hits: IntCounter,
+    store_memory_bytes: IntGauge,
     warm_files: IntCounterVec,
     peer_requests: IntCounterVec,
     peer_received_bytes: IntCounter,
@@ -473,6 +478,14 @@ impl Metrics {
                 "hf_edge_store_pinned_bytes",
                 "Bytes of the blobs cache.pin keeps out of eviction (bounded by cache.max_pinned).",
             )?,
+            store_memory_hits: counter(
+                "hf_edge_store_memory_hits_total",
+                "Hits answered from the memory tier (cache.memory_size), without a read.",
+            )?,
+            store_memory_bytes: gauge(
+                "hf_edge_store_memory_bytes",
+                "Bytes of small blobs the memory tier keeps (bounded by cache.memory_size).",
+            )?,
             warm_files: counter_vec(
                 "hf_edge_warm_files_total",
                 "Files warm jobs handled: fetched into the store, found stored already, or failed.",
@@ -710,6 +723,8 @@ impl Metrics {
         self.store_reserved_bytes.set(store.reserved_bytes as i64);
         self.store_pinned_objects.set(store.pinned_objects as i64);
         self.store_pinned_bytes.set(store.pinned_bytes as i64);
+        catch_up(&self.store_memory_hits, store.memory_hits);
+        self.store_memory_bytes.set(store.memory_bytes as i64);
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -188,6 +188,10 @@ pub struct CacheConfig {
     pub pin: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pinned: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max_object: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -268,6 +272,8 @@ impl EdgeConfig {
                 max_fills: None,
                 pin: Vec::new(),
                 max_pinned: None,
+                memory_size: None,
+                memory_max_object: None,
             },
             metrics: MetricsConfig {
                 listen: ([127, 0, 0, 1], free_port()).into(),

@@ -135,6 +135,24 @@ pub struct StoreCounts {
     /// Blobs `cache.pin` keeps out of eviction, and their bytes.
     pub pinned_objects: u64,
     pub pinned_bytes: u64,
+    /// `cache.object_store`'s counters, when one is configured.
+    pub tier: Option<TierCounts>,
+}
+
+/// The object-store tier's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TierCounts {
+    pub uploads_ok: u64,
+    pub uploads_failed: u64,
+    pub uploads_dropped: u64,
+    pub uploads_pending: u64,
+    pub bytes_written: u64,
+    pub reads_hit: u64,
+    pub reads_miss: u64,
+    pub reads_error: u64,
+    pub reads_corrupt: u64,
+    pub reads_skipped: u64,
+    pub bytes_read: u64,
 }
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -176,6 +194,10 @@ pub struct Metrics {
     store_pinned_objects: IntGauge,
     store_pinned_bytes: IntGauge,
     warm_files: IntCounterVec,
+    tier_uploads: IntCounterVec,
+    tier_uploads_pending: IntGauge,
+    tier_reads: IntCounterVec,
+    tier_bytes: IntCounterVec,
 }
 
 /// What a warm job did with a file.
@@ -444,6 +466,28 @@ impl Metrics {
                 "Files warm jobs handled: fetched into the store, found stored already, or failed.",
                 &["result"],
             )?,
+            tier_uploads: counter_vec(
+                "hf_edge_object_store_uploads_total",
+                "Blobs uploaded to cache.object_store after a fill from the Hub: ok, failed, or \
+                 dropped (max_uploads running and upload_queue waiting).",
+                &["result"],
+            )?,
+            tier_uploads_pending: gauge(
+                "hf_edge_object_store_uploads_pending",
+                "Uploads to cache.object_store running or waiting.",
+            )?,
+            tier_reads: counter_vec(
+                "hf_edge_object_store_reads_total",
+                "Fills that asked cache.object_store first: hit (served from it), miss, error \
+                 (or timeout), corrupt (not the blob: discarded), skipped (resting after an \
+                 error). All but hit were filled from the Hub.",
+                &["result"],
+            )?,
+            tier_bytes: counter_vec(
+                "hf_edge_object_store_bytes_total",
+                "Blob bytes read from (filled) and written to (uploaded) cache.object_store.",
+                &["direction"],
+            )?,
             registry,
         };
         for r in CacheResult::ALL {
@@ -637,6 +681,22 @@ impl Metrics {
         self.store_reserved_bytes.set(store.reserved_bytes as i64);
         self.store_pinned_objects.set(store.pinned_objects as i64);
         self.store_pinned_bytes.set(store.pinned_bytes as i64);
+        if let Some(t) = store.tier {
+            let by = |family: &IntCounterVec, label: &str, v: u64| {
+                catch_up(&family.with_label_values(&[label]), v)
+            };
+            by(&self.tier_uploads, "ok", t.uploads_ok);
+            by(&self.tier_uploads, "failed", t.uploads_failed);
+            by(&self.tier_uploads, "dropped", t.uploads_dropped);
+            self.tier_uploads_pending.set(t.uploads_pending as i64);
+            by(&self.tier_reads, "hit", t.reads_hit);
+            by(&self.tier_reads, "miss", t.reads_miss);
+            by(&self.tier_reads, "error", t.reads_error);
+            by(&self.tier_reads, "corrupt", t.reads_corrupt);
+            by(&self.tier_reads, "skipped", t.reads_skipped);
+            by(&self.tier_bytes, "read", t.bytes_read);
+            by(&self.tier_bytes, "written", t.bytes_written);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -19,6 +19,7 @@ pub mod admin;
 mod fill;
 mod hit;
 mod layout;
+mod object_store;
 mod pin;
 mod pool;
 mod refs;
@@ -42,6 +43,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta, Storage};
 use tokio::sync::watch;
 
+pub use self::object_store::{ObjectStoreSettings, ObjectTier, TierStats};
 pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
 pub use pin::{PinPattern, PinPolicy, PinnedSet};
@@ -255,6 +257,7 @@ impl StoreStats {
             reserved_bytes: get(&self.reserved_bytes),
             pinned_objects: 0,
             pinned_bytes: 0,
+            tier: None,
         }
     }
 }
@@ -276,6 +279,8 @@ pub struct BlobStore {
     /// `cache.pin`: blobs kept out of the eviction manager, under `cache.max_pinned`.
     pins: PinPolicy,
     pinned: PinnedSet,
+    /// `cache.object_store`: read before the origin, written after a fill from it.
+    tier: Option<ObjectTier>,
     pub stats: StoreStats,
 }
 
@@ -310,6 +315,7 @@ impl BlobStore {
             handles: Mutex::new(HashMap::new()),
             pins: PinPolicy::default(),
             pinned: PinnedSet::default(),
+            tier: None,
             stats: StoreStats::default(),
         };
         for b in &found {
@@ -364,6 +370,7 @@ impl BlobStore {
         crate::metrics::StoreCounts {
             pinned_objects,
             pinned_bytes,
+            tier: self.tier.as_ref().map(|t| t.stats.counts()),
             ..self.stats.counts()
         }
     }
@@ -434,6 +441,15 @@ impl BlobStore {
             self.stats.objects.fetch_sub(1, Ordering::Relaxed);
         }
         removed
+    }
+
+    /// Sets the object-store tier; before the store is shared.
+    pub fn set_tier(&mut self, tier: ObjectTier) {
+        self.tier = Some(tier);
+    }
+
+    pub fn tier(&self) -> Option<&ObjectTier> {
+        self.tier.as_ref()
     }
 
     /// Sets how fills are bounded; before the store is shared.

@@ -87,6 +87,32 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Peers whose PROXY protocol header and `X-Forwarded-*` headers are believed.
     pub trusted_proxies: TrustedProxies,
+    /// `cluster`: the hf-edge nodes sharing blobs by consistent hashing; `None`: this node
+    /// alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster`: this node's place among hf-edge nodes that fetch each blob upstream once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// This node's URL as its peers reach it (an `http://` origin).
+    pub self_url: Origin,
+    /// The nodes, this one included: origins, or names resolving to every node (a headless
+    /// Kubernetes Service), looked up again every `resolve_interval`.
+    pub peers: Vec<Origin>,
+    /// Signs and checks peer requests (HMAC-SHA256); never sent.
+    pub secret: Secret,
+    /// Keep a verified copy of blobs fetched from their owner (`false`: stream them through).
+    pub replicate: bool,
+    pub health_check: HealthCheck,
+    pub resolve_interval: Duration,
+}
+
+/// `cluster.health_check`: a TCP connect to every node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// The TLS client listener.
@@ -263,6 +289,47 @@ struct RawConfig {
     warm: RawWarm,
     tls: Option<RawTls>,
     trusted_proxies: Vec<Scalar<String>>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(rename = "self")]
+    self_url: Scalar<String>,
+    peers: Vec<Scalar<String>>,
+    secret: Option<Scalar<String>>,
+    secret_file: Option<Scalar<PathBuf>>,
+    #[serde(default = "default_replicate")]
+    replicate: Scalar<bool>,
+    #[serde(default)]
+    health_check: RawHealthCheck,
+    #[serde(default = "default_resolve_interval")]
+    resolve_interval: Scalar<Dur>,
+}
+
+fn default_replicate() -> Scalar<bool> {
+    Scalar(true)
+}
+
+fn default_resolve_interval() -> Scalar<Dur> {
+    Scalar(Dur::secs(30))
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHealthCheck {
+    interval: Scalar<Dur>,
+    timeout: Scalar<Dur>,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        RawHealthCheck {
+            interval: Scalar(Dur::secs(5)),
+            timeout: Scalar(Dur::secs(1)),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -296,6 +363,7 @@ impl Default for RawConfig {
             warm: RawWarm::default(),
             tls: None,
             trusted_proxies: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -872,6 +940,7 @@ impl RawConfig {
                 .collect::<Result<_, _>>()?,
         );
         let warm = self.warm.validate()?;
+        let cluster = self.cluster.map(RawCluster::validate).transpose()?;
         for (i, r) in warm.repos.iter().enumerate() {
             // The rules of the mount the entry fetches through.
             let rules = match r.mount.as_str() {
@@ -894,6 +963,7 @@ impl RawConfig {
             }
         }
         Ok(Config {
+            cluster,
             mounts,
             warm,
             tls,
@@ -909,6 +979,75 @@ impl RawConfig {
             metrics,
             access_log,
             access,
+        })
+    }
+}
+
+/// Shortest `cluster.secret`: an HMAC key guessable by brute force protects nothing.
+const MIN_CLUSTER_SECRET: usize = 16;
+
+impl RawCluster {
+    fn validate(self) -> Result<Cluster, Invalid> {
+        let node = |key: &str, s: &str| {
+            let o = Origin::parse(s).map_err(|m| bad(key, m))?;
+            if o.tls || o.has_path() {
+                return Err(bad(
+                    key,
+                    format!("{s:?}: must be an http:// origin without a path, like http://10.0.0.1:8080 (peers talk plain HTTP, authenticated by cluster.secret)"),
+                ));
+            }
+            Ok(o)
+        };
+        let self_url = node("cluster.self", &self.self_url.0)?;
+        if self.peers.is_empty() {
+            return Err(bad(
+                "cluster.peers",
+                "must list the nodes (cluster.self among them) or one name resolving to them",
+            ));
+        }
+        let peers = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| node(&format!("cluster.peers[{i}]"), &p.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let secret = secret(
+            "cluster.secret",
+            given(self.secret),
+            given(self.secret_file),
+        )?
+        .ok_or_else(|| {
+            bad(
+                "cluster.secret",
+                "is required: set cluster.secret or cluster.secret_file",
+            )
+        })?;
+        if secret.expose().len() < MIN_CLUSTER_SECRET {
+            return Err(bad(
+                "cluster.secret",
+                format!("must be at least {MIN_CLUSTER_SECRET} characters (e.g. `openssl rand -hex 32`)"),
+            ));
+        }
+        let positive = |key: &str, d: Duration| match d.is_zero() {
+            true => Err(bad(key, "must be greater than 0")),
+            false => Ok(d),
+        };
+        Ok(Cluster {
+            self_url,
+            peers,
+            secret,
+            replicate: self.replicate.0,
+            health_check: HealthCheck {
+                interval: positive(
+                    "cluster.health_check.interval",
+                    self.health_check.interval.0 .0,
+                )?,
+                timeout: positive(
+                    "cluster.health_check.timeout",
+                    self.health_check.timeout.0 .0,
+                )?,
+            },
+            resolve_interval: positive("cluster.resolve_interval", self.resolve_interval.0 .0)?,
         })
     }
 }
@@ -1699,6 +1838,54 @@ metrics:
                 .to_string();
             assert!(got.starts_with(want), "{got:?} should start with {want:?}");
             assert!(got.contains(line), "{got:?} should contain {line:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_keys_are_read_and_checked() {
+        let cluster = |body: &str| format!("{MINIMAL}cluster:\n{body}");
+        let ok = cluster(
+            "  self: \"http://10.0.0.1:8080\"\n  peers: [\"http://hf-edge-peers:8080\"]\n  secret: \"0123456789abcdef\"\n",
+        );
+        let c = parse(&ok).unwrap().cluster.unwrap();
+        assert_eq!(c.self_url.to_string(), "http://10.0.0.1:8080");
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.replicate);
+        assert_eq!(c.health_check.interval, Duration::from_secs(5));
+        assert!(parse(MINIMAL).unwrap().cluster.is_none());
+        let cases = [
+            (
+                "  self: \"https://10.0.0.1\"\n  peers: [\"http://a:1\"]\n  secret: \"0123456789abcdef\"\n",
+                "t.yaml: cluster.self: \"https://10.0.0.1\": must be an http:// origin",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: []\n  secret: \"0123456789abcdef\"\n",
+                "t.yaml: cluster.peers: must list the nodes",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1/x\"]\n  secret: \"0123456789abcdef\"\n",
+                "t.yaml: cluster.peers[0]: \"http://a:1/x\": must be an http:// origin",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n",
+                "t.yaml: cluster.secret: is required",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n  secret: short\n",
+                "t.yaml: cluster.secret: must be at least 16 characters",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n  secret: \"0123456789abcdef\"\n  health_check: {interval: 0s}\n",
+                "t.yaml: cluster.health_check.interval: must be greater than 0",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n  secret: \"0123456789abcdef\"\n  replicas: 2\n",
+                "t.yaml: cluster.replicas: unknown field `replicas`",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = err(&cluster(body));
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
         }
     }
 

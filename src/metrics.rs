@@ -198,6 +198,40 @@ pub struct Metrics {
     tier_uploads_pending: IntGauge,
     tier_reads: IntCounterVec,
     tier_bytes: IntCounterVec,
+    peer_requests: IntCounterVec,
+    peer_received_bytes: IntCounter,
+    cluster_nodes: IntGaugeVec,
+}
+
+/// A peer request of the cluster: sent to a peer for a blob, or served to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Sent, and the peer's body opened.
+    SentOk,
+    /// Sent, and the peer failed or could not be reached (the next source was tried).
+    SentFailed,
+    /// Served to an authenticated peer.
+    Served,
+    /// Refused: no or a wrong cluster signature, or a bad request.
+    Refused,
+}
+
+impl PeerRequest {
+    const ALL: [PeerRequest; 4] = [
+        PeerRequest::SentOk,
+        PeerRequest::SentFailed,
+        PeerRequest::Served,
+        PeerRequest::Refused,
+    ];
+
+    fn labels(self) -> [&'static str; 2] {
+        match self {
+            PeerRequest::SentOk => ["sent", "ok"],
+            PeerRequest::SentFailed => ["sent", "failed"],
+            PeerRequest::Served => ["received", "served"],
+            PeerRequest::Refused => ["received", "refused"],
+        }
+    }
 }
 
 /// What a warm job did with a file.
@@ -488,8 +522,31 @@ impl Metrics {
                 "Blob bytes read from (filled) and written to (uploaded) cache.object_store.",
                 &["direction"],
             )?,
+            peer_requests: counter_vec(
+                "hf_edge_cluster_peer_requests_total",
+                "Blob requests between cluster nodes: sent (ok, or failed and the next source tried) and received (served, or refused).",
+                &["direction", "result"],
+            )?,
+            peer_received_bytes: counter(
+                "hf_edge_cluster_peer_received_bytes_total",
+                "Blob bytes received from other cluster nodes (not counted as upstream bytes).",
+            )?,
+            cluster_nodes: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "hf_edge_cluster_nodes",
+                        "Cluster nodes on the ring (this one included) by the last health check: up or down.",
+                    ),
+                    &["health"],
+                )?;
+                reg(Box::new(g.clone()))?;
+                g
+            },
             registry,
         };
+        for r in PeerRequest::ALL {
+            m.peer_requests.with_label_values(&r.labels());
+        }
         for r in CacheResult::ALL {
             m.cache_lookups.with_label_values(&[r.label()]);
         }
@@ -560,6 +617,22 @@ impl Metrics {
         self.sent_bytes
             .with_label_values(&[source])
             .inc_by(bytes as u64);
+    }
+
+    pub fn peer_request(&self, r: PeerRequest) {
+        self.peer_requests.with_label_values(&r.labels()).inc();
+    }
+
+    /// The cluster's nodes after a health check.
+    pub fn cluster_nodes(&self, up: usize, down: usize) {
+        self.cluster_nodes.with_label_values(&["up"]).set(up as i64);
+        self.cluster_nodes
+            .with_label_values(&["down"])
+            .set(down as i64);
+    }
+
+    pub fn peer_received(&self, bytes: usize) {
+        self.peer_received_bytes.inc_by(bytes as u64);
     }
 
     pub fn upstream_received(&self, bytes: usize) {

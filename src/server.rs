@@ -8,7 +8,7 @@ use anyhow::Context;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora_cache::eviction::{simple_lru, EvictionManager};
@@ -77,6 +77,12 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         store.set_tier(tier);
     }
     let store: &'static BlobStore = Box::leak(Box::new(store));
+    store.start_index().with_context(|| {
+        format!(
+            "cache.dir: cannot own the store index in {}",
+            cfg.cache.dir.display()
+        )
+    })?;
 
     let metrics = Arc::new(Metrics::register(
         prometheus::Registry::new(),
@@ -224,7 +230,10 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         cfg.metrics.listen,
         cfg.upstream.endpoint
     );
-    server.run_forever()
+    server.run(RunArgs::default());
+    // Every runtime has stopped, so no fill commits any more: the index written now is whole.
+    store.close_index();
+    std::process::exit(0)
 }
 
 /// Tells systemd (`Type=notify` with `NotifyAccess=all`) that this process is ready and is the

@@ -14,7 +14,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora_proxy::Session;
+use pingora_proxy::{RangeType, Session};
 
 use super::ctx::{Ctx, Download, Flow, Target};
 use super::refetch::MAX_BODY_HOPS;
@@ -42,6 +42,8 @@ pub struct DownloadFlow {
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
+    /// With `cluster`: blobs this node does not own are filled from their owner.
+    pub peering: Option<super::Peering>,
 }
 
 impl DownloadFlow {
@@ -221,14 +223,39 @@ impl DownloadFlow {
         if size > self.max_blob_size {
             return Ok(());
         }
+        if let Some(peering) = &self.peering {
+            let start = match range::decide(session.req_header(), None, size) {
+                RangeType::Single(r) => r.start as u64,
+                _ => 0,
+            };
+            let streamed = peering.stream(blob, size, &target.url, start, &self.metrics);
+            match streamed.await {
+                None => {}
+                Some(Ok(stream)) => {
+                    download.cache_result = Some(CacheResult::Miss);
+                    let body = Box::new(stream);
+                    let (result, id) = (CacheResult::Miss, &ctx.request_id);
+                    return from_store::serve_reader(session, body, download, result, id).await;
+                }
+                Some(Err(e)) => {
+                    let path = &download.request.path;
+                    log::info!("{}: {path}: {e}; fetching it here", ctx.request_id);
+                }
+            }
+        }
         let source = || -> Arc<dyn crate::store::Refetch> {
-            Arc::new(refetch::UpstreamRefetch::new(
+            let hub = Arc::new(refetch::UpstreamRefetch::new(
                 (&self.upstream, &self.resolver, &self.metrics),
                 (target.clone(), ctx.auth.clone()),
                 download,
                 blob,
                 session.req_header().uri.path(),
-            ))
+            ));
+            let from_owner = self
+                .peering
+                .as_ref()
+                .and_then(|p| p.source(blob, size, &target.url, hub.clone(), &self.metrics));
+            from_owner.unwrap_or(hub)
         };
         let fetch = self.store.read_or_fill(blob, size, source).await;
         let (mut reader, result) = match self.reader_of(fetch, &blob, size) {

@@ -330,7 +330,7 @@ pub fn verify(root: &Path, mut progress: impl FnMut(&VerifyProgress)) -> Result<
                 checked += 1;
                 bytes += size;
                 if actual != *id {
-                    remove_blob(&path)?;
+                    remove_blob(&snap.layout, &path)?;
                     removed.insert(*id);
                     bad.push(BadBlob {
                         path,
@@ -386,7 +386,7 @@ pub fn purge(root: &Path, repo: &str, revision: Option<&str>) -> Result<PurgeRep
             report.kept_shared += 1;
             continue;
         }
-        if remove_blob(&snap.layout.blob(id))? {
+        if remove_blob(&snap.layout, &snap.layout.blob(id))? {
             report.bytes += snap.blobs[id].size;
             report.removed.push(snap.removed(id));
         }
@@ -417,7 +417,7 @@ pub fn evict(root: &Path, target: u64, pins: &PinPolicy) -> Result<EvictReport> 
             break;
         }
         // Gone already (the server evicted it) counts as freed, but not as ours.
-        if remove_blob(&snap.layout.blob(id))? {
+        if remove_blob(&snap.layout, &snap.layout.blob(id))? {
             report.push(snap.removed(id));
         }
         removed.insert(*id);
@@ -486,10 +486,19 @@ fn open_untouched(path: &Path) -> io::Result<(File, Option<SystemTime>)> {
     Ok((file, Some(atime)))
 }
 
-/// Deletes a blob file; `false` if it was already gone.
-fn remove_blob(path: &Path) -> Result<bool> {
+/// Deletes a blob file; `false` if it was already gone. The store's persisted index then
+/// names a blob that is not there: the next boot reconciles it with the disk.
+fn remove_blob(layout: &Layout, path: &Path) -> Result<bool> {
     match std::fs::remove_file(path) {
-        Ok(()) => Ok(true),
+        Ok(()) => {
+            super::index::mark_stale(layout.root()).with_context(|| {
+                format!(
+                    "cannot mark the store index in {} stale",
+                    layout.root().display()
+                )
+            })?;
+            Ok(true)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
     }

@@ -18,8 +18,10 @@
 pub mod admin;
 mod fill;
 mod hit;
+mod index;
 mod layout;
 mod object_store;
+mod persist;
 mod pin;
 mod pool;
 mod refs;
@@ -51,6 +53,7 @@ pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
 pub use resume::{Refetch, RefetchBody, RefetchError};
 pub use write::ContentHasher;
 
+use persist::{load_or_scan, unix_nanos, BootIndex};
 use pool::WriterPool;
 use write::WriteError;
 
@@ -264,8 +267,13 @@ impl StoreStats {
 
 pub struct BlobStore {
     layout: Layout,
-    /// Complete blobs by cache-key hash (what eviction hands back), with their size.
-    index: Mutex<HashMap<HashBinary, (BlobId, u64)>>,
+    /// Complete blobs by cache-key hash (what eviction hands back), with their size and last
+    /// access.
+    index: Mutex<HashMap<HashBinary, index::Entry>>,
+    /// Where changes to `index` are journaled, once this process owns the persisted index.
+    persist: Mutex<Option<index::Writer>>,
+    /// How the index was got at boot, for [`BlobStore::start_index`].
+    boot: Mutex<Option<BootIndex>>,
     fills: Mutex<Fills>,
     policy: FillPolicy,
     /// Bytes reserved by fills in flight (their whole size, from start to commit).
@@ -290,7 +298,8 @@ pub fn cache_key(id: &BlobId) -> CacheKey {
 }
 
 impl BlobStore {
-    /// Opens the store at `dir`: creates it, removes stale temp files and indexes the blobs.
+    /// Opens the store at `dir`: creates it, removes stale temp files and indexes the blobs,
+    /// from the persisted index when there is a sound one, else by listing them.
     /// Returns the blobs found, least recently used first, for the eviction manager.
     pub fn open(dir: &std::path::Path) -> std::io::Result<(BlobStore, Vec<FoundBlob>)> {
         let layout = Layout::new(dir);
@@ -301,13 +310,15 @@ impl BlobStore {
                 dir.display()
             );
         }
-        let mut found = layout.scan()?;
+        let (mut found, boot) = load_or_scan(&layout)?;
         found.sort_by_key(|b| b.last_access);
         let present = found.iter().map(|b| b.id).collect();
         let store = BlobStore {
             refs: RefsLog::open(layout.root(), &present)?,
             layout,
-            index: Mutex::new(HashMap::new()),
+            index: Mutex::new(HashMap::with_capacity(found.len())),
+            persist: Mutex::new(None),
+            boot: Mutex::new(Some(boot)),
             fills: Mutex::new(Fills::default()),
             policy: FillPolicy::default(),
             reserved: Mutex::new(0),
@@ -319,7 +330,7 @@ impl BlobStore {
             stats: StoreStats::default(),
         };
         for b in &found {
-            store.insert_index(b.id, b.size);
+            store.insert_index(b.id, b.size, unix_nanos(b.last_access));
         }
         Ok((store, found))
     }
@@ -422,25 +433,50 @@ impl BlobStore {
         }
     }
 
-    fn insert_index(&self, id: BlobId, size: u64) {
+    fn insert_index(&self, id: BlobId, size: u64, access: u64) -> bool {
+        let entry = index::Entry { id, size, access };
         let prev = self
             .index
             .lock()
-            .insert(cache_key(&id).primary_bin(), (id, size));
+            .insert(cache_key(&id).primary_bin(), entry);
         if prev.is_none() {
             self.stats.bytes.fetch_add(size, Ordering::Relaxed);
             self.stats.objects.fetch_add(1, Ordering::Relaxed);
         }
+        prev.is_none()
+    }
+
+    /// Indexes a blob that became complete on disk, and journals it.
+    fn add_blob(&self, id: BlobId, size: u64) {
+        let access = unix_nanos(SystemTime::now());
+        self.insert_index(id, size, access);
+        self.journal(index::Op::Add, &index::Entry { id, size, access });
     }
 
     fn remove_index(&self, key: &CompactCacheKey) -> Option<(BlobId, u64)> {
         let removed = self.index.lock().remove(&key.primary);
-        if let Some((id, size)) = removed {
-            self.pinned.unpin(&id);
-            self.stats.bytes.fetch_sub(size, Ordering::Relaxed);
-            self.stats.objects.fetch_sub(1, Ordering::Relaxed);
+        let e = removed?;
+        self.pinned.unpin(&e.id);
+        self.stats.bytes.fetch_sub(e.size, Ordering::Relaxed);
+        self.stats.objects.fetch_sub(1, Ordering::Relaxed);
+        self.journal(index::Op::Remove, &e);
+        Some((e.id, e.size))
+    }
+
+    /// Records a change in the persisted index's journal (once this process owns it). A
+    /// journal that cannot be written is given up: the index is then stale, and the next
+    /// boot reconciles it with a scan (`index.dirty` stays).
+    fn journal(&self, op: index::Op, e: &index::Entry) {
+        let mut persist = self.persist.lock();
+        if let Some(w) = persist.as_mut() {
+            if let Err(err) = w.append(op, e) {
+                log::error!(
+                    "store index: cannot append to the journal in {}: {err}; not journaling until the next restart",
+                    self.layout.root().display()
+                );
+                *persist = None;
+            }
         }
-        removed
     }
 
     /// Sets the object-store tier; before the store is shared.
@@ -591,7 +627,7 @@ impl BlobStore {
 
     /// The fill task verified and renamed the blob into place.
     fn commit(&'static self, fill: &Arc<Fill>) {
-        self.insert_index(fill.id, fill.size);
+        self.add_blob(fill.id, fill.size);
         self.remove_fill(fill);
         fill.progress.send_replace(Progress::Committed);
         self.admit_committed(fill);
@@ -698,7 +734,7 @@ impl BlobStore {
         let path = self.layout.blob(&id);
         match tokio::fs::metadata(&path).await {
             Ok(md) if md.is_file() && md.len() == size => {
-                self.insert_index(id, size);
+                self.add_blob(id, size);
                 if let Some(eviction) = self.policy.eviction {
                     let key = CacheEntryKey::key_only(cache_key(&id).to_compact());
                     let evicted = eviction.admit(key, size as usize, SystemTime::now() + FOREVER);
@@ -797,6 +833,7 @@ impl BlobStore {
         .ok()?;
         match opened {
             Ok((file, size)) => {
+                self.touch(id);
                 let file = Arc::new(file);
                 let mut handles = self.handles.lock();
                 if handles.len() >= MAX_HANDLES {

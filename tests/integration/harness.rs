@@ -109,6 +109,25 @@ pub struct EdgeConfig {
     pub mounts: Vec<MountConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm: Option<WarmConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `cluster:` (peering between hf-edge nodes).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    #[serde(rename = "self")]
+    pub self_url: String,
+    pub peers: Vec<String>,
+    pub secret: String,
+    pub replicate: bool,
+    pub health_check: HealthCheckConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheckConfig {
+    pub interval: String,
+    pub timeout: String,
 }
 
 /// `mounts[]`: an upstream under a path prefix.
@@ -277,6 +296,7 @@ impl EdgeConfig {
             limits: LimitsConfig::default(),
             mounts: Vec::new(),
             warm: None,
+            cluster: None,
         }
     }
 

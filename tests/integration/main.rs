@@ -14,6 +14,7 @@ mod http;
 mod access; // site keys, repo rules, the Hub's answers per identity, token leaks
 mod cache_cmd; // `hf-edge cache ...`, on hand-written stores and beside a running serve
 mod cli; // config validation, hash-key, exit codes
+mod cluster; // peering between three and four nodes: one upstream fetch, a dying owner, a joining node
 mod errors; // bad input and upstream failures
 mod eviction; // cache.max_size
 mod fill_limits; // cache.max_fills, reservations under max_size, the orphan policy
@@ -32,5 +33,7 @@ mod security; // hostile clients: credentials, the site token, repo rules, poiso
 mod shutdown; // SIGTERM and shutdown_grace
 mod stalled; // a client that stops reading stalls no other client of its fill
 mod status; // /readyz through Hub outages, the status page and /status.json
+mod store_index; // the persisted store index across restarts, kills and damage
+mod tiers; // an hf-edge in front of another: site → region → Hub
 mod upgrade; // hf-edge serve --upgrade under load: no failed request, nothing fetched twice
 mod warm; // warm jobs, repos kept warm, the warming bandwidth cap, pinned blobs

@@ -93,7 +93,7 @@ fi
 # Features: the lmdb metadata engine only (no sqlite, k2v or metrics) and the system libsodium/zstd.
 garage_version=2.5.0
 garage_root="${HF_EDGE_CACHE:-$HOME/.cache/hf-edge}/garage"
-if ! "$garage_root/bin/garage" --version 2>/dev/null | grep -q "v$garage_version"; then
+if ! "$garage_root/bin/garage" --version 2>/dev/null | grep -qF ":$garage_version "; then
   if ! pkg-config --exists libsodium libzstd 2>/dev/null; then
     echo "setup: installing libsodium-dev, libzstd-dev and pkg-config (to build garage)" >&2
     as_root apt-get update -qq

@@ -145,6 +145,7 @@ pub struct TierCounts {
     pub uploads_ok: u64,
     pub uploads_failed: u64,
     pub uploads_dropped: u64,
+    pub uploads_present: u64,
     pub uploads_pending: u64,
     pub bytes_written: u64,
     pub reads_hit: u64,
@@ -502,8 +503,9 @@ impl Metrics {
             )?,
             tier_uploads: counter_vec(
                 "hf_edge_object_store_uploads_total",
-                "Blobs uploaded to cache.object_store after a fill from the Hub: ok, failed, or \
-                 dropped (max_uploads running and upload_queue waiting).",
+                "Blobs filled from the Hub (or a peer), to upload to cache.object_store: ok, \
+                 failed, present (there already), or dropped (max_uploads running and \
+                 upload_queue waiting).",
                 &["result"],
             )?,
             tier_uploads_pending: gauge(
@@ -761,6 +763,7 @@ impl Metrics {
             by(&self.tier_uploads, "ok", t.uploads_ok);
             by(&self.tier_uploads, "failed", t.uploads_failed);
             by(&self.tier_uploads, "dropped", t.uploads_dropped);
+            by(&self.tier_uploads, "present", t.uploads_present);
             self.tier_uploads_pending.set(t.uploads_pending as i64);
             by(&self.tier_reads, "hit", t.reads_hit);
             by(&self.tier_reads, "miss", t.reads_miss);

@@ -38,10 +38,10 @@ pub(super) async fn run(
 ) {
     // A task dropped mid-fill (the runtime shutting down) still tells its readers.
     let mut guard = Unfinished(Some((store, fill.clone())));
-    let file = match &store.tier {
-        None => file,
+    let (file, replace) = match &store.tier {
+        None => (file, false),
         Some(tier) => match tier.fill(store, &fill, file).await {
-            TierFill::Fallback(file) => file,
+            TierFill::Fallback { file, replace } => (file, replace),
             TierFill::Committed => {
                 guard.0 = None;
                 store.commit(&fill);
@@ -62,7 +62,7 @@ pub(super) async fn run(
                 store.commit(&fill);
                 log::debug!("blob {}: filled and committed", fill.id);
                 if let Some(tier) = &store.tier {
-                    tier.upload(fill.id, fill.size, store.layout.blob(&fill.id));
+                    tier.upload(fill.id, fill.size, store.layout.blob(&fill.id), replace);
                 }
                 return;
             }

@@ -89,6 +89,8 @@ pub struct TierStats {
     pub uploads_failed: AtomicU64,
     /// Not attempted: `max_uploads` were running and `upload_queue` waiting.
     pub uploads_dropped: AtomicU64,
+    /// Not needed: the object was there already.
+    pub uploads_present: AtomicU64,
     /// Uploads running or waiting (a gauge).
     pub uploads_pending: AtomicUsize,
     pub bytes_written: AtomicU64,
@@ -111,6 +113,7 @@ impl TierStats {
             uploads_ok: get(&self.uploads_ok),
             uploads_failed: get(&self.uploads_failed),
             uploads_dropped: get(&self.uploads_dropped),
+            uploads_present: get(&self.uploads_present),
             uploads_pending: self.uploads_pending.load(Ordering::Relaxed) as u64,
             bytes_written: get(&self.bytes_written),
             reads_hit: get(&self.reads_hit),
@@ -146,8 +149,9 @@ pub(super) enum TierFill {
     Committed,
     /// The local disk failed: the fill fails as any fill whose write fails.
     Failed(WriteError),
-    /// Not served by the tier: fill from the Hub into this (rewound) temp file.
-    Fallback(File),
+    /// Not served by the tier: fill from the origin into this (rewound) temp file; `replace`:
+    /// the object there is not the blob, upload over it.
+    Fallback { file: File, replace: bool },
 }
 
 /// Why a read from the tier was given up.
@@ -169,10 +173,14 @@ impl ObjectTier {
                 .with_region(&s.region)
                 .with_access_key_id(&s.access_key_id)
                 .with_secret_access_key(&s.secret_access_key)
-                .with_allow_http(s.allow_http)
                 // Path-style (`endpoint/bucket/key`): what Garage and MinIO serve by default.
                 .with_virtual_hosted_style_request(false)
-                .with_client_options(options.with_connect_timeout(s.timeout))
+                // (allow_http is a client option: set on the builder, these would undo it.)
+                .with_client_options(
+                    options
+                        .with_allow_http(s.allow_http)
+                        .with_connect_timeout(s.timeout),
+                )
                 .with_retry(retry)
                 .build()
                 .map_err(|e| e.to_string())
@@ -252,14 +260,20 @@ impl ObjectTier {
     ) -> TierFill {
         if self.resting() {
             self.stats.reads_skipped.fetch_add(1, Ordering::Relaxed);
-            return TierFill::Fallback(file);
+            return TierFill::Fallback {
+                file,
+                replace: false,
+            };
         }
         // The same open file (and its lock on the temp file) for the Hub if this fails.
         let mut spare = match file.try_clone() {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("blob {}: object store not asked: {e}", fill.id);
-                return TierFill::Fallback(file);
+                return TierFill::Fallback {
+                    file,
+                    replace: false,
+                };
             }
         };
         let mut writer = FillWriter::new(store, fill.clone(), file);
@@ -311,8 +325,12 @@ impl ObjectTier {
         if let ReadFailure::Local(e) = failure {
             return TierFill::Failed(e);
         }
+        let replace = matches!(failure, ReadFailure::Wrong(_));
         match spare.seek(SeekFrom::Start(0)) {
-            Ok(_) => TierFill::Fallback(spare),
+            Ok(_) => TierFill::Fallback {
+                file: spare,
+                replace,
+            },
             Err(e) => TierFill::Failed(WriteError::Io(e)),
         }
     }
@@ -345,7 +363,13 @@ impl ObjectTier {
                     ReadFailure::Unavailable(format!("body stalled for {:?}", self.timeout))
                 })?;
             match chunk {
-                None => return Ok(()),
+                // A short body fails here, not in the commit, which would leave a batch of it
+                // being written.
+                None if writer.received() == size => return Ok(()),
+                None => {
+                    let why = format!("the body ended after {} bytes", writer.received());
+                    return Err(ReadFailure::Unavailable(why));
+                }
                 Some(Err(e)) => return Err(ReadFailure::Unavailable(e.to_string())),
                 Some(Ok(data)) => writer.write(data).await.map_err(|e| match e {
                     WriteError::Io(e) => ReadFailure::Local(WriteError::Io(e)),
@@ -356,8 +380,9 @@ impl ObjectTier {
     }
 
     /// Uploads a committed blob in the background, or drops it (counted) when the queue is
-    /// full.
-    pub(super) fn upload(&'static self, id: BlobId, size: u64, path: PathBuf) {
+    /// full. Unless `replace`, an object already there of the blob's size is kept (another
+    /// node uploaded it, or this one filled from a cluster peer that did).
+    pub(super) fn upload(&'static self, id: BlobId, size: u64, path: PathBuf, replace: bool) {
         let pending = &self.stats.uploads_pending;
         if pending.fetch_add(1, Ordering::Relaxed) >= self.max_pending {
             pending.fetch_sub(1, Ordering::Relaxed);
@@ -367,12 +392,15 @@ impl ObjectTier {
         }
         tokio::spawn(async move {
             let uploaded = match self.slots.acquire().await {
-                Ok(_slot) => self.put_file(&id, size, &path).await,
+                Ok(_slot) => self.put_file(&id, size, &path, replace).await,
                 Err(_) => Err("the upload slots are closed".to_string()),
             };
             pending.fetch_sub(1, Ordering::Relaxed);
             match uploaded {
-                Ok(()) => {
+                Ok(Uploaded::Present) => {
+                    self.stats.uploads_present.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Uploaded::Put) => {
                     self.stats.uploads_ok.fetch_add(1, Ordering::Relaxed);
                     self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
                     log::debug!("blob {id}: uploaded to the object store");
@@ -390,8 +418,21 @@ impl ObjectTier {
 
     /// Streams the local file to the object (never more than [`PARTS_IN_FLIGHT`] parts in
     /// memory).
-    async fn put_file(&self, id: &BlobId, size: u64, path: &std::path::Path) -> Result<(), String> {
+    async fn put_file(
+        &self,
+        id: &BlobId,
+        size: u64,
+        path: &std::path::Path,
+        replace: bool,
+    ) -> Result<Uploaded, String> {
         let key = self.key(id);
+        if !replace {
+            match self.uploads.head(&key).await {
+                Ok(meta) if meta.size == size => return Ok(Uploaded::Present),
+                Ok(_) | Err(::object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         // Opened once: an eviction meanwhile does not cut the upload short.
         let mut file = tokio::fs::File::open(path)
             .await
@@ -402,7 +443,7 @@ impl ObjectTier {
                 .put(&key, PutPayload::from(data.freeze()))
                 .await
                 .map_err(|e| e.to_string())?;
-            return Ok(());
+            return Ok(Uploaded::Put);
         }
         let upload = self
             .uploads
@@ -428,8 +469,15 @@ impl ObjectTier {
             left -= n;
         }
         parts.finish().await.map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(Uploaded::Put)
     }
+}
+
+/// What an upload did.
+enum Uploaded {
+    Put,
+    /// The object was there already.
+    Present,
 }
 
 /// Reads exactly `n` bytes of the blob file.

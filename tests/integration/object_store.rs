@@ -60,7 +60,12 @@ fn a_blob_one_node_filled_is_served_to_another_from_the_bucket() {
     let weights = a.get(MINILM_WEIGHTS, &[]);
     assert_eq!(weights.status, 200);
     assert_eq!(sha256_hex(&weights.body), big.sha256);
-    assert_eq!(reads(&a, "miss"), 2, "asked the bucket first");
+    assert_eq!(
+        reads(&a, "miss"),
+        2,
+        "asked the bucket first: {}",
+        a.log_text()
+    );
     wait_uploads(&a, "ok", 2);
 
     // In the bucket, under the content address, whole.

@@ -56,7 +56,7 @@ impl DownloadFlow {
         request: ResolveRequest,
         policy: &Policy,
     ) -> Result<bool> {
-        let Some(meta) = self.resolve(session, ctx, &request).await? else {
+        let Some((meta, stored)) = self.resolve(session, ctx, &request).await? else {
             return Ok(true);
         };
         // A renamed or transferred repo: the rules hold for where the Hub sent us too.
@@ -72,7 +72,6 @@ impl DownloadFlow {
         if range::unsatisfiable(session.req_header(), &meta) {
             return respond::unsatisfiable(session, &meta, &file_name, &ctx.request_id).await;
         }
-        let stored = meta.blob.is_some_and(|b| self.store.contains(&b));
         if (meta.download.is_none() || self.upstream.is_offline()) && !stored {
             let msg = format!(
                 "the Hub cannot be reached and {} is not cached",
@@ -122,24 +121,34 @@ impl DownloadFlow {
         Ok(())
     }
 
-    /// Metadata for a GET or HEAD; on `Ok(None)` an error response was already written.
+    /// Metadata for a GET or HEAD, and whether the store holds its blob; on `Ok(None)` an
+    /// error response was already written.
     async fn resolve(
         &self,
         session: &mut Session,
         ctx: &Ctx,
         request: &ResolveRequest,
-    ) -> Result<Option<FileMeta>> {
-        let raw_path = session.req_header().uri.path().to_string();
+    ) -> Result<Option<(FileMeta, bool)>> {
+        let raw_path = session.req_header().uri.path();
         let auth = ctx.auth.as_ref();
-        let mut meta = self.resolver.resolve(request, &raw_path, auth).await;
+        let stored = |m: &FileMeta| m.blob.is_some_and(|b| self.store.contains(&b));
+        let mut meta = self
+            .resolver
+            .resolve(request, raw_path, auth)
+            .await
+            .map(|m| (stored(&m), m));
         // A cached answer whose blob must be fetched needs a fresh signed URL.
-        if let Ok(m) = &meta {
-            if self.needs_fresh_url(m) {
-                meta = self.resolver.refresh(request, &raw_path, auth).await;
+        if let Ok((false, m)) = &meta {
+            if needs_fresh_url(m) {
+                meta = self
+                    .resolver
+                    .refresh(request, raw_path, auth)
+                    .await
+                    .map(|m| (stored(&m), m));
             }
         }
         match meta {
-            Ok(m) => Ok(Some(m)),
+            Ok((stored, m)) => Ok(Some((m, stored))),
             Err(e) => {
                 if let Some(cause) = e.cause() {
                     self.metrics.upstream_error(cause);
@@ -148,12 +157,6 @@ impl DownloadFlow {
                 Ok(None)
             }
         }
-    }
-
-    fn needs_fresh_url(&self, m: &FileMeta) -> bool {
-        let stored = m.blob.is_some_and(|b| self.store.contains(&b));
-        let url_fresh = m.download.is_some() && m.resolved_at.elapsed() < DOWNLOAD_URL_TTL;
-        !stored && !url_fresh && !m.stale
     }
 
     /// Serves a complete blob straight from the store, skipping Pingora's cache phase (its
@@ -168,7 +171,7 @@ impl DownloadFlow {
         let Some(blob) = download.meta.blob else {
             return Ok(());
         };
-        let Some((body, result)) = from_store::open(self.store, &blob).await? else {
+        let Some((body, result)) = from_store::open(self.store, &blob).await else {
             return Ok(());
         };
         download.cache_result = Some(result);
@@ -420,6 +423,13 @@ impl DownloadFlow {
         };
         self.store.record_ref(&entry, filled);
     }
+}
+
+/// Whether an answer for a blob the store does not hold must be asked again for a download URL
+/// that has not expired.
+fn needs_fresh_url(m: &FileMeta) -> bool {
+    let url_fresh = m.download.is_some() && m.resolved_at.elapsed() < DOWNLOAD_URL_TTL;
+    !url_fresh && !m.stale
 }
 
 /// `response_filter`: the Hub's headers for this file, whatever the body's source.

@@ -431,7 +431,8 @@ impl DownloadFlow {
         let decorate = |resp: &mut pingora::http::ResponseHeader| {
             let _ = resp.insert_header(header::ETAG, etag);
         };
-        from_store::serve_blob(session, Box::new(reader), ask.size, decorate, result, &id).await?;
+        let resp = from_store::blob_response(ask.size, decorate)?;
+        from_store::serve_blob(session, Box::new(reader), resp, result, &id).await?;
         Ok(true)
     }
 }

@@ -794,6 +794,18 @@ impl BlobStore {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A reader of the blob when it is stored or being filled: [`Storage::lookup`] without
+    /// the cache key (text, then parsed back) and the meta a hit answered here never reads.
+    pub async fn reader(&self, id: BlobId) -> Option<BlobReader> {
+        // A fill in progress first: its rename may happen at any moment, and the temp file
+        // stays readable through an open handle either way.
+        let joined = self.fills.lock().running.get(&id).map(ReaderSlot::join);
+        match joined {
+            Some(slot) => Some(BlobReader::filling(slot)),
+            None => self.open_complete(id).await,
+        }
+    }
+
     async fn open_complete(&self, id: BlobId) -> Option<BlobReader> {
         let kept = self.handles.lock().get(&id).cloned();
         if let Some((file, size, checked)) = kept {
@@ -905,13 +917,7 @@ impl Storage for BlobStore {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let id = blob_id(key)?;
-        // A fill in progress first: its rename may happen at any moment, and the temp file
-        // stays readable through an open handle either way.
-        let joined = self.fills.lock().running.get(&id).map(ReaderSlot::join);
-        let reader = match joined {
-            Some(slot) => Some(BlobReader::filling(slot)),
-            None => self.open_complete(id).await,
-        };
+        let reader = self.reader(id).await;
         Ok(reader.map(|r| (blob_meta(&id, r.size()), Box::new(r) as HitHandler)))
     }
 

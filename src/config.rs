@@ -257,6 +257,8 @@ pub struct Cache {
     pub memory: crate::store::MemoryLimits,
     /// `cache.pin` and `cache.max_pinned`: blobs of these repos are never evicted.
     pub pin: crate::store::PinPolicy,
+    /// `cache.object_store`: a shared S3-compatible tier below the local store.
+    pub object_store: Option<crate::store::ObjectStoreSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -511,6 +513,7 @@ struct RawCache {
     memory_max_object: Scalar<Size>,
     pin: Vec<Scalar<String>>,
     max_pinned: Scalar<Size>,
+    object_store: Option<RawObjectStore>,
 }
 
 impl Default for RawCache {
@@ -528,8 +531,28 @@ impl Default for RawCache {
             memory_max_object: Scalar(Size(1 << 20)),
             pin: Vec::new(),
             max_pinned: Scalar(Size(10 << 30)),
+            object_store: None,
         }
     }
+}
+
+/// `cache.object_store` as written. No defaults section: absent (or an empty `endpoint`)
+/// is no tier.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawObjectStore {
+    endpoint: Option<Scalar<String>>,
+    bucket: Option<Scalar<String>>,
+    region: Option<Scalar<String>>,
+    access_key_id: Option<Scalar<String>>,
+    secret_access_key: Option<Scalar<String>>,
+    secret_access_key_file: Option<Scalar<PathBuf>>,
+    credentials_file: Option<Scalar<PathBuf>>,
+    prefix: Option<Scalar<String>>,
+    allow_http: Option<Scalar<bool>>,
+    timeout: Option<Scalar<Dur>>,
+    max_uploads: Option<Scalar<usize>>,
+    upload_queue: Option<Scalar<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -864,6 +887,11 @@ impl RawConfig {
             max_fills: c.max_fills.0,
             memory: memory_limits(c.memory_size.0 .0, c.memory_max_object.0 .0)?,
             pin: pin_policy(&c.pin, c.max_pinned.0)?,
+            object_store: c
+                .object_store
+                .map(|o| o.validate("cache.object_store"))
+                .transpose()?
+                .flatten(),
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen.0)?,
@@ -1156,6 +1184,162 @@ fn no_overlap(mounts: &[Mount]) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+impl RawObjectStore {
+    /// `at` is `cache.object_store`. `None`: no endpoint, no tier.
+    fn validate(self, at: &str) -> Result<Option<crate::store::ObjectStoreSettings>, Invalid> {
+        let key = |k: &str| format!("{at}.{k}");
+        let Some(endpoint) = given(self.endpoint) else {
+            return Ok(None);
+        };
+        let origin = Origin::parse(&endpoint).map_err(|m| bad(&key("endpoint"), m))?;
+        if origin.has_path() {
+            return Err(bad(
+                &key("endpoint"),
+                "must be an origin (scheme, host, port), no path",
+            ));
+        }
+        let allow_http = self.allow_http.is_some_and(|v| v.0);
+        if !origin.tls && !allow_http {
+            return Err(bad(
+                &key("endpoint"),
+                format!("{endpoint} is plain http: set {at}.allow_http: true to send the credentials and blobs unencrypted"),
+            ));
+        }
+        let bucket = given(self.bucket).ok_or_else(|| bad(&key("bucket"), "must be set"))?;
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(bad(
+                &key("bucket"),
+                format!("{bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '-', '.')"),
+            ));
+        }
+        let (access_key_id, secret_access_key) = object_store_credentials(
+            at,
+            given(self.access_key_id),
+            secret(
+                &key("secret_access_key"),
+                given(self.secret_access_key),
+                given(self.secret_access_key_file),
+            )?,
+            given(self.credentials_file),
+        )?;
+        let prefix = given(self.prefix).unwrap_or_default();
+        let prefix = prefix.trim_matches('/');
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !prefix.is_empty() && !prefix.split('/').all(segment_ok) {
+            return Err(bad(
+                &key("prefix"),
+                format!("{prefix:?}: segments of A-Z, a-z, 0-9, '-', '_', '.' separated by '/'"),
+            ));
+        }
+        let timeout = self.timeout.map_or(Duration::from_secs(5), |t| t.0 .0);
+        if timeout.is_zero() {
+            return Err(bad(&key("timeout"), "must be greater than 0"));
+        }
+        let max_uploads = self.max_uploads.map_or(4, |n| n.0);
+        if max_uploads == 0 {
+            return Err(bad(&key("max_uploads"), "must be at least 1"));
+        }
+        Ok(Some(crate::store::ObjectStoreSettings {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            bucket,
+            region: given(self.region).unwrap_or_else(|| "us-east-1".into()),
+            access_key_id,
+            secret_access_key: secret_access_key.expose().to_string(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            allow_http,
+            timeout,
+            max_uploads,
+            upload_queue: self.upload_queue.map_or(1024, |n| n.0),
+        }))
+    }
+}
+
+/// The tier's key pair: `access_key_id` with `secret_access_key` (or its `_file`), or an AWS
+/// shared credentials file (`credentials_file`, its `[default]` profile), not both.
+fn object_store_credentials(
+    at: &str,
+    id: Option<String>,
+    secret: Option<Secret>,
+    file: Option<PathBuf>,
+) -> Result<(String, Secret), Invalid> {
+    let key = |k: &str| format!("{at}.{k}");
+    match (id, secret, file) {
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| bad(&key("credentials_file"), format!("{}: {e}", path.display())))?;
+            aws_credentials(&text).map_err(|m| {
+                bad(&key("credentials_file"), format!("{}: {m}", path.display()))
+            })
+        }
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(bad(
+            &key("credentials_file"),
+            format!("set {at}.credentials_file or {at}.access_key_id and secret_access_key, not both"),
+        )),
+        (Some(id), Some(secret), None) => Ok((id, secret)),
+        (Some(_), None, None) => Err(bad(
+            &key("secret_access_key"),
+            format!("must be set with {at}.access_key_id (or secret_access_key_file)"),
+        )),
+        (None, Some(_), None) => Err(bad(
+            &key("access_key_id"),
+            format!("must be set with {at}.secret_access_key"),
+        )),
+        (None, None, None) => Err(bad(
+            at,
+            "needs credentials: access_key_id and secret_access_key (or secret_access_key_file), or credentials_file",
+        )),
+    }
+}
+
+/// `aws_access_key_id` and `aws_secret_access_key` of the `[default]` profile of an AWS shared
+/// credentials file (lines before any `[profile]` header count as the default's).
+fn aws_credentials(text: &str) -> Result<(String, Secret), String> {
+    let mut profile = "default".to_string();
+    let (mut id, mut secret) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            profile = name.trim().to_string();
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if profile != "default" {
+            continue;
+        }
+        match k.trim() {
+            "aws_access_key_id" => id = Some(v.trim().to_string()),
+            "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    match (
+        id.filter(|v| !v.is_empty()),
+        secret.filter(|v| !v.is_empty()),
+    ) {
+        (Some(id), Some(secret)) => Ok((id, Secret::new(secret))),
+        (None, _) => Err("no aws_access_key_id in its [default] profile".into()),
+        (_, None) => Err("no aws_secret_access_key in its [default] profile".into()),
+    }
 }
 
 /// A secret given inline or in a file (`{key}_file`), not both; trimmed; empty is unset.
@@ -1800,6 +1984,124 @@ metrics:
         ];
         for (yaml, want) in cases {
             let got = err(&yaml);
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn object_store_is_validated_with_its_key_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("aws");
+        std::fs::write(
+            &creds,
+            "[other]\naws_access_key_id = NOPE\n[default]\naws_access_key_id = AKID\n\
+             aws_secret_access_key = s3cret\n",
+        )
+        .unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let section = |body: &str| format!("cache:\n  object_store:\n{body}");
+        let env = |k: &str| (k == "D").then(|| dir.path().display().to_string());
+        let c = Config::from_yaml(
+            &section(
+                "    endpoint: \"http://garage:3900/\"\n    bucket: blobs\n    region: garage\n\
+                 \x20   allow_http: true\n    prefix: /site/a/\n    credentials_file: ${D}/aws\n",
+            ),
+            "t.yaml",
+            env,
+        )
+        .unwrap();
+        let o = c.cache.object_store.unwrap();
+        assert_eq!(
+            (o.endpoint.as_str(), o.bucket.as_str(), o.region.as_str()),
+            ("http://garage:3900", "blobs", "garage")
+        );
+        assert_eq!(
+            (o.access_key_id.as_str(), o.secret_access_key.as_str()),
+            ("AKID", "s3cret")
+        );
+        assert_eq!(o.prefix, "site/a/");
+        assert_eq!(
+            (o.timeout, o.max_uploads, o.upload_queue),
+            (Duration::from_secs(5), 4, 1024)
+        );
+        assert!(
+            !format!("{o:?}").contains("s3cret"),
+            "the secret is never printed"
+        );
+        let c = Config::from_yaml(
+            &section(
+                "    endpoint: \"https://s3.example\"\n    bucket: blobs\n    access_key_id: AK\n\
+                 \x20   secret_access_key_file: ${D}/secret\n",
+            ),
+            "t.yaml",
+            env,
+        )
+        .unwrap();
+        let o = c.cache.object_store.unwrap();
+        assert_eq!(
+            (
+                o.secret_access_key.as_str(),
+                o.region.as_str(),
+                o.prefix.as_str()
+            ),
+            ("from-file", "us-east-1", "")
+        );
+        // An empty endpoint (`${VAR:-}`) is no tier.
+        let off = parse(&section("    endpoint: \"\"\n    bucket: blobs\n")).unwrap();
+        assert!(off.cache.object_store.is_none());
+
+        let keys = "    access_key_id: AK\n    secret_access_key: SK\n";
+        let https = "    endpoint: \"https://s3.example\"\n";
+        let cases = [
+            (
+                format!("    endpoint: \"http://s3.example\"\n    bucket: blobs\n{keys}"),
+                "t.yaml: cache.object_store.endpoint: http://s3.example is plain http: set cache.object_store.allow_http: true",
+            ),
+            (
+                format!("    endpoint: \"https://s3.example/path\"\n    bucket: blobs\n{keys}"),
+                "t.yaml: cache.object_store.endpoint: must be an origin",
+            ),
+            (format!("{https}{keys}"), "t.yaml: cache.object_store.bucket: must be set"),
+            (
+                format!("{https}    bucket: Blobs_1\n{keys}"),
+                "t.yaml: cache.object_store.bucket: \"Blobs_1\" is not a bucket name",
+            ),
+            (
+                format!("{https}    bucket: blobs\n"),
+                "t.yaml: cache.object_store: needs credentials",
+            ),
+            (
+                format!("{https}    bucket: blobs\n    access_key_id: AK\n"),
+                "t.yaml: cache.object_store.secret_access_key: must be set with",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    credentials_file: /x\n"),
+                "t.yaml: cache.object_store.credentials_file: set cache.object_store.credentials_file or",
+            ),
+            (
+                format!("{https}    bucket: blobs\n    credentials_file: /nonexistent/aws\n"),
+                "t.yaml: cache.object_store.credentials_file: /nonexistent/aws: ",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    prefix: a/../b\n"),
+                "t.yaml: cache.object_store.prefix: \"a/../b\"",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    timeout: 0s\n"),
+                "t.yaml: cache.object_store.timeout: must be greater than 0",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    max_uploads: 0\n"),
+                "t.yaml: cache.object_store.max_uploads: must be at least 1",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    buckets: x\n"),
+                "t.yaml: cache.object_store.buckets: unknown field `buckets`",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = err(&section(&body));
             assert!(got.starts_with(want), "{got:?} should start with {want:?}");
         }
     }

@@ -138,6 +138,25 @@ pub struct StoreCounts {
     /// Hits answered from the memory tier, and the bytes it keeps.
     pub memory_hits: u64,
     pub memory_bytes: u64,
+    /// `cache.object_store`'s counters, when one is configured.
+    pub tier: Option<TierCounts>,
+}
+
+/// The object-store tier's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TierCounts {
+    pub uploads_ok: u64,
+    pub uploads_failed: u64,
+    pub uploads_dropped: u64,
+    pub uploads_present: u64,
+    pub uploads_pending: u64,
+    pub bytes_written: u64,
+    pub reads_hit: u64,
+    pub reads_miss: u64,
+    pub reads_error: u64,
+    pub reads_corrupt: u64,
+    pub reads_skipped: u64,
+    pub bytes_read: u64,
 }
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -181,6 +200,10 @@ pub struct Metrics {
     store_memory_hits: IntCounter,
     store_memory_bytes: IntGauge,
     warm_files: IntCounterVec,
+    tier_uploads: IntCounterVec,
+    tier_uploads_pending: IntGauge,
+    tier_reads: IntCounterVec,
+    tier_bytes: IntCounterVec,
     peer_requests: IntCounterVec,
     peer_received_bytes: IntCounter,
     cluster_nodes: IntGaugeVec,
@@ -491,6 +514,29 @@ impl Metrics {
                 "Files warm jobs handled: fetched into the store, found stored already, or failed.",
                 &["result"],
             )?,
+            tier_uploads: counter_vec(
+                "hf_edge_object_store_uploads_total",
+                "Blobs filled from the Hub (or a peer), to upload to cache.object_store: ok, \
+                 failed, present (there already), or dropped (max_uploads running and \
+                 upload_queue waiting).",
+                &["result"],
+            )?,
+            tier_uploads_pending: gauge(
+                "hf_edge_object_store_uploads_pending",
+                "Uploads to cache.object_store running or waiting.",
+            )?,
+            tier_reads: counter_vec(
+                "hf_edge_object_store_reads_total",
+                "Fills that asked cache.object_store first: hit (served from it), miss, error \
+                 (or timeout), corrupt (not the blob: discarded), skipped (resting after an \
+                 error). All but hit were filled from the Hub.",
+                &["result"],
+            )?,
+            tier_bytes: counter_vec(
+                "hf_edge_object_store_bytes_total",
+                "Blob bytes read from (filled) and written to (uploaded) cache.object_store.",
+                &["direction"],
+            )?,
             peer_requests: counter_vec(
                 "hf_edge_cluster_peer_requests_total",
                 "Blob requests between cluster nodes: sent (ok, or failed and the next source tried) and received (served, or refused).",
@@ -725,6 +771,23 @@ impl Metrics {
         self.store_pinned_bytes.set(store.pinned_bytes as i64);
         catch_up(&self.store_memory_hits, store.memory_hits);
         self.store_memory_bytes.set(store.memory_bytes as i64);
+        if let Some(t) = store.tier {
+            let by = |family: &IntCounterVec, label: &str, v: u64| {
+                catch_up(&family.with_label_values(&[label]), v)
+            };
+            by(&self.tier_uploads, "ok", t.uploads_ok);
+            by(&self.tier_uploads, "failed", t.uploads_failed);
+            by(&self.tier_uploads, "dropped", t.uploads_dropped);
+            by(&self.tier_uploads, "present", t.uploads_present);
+            self.tier_uploads_pending.set(t.uploads_pending as i64);
+            by(&self.tier_reads, "hit", t.reads_hit);
+            by(&self.tier_reads, "miss", t.reads_miss);
+            by(&self.tier_reads, "error", t.reads_error);
+            by(&self.tier_reads, "corrupt", t.reads_corrupt);
+            by(&self.tier_reads, "skipped", t.reads_skipped);
+            by(&self.tier_bytes, "read", t.bytes_read);
+            by(&self.tier_bytes, "written", t.bytes_written);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -37,6 +37,7 @@ use crate::metrics::{Metrics, PeerRequest};
 use crate::store::{FillFailure, Refetch, RefetchBody, RefetchError};
 
 /// A mount's place in the cluster.
+#[derive(Clone)]
 pub struct Peering {
     pub cluster: Arc<Cluster>,
     /// The mount's prefix as it starts a path (`""` for `/`): peers serve the same mounts.

@@ -21,6 +21,7 @@ mod hit;
 mod index;
 mod layout;
 mod memory;
+mod object_store;
 mod persist;
 mod pin;
 mod pool;
@@ -45,6 +46,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta, Storage};
 use tokio::sync::watch;
 
+pub use self::object_store::{ObjectStoreSettings, ObjectTier, TierStats};
 pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
 pub use memory::MemoryLimits;
@@ -268,6 +270,7 @@ impl StoreStats {
             pinned_bytes: 0,
             memory_hits: 0,
             memory_bytes: 0,
+            tier: None,
         }
     }
 }
@@ -296,6 +299,8 @@ pub struct BlobStore {
     /// `cache.pin`: blobs kept out of the eviction manager, under `cache.max_pinned`.
     pins: PinPolicy,
     pinned: PinnedSet,
+    /// `cache.object_store`: read before the origin, written after a fill from it.
+    tier: Option<ObjectTier>,
     pub stats: StoreStats,
 }
 
@@ -334,6 +339,7 @@ impl BlobStore {
             memory: Arc::new(memory::MemoryTier::new(MemoryLimits::default())),
             pins: PinPolicy::default(),
             pinned: PinnedSet::default(),
+            tier: None,
             stats: StoreStats::default(),
         };
         for b in &found {
@@ -390,6 +396,7 @@ impl BlobStore {
             pinned_bytes,
             memory_hits: self.memory.hits.load(Ordering::Relaxed),
             memory_bytes: self.memory.used(),
+            tier: self.tier.as_ref().map(|t| t.stats.counts()),
             ..self.stats.counts()
         }
     }
@@ -485,6 +492,15 @@ impl BlobStore {
                 *persist = None;
             }
         }
+    }
+
+    /// Sets the object-store tier; before the store is shared.
+    pub fn set_tier(&mut self, tier: ObjectTier) {
+        self.tier = Some(tier);
+    }
+
+    pub fn tier(&self) -> Option<&ObjectTier> {
+        self.tier.as_ref()
     }
 
     /// Sets how fills are bounded; before the store is shared.

@@ -263,7 +263,7 @@ def test_prometheus_scrapes_the_edge_and_loads_the_alerts(traffic, tmp_path):
         assert {r["name"] for r in rules} == {
             "HfEdgeDown", "HfEdgeUpstreamErrors", "HfEdgeHitRatioCollapse", "HfEdgeStoreNearFull",
             "HfEdgeIntegrityFailure", "HfEdgeStoreWriteErrors", "HfEdgeFillsAbandoned",
-            "HfEdgeHubUnreachable",
+            "HfEdgeHubUnreachable", "HfEdgeClusterNodeDown",
         }
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     finally:

@@ -10,6 +10,7 @@ use crate::harness::{free_port, wait_for, ClusterConfig, Edge, HealthCheckConfig
 use crate::http::{request, Download};
 
 const SECRET: &str = "integration-cluster-secret-0123456789";
+const ADMIN: &str = "cluster-admin-token";
 
 fn url(addr: SocketAddr) -> String {
     format!("http://{addr}")
@@ -45,6 +46,7 @@ fn start_cluster_with(hub: &FakeHub, n: usize, replicate: bool) -> Vec<Edge> {
                 .read_timeout("30s")
                 .configure(|c| {
                     c.listen = me;
+                    c.ops.admin_token = Some(ADMIN.into());
                     c.cluster = Some(ClusterConfig {
                         replicate,
                         ..cluster_config(me, &nodes)
@@ -248,6 +250,38 @@ fn without_replication_only_the_owner_keeps_the_blob_and_the_others_stream_it() 
     }
     assert_eq!(hub.cdn_gets().len(), 1);
     assert_eq!(edges.iter().map(upstream_blob_requests).sum::<u64>(), 1);
+}
+
+#[test]
+fn warming_every_node_fetches_each_blob_upstream_once() {
+    let hub = FakeHub::start();
+    let edges = start_cluster(&hub, 3);
+    let warm = |e: &Edge| {
+        let r = e.admin("POST", "/admin/warm", "{\"repo\": \"gpt2\"}");
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_u64().expect("a job id");
+        wait_for("the warm job", || {
+            let j = e.admin("GET", &format!("/admin/jobs/{id}"), "").json();
+            (j["state"] == "done").then_some(j)
+        })
+    };
+    let first = warm(&edges[0]);
+    let files = first["files_total"].as_u64().unwrap();
+    assert!(files > 3, "{first}");
+    let fetched = hub.body_fetches();
+    assert!(fetched > 0);
+    // The other nodes warm the same files from their owners, which hold them now.
+    for e in &edges[1..] {
+        let j = warm(e);
+        assert_eq!(j["files_done"].as_u64(), Some(files), "{j}");
+    }
+    assert_eq!(
+        hub.body_fetches(),
+        fetched,
+        "nothing fetched upstream twice"
+    );
+    let asked: u64 = edges.iter().map(|e| peer_requests(e, "sent", "ok")).sum();
+    assert!(asked > 0);
 }
 
 #[test]

@@ -192,6 +192,21 @@ pub struct CacheConfig {
     pub memory_size: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_max_object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreConfig>,
+}
+
+/// `cache.object_store`: an S3-compatible tier (a Garage the test started).
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectStoreConfig {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key_file: PathBuf,
+    pub prefix: String,
+    pub allow_http: bool,
+    pub timeout: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,6 +289,7 @@ impl EdgeConfig {
                 max_pinned: None,
                 memory_size: None,
                 memory_max_object: None,
+                object_store: None,
             },
             metrics: MetricsConfig {
                 listen: ([127, 0, 0, 1], free_port()).into(),

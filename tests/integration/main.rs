@@ -6,6 +6,7 @@
 // The fixtures: the fake Hub, the edge and its config, a raw HTTP client, the fake's content.
 mod fake_hub;
 mod fixtures;
+mod garage;
 mod harness;
 mod http;
 
@@ -21,6 +22,7 @@ mod fills; // fills under concurrency, disconnects, kills, full disks
 mod journals; // refs.jsonl, meta.jsonl and kept API answers: one line per answer, capped
 mod limits; // limits.header_timeout (slowloris) and limits.max_connections
 mod mounts; // upstreams under path prefixes: routing, tokens, rewritten links, a shared store
+mod object_store; // cache.object_store: the shared S3 tier, against a real Garage
 mod passthrough; // API routes, pagination links, Xet hints
 mod ranges; // one range rule on every body path: over max_size, full disk, miss, hit, fill
 mod red_team; // generated hostile requests against every rule at once

@@ -120,10 +120,11 @@ impl Garage {
     /// A one-node layout, the key and the bucket.
     fn set_up(&self) {
         let deadline = Instant::now() + PATIENCE;
-        let node = loop {
-            let out = self.cli(&["node", "id", "-q"]);
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+        // `status` asks the server (`node id` reads a local file, so it works before the
+        // server listens).
+        loop {
+            if self.cli(&["status"]).status.success() {
+                break;
             }
             assert!(
                 Instant::now() < deadline,
@@ -131,7 +132,9 @@ impl Garage {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
-        };
+        }
+        let node = self.must(&["node", "id", "-q"]);
+        let node = node.trim();
         let node = &node[..node.find('@').unwrap_or(node.len())];
         self.must(&["layout", "assign", "-z", "dc1", "-c", "1G", node]);
         self.must(&["layout", "apply", "--version", "1"]);

@@ -42,12 +42,12 @@ fn reads(edge: &Edge, result: &str) -> u64 {
 }
 
 #[test]
-fn a_blob_one_node_filled_is_served_to_another_from_the_bucket() {
+fn a_blob_filled_once_is_served_from_the_bucket_to_a_new_node_and_after_a_wipe() {
     let Some(garage) = Garage::start() else {
         return;
     };
     let hub = FakeHub::start();
-    let a = edge(&hub, &garage, "site");
+    let mut a = edge(&hub, &garage, "site");
     let minilm = MINILM_WEIGHTS.trim_start_matches('/');
     let (repo, path) = minilm.split_once("/resolve/main/").unwrap();
     let big = hub.expected(repo, "main", path);
@@ -101,6 +101,16 @@ fn a_blob_one_node_filled_is_served_to_another_from_the_bucket() {
     );
     // Kept locally like any fill: the next request is a local hit.
     assert_eq!(b.get(LFS, &[]).cache(), Some("hit"));
+    // The first node, its store wiped while it was down: the bucket again, not the Hub.
+    a.stop();
+    std::fs::remove_dir_all(a.cache_dir()).expect("wipe the store");
+    a.restart();
+    hub.clear_log();
+    let after_wipe = a.get(LFS, &[]);
+    after_wipe.assert_whole_lfs_file();
+    assert_eq!(hub.body_fetches(), 0, "{:?}", hub.log());
+    assert_eq!(reads(&a, "hit"), 1);
+
     let status = b.get("/status.json", &[]).json();
     let tier = &status["store"]["object_store"];
     assert_eq!(tier["reads_hit"], 2, "{tier}");

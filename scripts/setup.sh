@@ -8,6 +8,9 @@
 #  - haproxy, the real load balancer the client-listener tests put in front of hf-edge (PROXY protocol);
 #  - tinyproxy, the real HTTP proxy the egress tests put between hf-edge and the fake Hub (Debian's
 #    tinyproxy-bin: the binary without a service);
+#  - garage, the real S3-compatible server the object-store tier tests run (crates.io, built once per
+#    machine into ~/.cache/hf-edge/garage and reused by every clone; libsodium-dev, libzstd-dev and
+#    pkg-config from Debian's packages so it links the system libraries instead of building them);
 #  - .venv, a Python venv with the pinned end-to-end test dependencies (from PyPI).
 # Idempotent: a second run does nothing.
 set -euo pipefail
@@ -82,6 +85,26 @@ if [ -n "$deploy_missing" ]; then
   # shellcheck disable=SC2086 # a list of package names
   as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends $deploy_missing >/dev/null
+fi
+
+# Garage (issue 19): the object-store tier's integration tests start a real single-node Garage.
+# Built from crates.io once per machine (a cold build takes many minutes on 2 cores), then reused by
+# every clone: the binary and its build directory live under ~/.cache, not in the worktree.
+# Features: the lmdb metadata engine only (no sqlite, k2v or metrics) and the system libsodium/zstd.
+garage_version=2.5.0
+garage_root="${HF_EDGE_CACHE:-$HOME/.cache/hf-edge}/garage"
+if ! "$garage_root/bin/garage" --version 2>/dev/null | grep -qF ":$garage_version "; then
+  if ! pkg-config --exists libsodium libzstd 2>/dev/null; then
+    echo "setup: installing libsodium-dev, libzstd-dev and pkg-config (to build garage)" >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      libsodium-dev libzstd-dev pkg-config >/dev/null
+  fi
+  echo "setup: building garage $garage_version into $garage_root (once per machine)" >&2
+  CARGO_TARGET_DIR="$garage_root/target" cargo install --locked --quiet garage --version "$garage_version" \
+    --no-default-features --features lmdb,system-libs --root "$garage_root"
+  # The build directory is only needed to build it again; the binary is all the tests use.
+  rm -rf "$garage_root/target"
 fi
 
 if [ "${1:-}" = "--venv" ]; then

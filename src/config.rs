@@ -87,6 +87,32 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// Peers whose PROXY protocol header and `X-Forwarded-*` headers are believed.
     pub trusted_proxies: TrustedProxies,
+    /// `cluster`: the hf-edge nodes sharing blobs by consistent hashing; `None`: this node
+    /// alone.
+    pub cluster: Option<Cluster>,
+}
+
+/// `cluster`: this node's place among hf-edge nodes that fetch each blob upstream once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    /// This node's URL as its peers reach it (an `http://` origin).
+    pub self_url: Origin,
+    /// The nodes, this one included: origins, or names resolving to every node (a headless
+    /// Kubernetes Service), looked up again every `resolve_interval`.
+    pub peers: Vec<Origin>,
+    /// Signs and checks peer requests (HMAC-SHA256); never sent.
+    pub secret: Secret,
+    /// Keep a verified copy of blobs fetched from their owner (`false`: stream them through).
+    pub replicate: bool,
+    pub health_check: HealthCheck,
+    pub resolve_interval: Duration,
+}
+
+/// `cluster.health_check`: a TCP connect to every node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// The TLS client listener.
@@ -227,8 +253,12 @@ pub struct Cache {
     /// Fills (blobs being fetched into the store) at once; beyond, requests are served
     /// uncached.
     pub max_fills: usize,
+    /// `cache.memory_size` and `cache.memory_max_object`: the memory tier of small blobs.
+    pub memory: crate::store::MemoryLimits,
     /// `cache.pin` and `cache.max_pinned`: blobs of these repos are never evicted.
     pub pin: crate::store::PinPolicy,
+    /// `cache.object_store`: a shared S3-compatible tier below the local store.
+    pub object_store: Option<crate::store::ObjectStoreSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +291,47 @@ struct RawConfig {
     warm: RawWarm,
     tls: Option<RawTls>,
     trusted_proxies: Vec<Scalar<String>>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(rename = "self")]
+    self_url: Scalar<String>,
+    peers: Vec<Scalar<String>>,
+    secret: Option<Scalar<String>>,
+    secret_file: Option<Scalar<PathBuf>>,
+    #[serde(default = "default_replicate")]
+    replicate: Scalar<bool>,
+    #[serde(default)]
+    health_check: RawHealthCheck,
+    #[serde(default = "default_resolve_interval")]
+    resolve_interval: Scalar<Dur>,
+}
+
+fn default_replicate() -> Scalar<bool> {
+    Scalar(true)
+}
+
+fn default_resolve_interval() -> Scalar<Dur> {
+    Scalar(Dur::secs(30))
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHealthCheck {
+    interval: Scalar<Dur>,
+    timeout: Scalar<Dur>,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        RawHealthCheck {
+            interval: Scalar(Dur::secs(5)),
+            timeout: Scalar(Dur::secs(1)),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -294,6 +365,7 @@ impl Default for RawConfig {
             warm: RawWarm::default(),
             tls: None,
             trusted_proxies: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -437,8 +509,11 @@ struct RawCache {
     api_snapshots_max_size: Scalar<Size>,
     api_snapshots_max_files: Scalar<usize>,
     max_fills: Scalar<usize>,
+    memory_size: Scalar<Size>,
+    memory_max_object: Scalar<Size>,
     pin: Vec<Scalar<String>>,
     max_pinned: Scalar<Size>,
+    object_store: Option<RawObjectStore>,
 }
 
 impl Default for RawCache {
@@ -452,10 +527,32 @@ impl Default for RawCache {
             api_snapshots_max_size: Scalar(Size(1 << 30)),
             api_snapshots_max_files: Scalar(100_000),
             max_fills: Scalar(64),
+            memory_size: Scalar(Size(256 << 20)),
+            memory_max_object: Scalar(Size(1 << 20)),
             pin: Vec::new(),
             max_pinned: Scalar(Size(10 << 30)),
+            object_store: None,
         }
     }
+}
+
+/// `cache.object_store` as written. No defaults section: absent (or an empty `endpoint`)
+/// is no tier.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RawObjectStore {
+    endpoint: Option<Scalar<String>>,
+    bucket: Option<Scalar<String>>,
+    region: Option<Scalar<String>>,
+    access_key_id: Option<Scalar<String>>,
+    secret_access_key: Option<Scalar<String>>,
+    secret_access_key_file: Option<Scalar<PathBuf>>,
+    credentials_file: Option<Scalar<PathBuf>>,
+    prefix: Option<Scalar<String>>,
+    allow_http: Option<Scalar<bool>>,
+    timeout: Option<Scalar<Dur>>,
+    max_uploads: Option<Scalar<usize>>,
+    upload_queue: Option<Scalar<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -729,6 +826,23 @@ fn egress(
         .map_err(|(k, m)| (key(&k), m))
 }
 
+/// `cache.memory_size` (0: no memory tier) and `cache.memory_max_object`.
+fn memory_limits(max_size: u64, max_object: u64) -> Result<crate::store::MemoryLimits, Invalid> {
+    if max_object == 0 {
+        return Err(bad("cache.memory_max_object", "must be greater than 0"));
+    }
+    if max_size > 0 && max_object > max_size {
+        return Err(bad(
+            "cache.memory_max_object",
+            "must be at most cache.memory_size",
+        ));
+    }
+    Ok(crate::store::MemoryLimits {
+        max_size,
+        max_object,
+    })
+}
+
 /// An optional value, empty (e.g. `${VAR:-}`) counting as unset.
 fn given<T: AsRef<std::ffi::OsStr>>(v: Option<Scalar<T>>) -> Option<T> {
     v.map(|s| s.0).filter(|v| !v.as_ref().is_empty())
@@ -771,7 +885,13 @@ impl RawConfig {
             api_snapshots_max_size: c.api_snapshots_max_size.0 .0,
             api_snapshots_max_files: c.api_snapshots_max_files.0,
             max_fills: c.max_fills.0,
+            memory: memory_limits(c.memory_size.0 .0, c.memory_max_object.0 .0)?,
             pin: pin_policy(&c.pin, c.max_pinned.0)?,
+            object_store: c
+                .object_store
+                .map(|o| o.validate("cache.object_store"))
+                .transpose()?
+                .flatten(),
         };
         let metrics = Metrics {
             listen: parse_addr("metrics.listen", &self.metrics.listen.0)?,
@@ -844,6 +964,7 @@ impl RawConfig {
                 .collect::<Result<_, _>>()?,
         );
         let warm = self.warm.validate()?;
+        let cluster = self.cluster.map(RawCluster::validate).transpose()?;
         for (i, r) in warm.repos.iter().enumerate() {
             // The rules of the mount the entry fetches through.
             let rules = match r.mount.as_str() {
@@ -866,6 +987,7 @@ impl RawConfig {
             }
         }
         Ok(Config {
+            cluster,
             mounts,
             warm,
             tls,
@@ -881,6 +1003,75 @@ impl RawConfig {
             metrics,
             access_log,
             access,
+        })
+    }
+}
+
+/// Shortest `cluster.secret`: an HMAC key guessable by brute force protects nothing.
+const MIN_CLUSTER_SECRET: usize = 16;
+
+impl RawCluster {
+    fn validate(self) -> Result<Cluster, Invalid> {
+        let node = |key: &str, s: &str| {
+            let o = Origin::parse(s).map_err(|m| bad(key, m))?;
+            if o.tls || o.has_path() {
+                return Err(bad(
+                    key,
+                    format!("{s:?}: must be an http:// origin without a path, like http://10.0.0.1:8080 (peers talk plain HTTP, authenticated by cluster.secret)"),
+                ));
+            }
+            Ok(o)
+        };
+        let self_url = node("cluster.self", &self.self_url.0)?;
+        if self.peers.is_empty() {
+            return Err(bad(
+                "cluster.peers",
+                "must list the nodes (cluster.self among them) or one name resolving to them",
+            ));
+        }
+        let peers = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| node(&format!("cluster.peers[{i}]"), &p.0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let secret = secret(
+            "cluster.secret",
+            given(self.secret),
+            given(self.secret_file),
+        )?
+        .ok_or_else(|| {
+            bad(
+                "cluster.secret",
+                "is required: set cluster.secret or cluster.secret_file",
+            )
+        })?;
+        if secret.expose().len() < MIN_CLUSTER_SECRET {
+            return Err(bad(
+                "cluster.secret",
+                format!("must be at least {MIN_CLUSTER_SECRET} characters (e.g. `openssl rand -hex 32`)"),
+            ));
+        }
+        let positive = |key: &str, d: Duration| match d.is_zero() {
+            true => Err(bad(key, "must be greater than 0")),
+            false => Ok(d),
+        };
+        Ok(Cluster {
+            self_url,
+            peers,
+            secret,
+            replicate: self.replicate.0,
+            health_check: HealthCheck {
+                interval: positive(
+                    "cluster.health_check.interval",
+                    self.health_check.interval.0 .0,
+                )?,
+                timeout: positive(
+                    "cluster.health_check.timeout",
+                    self.health_check.timeout.0 .0,
+                )?,
+            },
+            resolve_interval: positive("cluster.resolve_interval", self.resolve_interval.0 .0)?,
         })
     }
 }
@@ -993,6 +1184,162 @@ fn no_overlap(mounts: &[Mount]) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+impl RawObjectStore {
+    /// `at` is `cache.object_store`. `None`: no endpoint, no tier.
+    fn validate(self, at: &str) -> Result<Option<crate::store::ObjectStoreSettings>, Invalid> {
+        let key = |k: &str| format!("{at}.{k}");
+        let Some(endpoint) = given(self.endpoint) else {
+            return Ok(None);
+        };
+        let origin = Origin::parse(&endpoint).map_err(|m| bad(&key("endpoint"), m))?;
+        if origin.has_path() {
+            return Err(bad(
+                &key("endpoint"),
+                "must be an origin (scheme, host, port), no path",
+            ));
+        }
+        let allow_http = self.allow_http.is_some_and(|v| v.0);
+        if !origin.tls && !allow_http {
+            return Err(bad(
+                &key("endpoint"),
+                format!("{endpoint} is plain http: set {at}.allow_http: true to send the credentials and blobs unencrypted"),
+            ));
+        }
+        let bucket = given(self.bucket).ok_or_else(|| bad(&key("bucket"), "must be set"))?;
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if !bucket_ok {
+            return Err(bad(
+                &key("bucket"),
+                format!("{bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '-', '.')"),
+            ));
+        }
+        let (access_key_id, secret_access_key) = object_store_credentials(
+            at,
+            given(self.access_key_id),
+            secret(
+                &key("secret_access_key"),
+                given(self.secret_access_key),
+                given(self.secret_access_key_file),
+            )?,
+            given(self.credentials_file),
+        )?;
+        let prefix = given(self.prefix).unwrap_or_default();
+        let prefix = prefix.trim_matches('/');
+        let segment_ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !prefix.is_empty() && !prefix.split('/').all(segment_ok) {
+            return Err(bad(
+                &key("prefix"),
+                format!("{prefix:?}: segments of A-Z, a-z, 0-9, '-', '_', '.' separated by '/'"),
+            ));
+        }
+        let timeout = self.timeout.map_or(Duration::from_secs(5), |t| t.0 .0);
+        if timeout.is_zero() {
+            return Err(bad(&key("timeout"), "must be greater than 0"));
+        }
+        let max_uploads = self.max_uploads.map_or(4, |n| n.0);
+        if max_uploads == 0 {
+            return Err(bad(&key("max_uploads"), "must be at least 1"));
+        }
+        Ok(Some(crate::store::ObjectStoreSettings {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            bucket,
+            region: given(self.region).unwrap_or_else(|| "us-east-1".into()),
+            access_key_id,
+            secret_access_key: secret_access_key.expose().to_string(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+            allow_http,
+            timeout,
+            max_uploads,
+            upload_queue: self.upload_queue.map_or(1024, |n| n.0),
+        }))
+    }
+}
+
+/// The tier's key pair: `access_key_id` with `secret_access_key` (or its `_file`), or an AWS
+/// shared credentials file (`credentials_file`, its `[default]` profile), not both.
+fn object_store_credentials(
+    at: &str,
+    id: Option<String>,
+    secret: Option<Secret>,
+    file: Option<PathBuf>,
+) -> Result<(String, Secret), Invalid> {
+    let key = |k: &str| format!("{at}.{k}");
+    match (id, secret, file) {
+        (None, None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| bad(&key("credentials_file"), format!("{}: {e}", path.display())))?;
+            aws_credentials(&text).map_err(|m| {
+                bad(&key("credentials_file"), format!("{}: {m}", path.display()))
+            })
+        }
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(bad(
+            &key("credentials_file"),
+            format!("set {at}.credentials_file or {at}.access_key_id and secret_access_key, not both"),
+        )),
+        (Some(id), Some(secret), None) => Ok((id, secret)),
+        (Some(_), None, None) => Err(bad(
+            &key("secret_access_key"),
+            format!("must be set with {at}.access_key_id (or secret_access_key_file)"),
+        )),
+        (None, Some(_), None) => Err(bad(
+            &key("access_key_id"),
+            format!("must be set with {at}.secret_access_key"),
+        )),
+        (None, None, None) => Err(bad(
+            at,
+            "needs credentials: access_key_id and secret_access_key (or secret_access_key_file), or credentials_file",
+        )),
+    }
+}
+
+/// `aws_access_key_id` and `aws_secret_access_key` of the `[default]` profile of an AWS shared
+/// credentials file (lines before any `[profile]` header count as the default's).
+fn aws_credentials(text: &str) -> Result<(String, Secret), String> {
+    let mut profile = "default".to_string();
+    let (mut id, mut secret) = (None, None);
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            profile = name.trim().to_string();
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        if profile != "default" {
+            continue;
+        }
+        match k.trim() {
+            "aws_access_key_id" => id = Some(v.trim().to_string()),
+            "aws_secret_access_key" => secret = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    match (
+        id.filter(|v| !v.is_empty()),
+        secret.filter(|v| !v.is_empty()),
+    ) {
+        (Some(id), Some(secret)) => Ok((id, Secret::new(secret))),
+        (None, _) => Err("no aws_access_key_id in its [default] profile".into()),
+        (_, None) => Err("no aws_secret_access_key in its [default] profile".into()),
+    }
 }
 
 /// A secret given inline or in a file (`{key}_file`), not both; trimmed; empty is unset.
@@ -1272,6 +1619,13 @@ metrics:
         assert_eq!(c.cache.max_size, 100 << 30);
         assert_eq!(c.cache.revision_ttl, Duration::from_secs(60));
         assert_eq!(c.cache.max_fills, 64);
+        assert_eq!(
+            c.cache.memory,
+            crate::store::MemoryLimits {
+                max_size: 256 << 20,
+                max_object: 1 << 20
+            }
+        );
         assert_eq!(c.upstream.metadata_timeout, Duration::from_secs(5));
         assert_eq!(c.upstream.failure_hold_down, Duration::from_secs(10));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
@@ -1357,6 +1711,20 @@ metrics:
             (
                 MINIMAL.replace("max_size: \"100GiB\"", "max_size: 1GiB\n  max_fills: 0"),
                 "cache.max_fills: must be at least 1",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: 1GiB\n  memory_size: 1MiB\n  memory_max_object: 2MiB",
+                ),
+                "cache.memory_max_object: must be at most cache.memory_size",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: 1GiB\n  memory_max_object: 0",
+                ),
+                "cache.memory_max_object: must be greater than 0",
             ),
             (
                 MINIMAL.replace(
@@ -1519,6 +1887,54 @@ metrics:
     }
 
     #[test]
+    fn cluster_keys_are_read_and_checked() {
+        let cluster = |body: &str| format!("{MINIMAL}cluster:\n{body}");
+        let ok = cluster(
+            "  self: \"http://10.0.0.1:8080\"\n  peers: [\"http://hf-edge-peers:8080\"]\n  secret: \"0123456789abcdef\"\n",
+        );
+        let c = parse(&ok).unwrap().cluster.unwrap();
+        assert_eq!(c.self_url.to_string(), "http://10.0.0.1:8080");
+        assert_eq!(c.peers.len(), 1);
+        assert!(c.replicate);
+        assert_eq!(c.health_check.interval, Duration::from_secs(5));
+        assert!(parse(MINIMAL).unwrap().cluster.is_none());
+        let cases = [
+            (
+                "  self: \"https://10.0.0.1\"\n  peers: [\"http://a:1\"]\n  secret: \"0123456789abcdef\"\n",
+                "t.yaml: cluster.self: \"https://10.0.0.1\": must be an http:// origin",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: []\n  secret: \"0123456789abcdef\"\n",
+                "t.yaml: cluster.peers: must list the nodes",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1/x\"]\n  secret: \"0123456789abcdef\"\n",
+                "t.yaml: cluster.peers[0]: \"http://a:1/x\": must be an http:// origin",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n",
+                "t.yaml: cluster.secret: is required",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n  secret: short\n",
+                "t.yaml: cluster.secret: must be at least 16 characters",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n  secret: \"0123456789abcdef\"\n  health_check: {interval: 0s}\n",
+                "t.yaml: cluster.health_check.interval: must be greater than 0",
+            ),
+            (
+                "  self: \"http://a:1\"\n  peers: [\"http://a:1\"]\n  secret: \"0123456789abcdef\"\n  replicas: 2\n",
+                "t.yaml: cluster.replicas: unknown field `replicas`",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = err(&cluster(body));
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
     fn every_secret_has_a_file_form() {
         let dir = tempfile::tempdir().unwrap();
         for (name, value) in [("hub", "hf_hub\n"), ("admin", "adm1n"), ("key", " hf_key ")] {
@@ -1568,6 +1984,124 @@ metrics:
         ];
         for (yaml, want) in cases {
             let got = err(&yaml);
+            assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn object_store_is_validated_with_its_key_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("aws");
+        std::fs::write(
+            &creds,
+            "[other]\naws_access_key_id = NOPE\n[default]\naws_access_key_id = AKID\n\
+             aws_secret_access_key = s3cret\n",
+        )
+        .unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").unwrap();
+        let section = |body: &str| format!("cache:\n  object_store:\n{body}");
+        let env = |k: &str| (k == "D").then(|| dir.path().display().to_string());
+        let c = Config::from_yaml(
+            &section(
+                "    endpoint: \"http://garage:3900/\"\n    bucket: blobs\n    region: garage\n\
+                 \x20   allow_http: true\n    prefix: /site/a/\n    credentials_file: ${D}/aws\n",
+            ),
+            "t.yaml",
+            env,
+        )
+        .unwrap();
+        let o = c.cache.object_store.unwrap();
+        assert_eq!(
+            (o.endpoint.as_str(), o.bucket.as_str(), o.region.as_str()),
+            ("http://garage:3900", "blobs", "garage")
+        );
+        assert_eq!(
+            (o.access_key_id.as_str(), o.secret_access_key.as_str()),
+            ("AKID", "s3cret")
+        );
+        assert_eq!(o.prefix, "site/a/");
+        assert_eq!(
+            (o.timeout, o.max_uploads, o.upload_queue),
+            (Duration::from_secs(5), 4, 1024)
+        );
+        assert!(
+            !format!("{o:?}").contains("s3cret"),
+            "the secret is never printed"
+        );
+        let c = Config::from_yaml(
+            &section(
+                "    endpoint: \"https://s3.example\"\n    bucket: blobs\n    access_key_id: AK\n\
+                 \x20   secret_access_key_file: ${D}/secret\n",
+            ),
+            "t.yaml",
+            env,
+        )
+        .unwrap();
+        let o = c.cache.object_store.unwrap();
+        assert_eq!(
+            (
+                o.secret_access_key.as_str(),
+                o.region.as_str(),
+                o.prefix.as_str()
+            ),
+            ("from-file", "us-east-1", "")
+        );
+        // An empty endpoint (`${VAR:-}`) is no tier.
+        let off = parse(&section("    endpoint: \"\"\n    bucket: blobs\n")).unwrap();
+        assert!(off.cache.object_store.is_none());
+
+        let keys = "    access_key_id: AK\n    secret_access_key: SK\n";
+        let https = "    endpoint: \"https://s3.example\"\n";
+        let cases = [
+            (
+                format!("    endpoint: \"http://s3.example\"\n    bucket: blobs\n{keys}"),
+                "t.yaml: cache.object_store.endpoint: http://s3.example is plain http: set cache.object_store.allow_http: true",
+            ),
+            (
+                format!("    endpoint: \"https://s3.example/path\"\n    bucket: blobs\n{keys}"),
+                "t.yaml: cache.object_store.endpoint: must be an origin",
+            ),
+            (format!("{https}{keys}"), "t.yaml: cache.object_store.bucket: must be set"),
+            (
+                format!("{https}    bucket: Blobs_1\n{keys}"),
+                "t.yaml: cache.object_store.bucket: \"Blobs_1\" is not a bucket name",
+            ),
+            (
+                format!("{https}    bucket: blobs\n"),
+                "t.yaml: cache.object_store: needs credentials",
+            ),
+            (
+                format!("{https}    bucket: blobs\n    access_key_id: AK\n"),
+                "t.yaml: cache.object_store.secret_access_key: must be set with",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    credentials_file: /x\n"),
+                "t.yaml: cache.object_store.credentials_file: set cache.object_store.credentials_file or",
+            ),
+            (
+                format!("{https}    bucket: blobs\n    credentials_file: /nonexistent/aws\n"),
+                "t.yaml: cache.object_store.credentials_file: /nonexistent/aws: ",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    prefix: a/../b\n"),
+                "t.yaml: cache.object_store.prefix: \"a/../b\"",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    timeout: 0s\n"),
+                "t.yaml: cache.object_store.timeout: must be greater than 0",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    max_uploads: 0\n"),
+                "t.yaml: cache.object_store.max_uploads: must be at least 1",
+            ),
+            (
+                format!("{https}    bucket: blobs\n{keys}    buckets: x\n"),
+                "t.yaml: cache.object_store.buckets: unknown field `buckets`",
+            ),
+        ];
+        for (body, want) in cases {
+            let got = err(&section(&body));
             assert!(got.starts_with(want), "{got:?} should start with {want:?}");
         }
     }

@@ -11,10 +11,13 @@ use http::HeaderValue;
 use pingora_cache::eviction::EvictionManager;
 
 use crate::access_log::AccessLog;
+use crate::cluster::Cluster;
 use crate::config::{self, Config};
 use crate::hub::upstream::Upstream;
 use crate::metrics::Metrics;
-use crate::proxy::{DownloadFlow, LfsActions, Live, Mount, PassthroughFlow, MAX_LFS_ACTIONS};
+use crate::proxy::{
+    DownloadFlow, LfsActions, Live, Mount, PassthroughFlow, Peering, MAX_LFS_ACTIONS,
+};
 use crate::resolver::{Resolver, ResolverConfig};
 use crate::snapshots::{ApiSnapshots, Limits};
 use crate::store::BlobStore;
@@ -118,6 +121,7 @@ fn build(
     shared: &Shared,
     previous: Option<(&Config, &Live)>,
 ) -> anyhow::Result<Live> {
+    let cluster = cluster_for(cfg, previous.map(|(_, live)| live), &shared.metrics)?;
     let mut mounts = Vec::new();
     for m in cfg.all_mounts() {
         let before = previous.and_then(|(old_cfg, live)| {
@@ -128,11 +132,32 @@ fn build(
             let mount = live.mounts().iter().find(|o| o.prefix == m.prefix)?;
             Some((c, mount.clone()))
         });
-        mounts.push(Arc::new(build_mount(cfg, &m, shared, before)?));
+        let peering = cluster.clone();
+        mounts.push(Arc::new(build_mount(cfg, &m, shared, before, peering)?));
     }
     let access_log = AccessLog::open(&cfg.access_log)
         .with_context(|| format!("log.access: cannot open {}", cfg.access_log))?;
-    Ok(Live::new(mounts, access_log))
+    Ok(Live::new(mounts, access_log, cluster))
+}
+
+/// The cluster view for `cfg`: the running one while `cluster` is unchanged (its ring and
+/// health stay), else a new one (the old one's refresh thread ends when its last request does).
+fn cluster_for(
+    cfg: &Config,
+    previous: Option<&Live>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<Cluster>>> {
+    let Some(settings) = &cfg.cluster else {
+        return Ok(None);
+    };
+    if let Some(running) = previous.and_then(Live::cluster) {
+        if running.settings == *settings {
+            return Ok(Some(running.clone()));
+        }
+    }
+    let cluster = Cluster::start(settings.clone(), cfg.upstream.read_timeout, metrics.clone())
+        .context("cluster: cannot start the thread that looks up and checks the nodes")?;
+    Ok(Some(cluster))
 }
 
 /// The key path of a mount's settings in error messages.
@@ -179,6 +204,7 @@ fn build_mount(
     m: &config::Mount,
     shared: &Shared,
     before: Option<(config::Mount, Arc<Mount>)>,
+    cluster: Option<Arc<Cluster>>,
 ) -> anyhow::Result<Mount> {
     let key = key_of(m);
     let settings = m.upstream.settings();
@@ -243,6 +269,10 @@ fn build_mount(
             eviction: shared.eviction,
             max_blob_size: cfg.cache.max_size,
             metrics: shared.metrics.clone(),
+            peering: cluster.map(|cluster| Peering {
+                cluster,
+                mount_base: mount_base.clone(),
+            }),
         },
         passthrough: PassthroughFlow {
             public_url: cfg.public_url.as_ref().map(ToString::to_string),

@@ -14,6 +14,7 @@ pub mod access;
 pub mod access_log;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod downstream;
 pub mod durable;

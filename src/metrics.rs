@@ -135,6 +135,28 @@ pub struct StoreCounts {
     /// Blobs `cache.pin` keeps out of eviction, and their bytes.
     pub pinned_objects: u64,
     pub pinned_bytes: u64,
+    /// Hits answered from the memory tier, and the bytes it keeps.
+    pub memory_hits: u64,
+    pub memory_bytes: u64,
+    /// `cache.object_store`'s counters, when one is configured.
+    pub tier: Option<TierCounts>,
+}
+
+/// The object-store tier's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct TierCounts {
+    pub uploads_ok: u64,
+    pub uploads_failed: u64,
+    pub uploads_dropped: u64,
+    pub uploads_present: u64,
+    pub uploads_pending: u64,
+    pub bytes_written: u64,
+    pub reads_hit: u64,
+    pub reads_miss: u64,
+    pub reads_error: u64,
+    pub reads_corrupt: u64,
+    pub reads_skipped: u64,
+    pub bytes_read: u64,
 }
 const STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
@@ -175,7 +197,47 @@ pub struct Metrics {
     hub_state: IntGaugeVec,
     store_pinned_objects: IntGauge,
     store_pinned_bytes: IntGauge,
+    store_memory_hits: IntCounter,
+    store_memory_bytes: IntGauge,
     warm_files: IntCounterVec,
+    tier_uploads: IntCounterVec,
+    tier_uploads_pending: IntGauge,
+    tier_reads: IntCounterVec,
+    tier_bytes: IntCounterVec,
+    peer_requests: IntCounterVec,
+    peer_received_bytes: IntCounter,
+    cluster_nodes: IntGaugeVec,
+}
+
+/// A peer request of the cluster: sent to a peer for a blob, or served to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Sent, and the peer's body opened.
+    SentOk,
+    /// Sent, and the peer failed or could not be reached (the next source was tried).
+    SentFailed,
+    /// Served to an authenticated peer.
+    Served,
+    /// Refused: no or a wrong cluster signature, or a bad request.
+    Refused,
+}
+
+impl PeerRequest {
+    const ALL: [PeerRequest; 4] = [
+        PeerRequest::SentOk,
+        PeerRequest::SentFailed,
+        PeerRequest::Served,
+        PeerRequest::Refused,
+    ];
+
+    fn labels(self) -> [&'static str; 2] {
+        match self {
+            PeerRequest::SentOk => ["sent", "ok"],
+            PeerRequest::SentFailed => ["sent", "failed"],
+            PeerRequest::Served => ["received", "served"],
+            PeerRequest::Refused => ["received", "refused"],
+        }
+    }
 }
 
 /// What a warm job did with a file.
@@ -439,13 +501,67 @@ impl Metrics {
                 "hf_edge_store_pinned_bytes",
                 "Bytes of the blobs cache.pin keeps out of eviction (bounded by cache.max_pinned).",
             )?,
+            store_memory_hits: counter(
+                "hf_edge_store_memory_hits_total",
+                "Hits answered from the memory tier (cache.memory_size), without a read.",
+            )?,
+            store_memory_bytes: gauge(
+                "hf_edge_store_memory_bytes",
+                "Bytes of small blobs the memory tier keeps (bounded by cache.memory_size).",
+            )?,
             warm_files: counter_vec(
                 "hf_edge_warm_files_total",
                 "Files warm jobs handled: fetched into the store, found stored already, or failed.",
                 &["result"],
             )?,
+            tier_uploads: counter_vec(
+                "hf_edge_object_store_uploads_total",
+                "Blobs filled from the Hub (or a peer), to upload to cache.object_store: ok, \
+                 failed, present (there already), or dropped (max_uploads running and \
+                 upload_queue waiting).",
+                &["result"],
+            )?,
+            tier_uploads_pending: gauge(
+                "hf_edge_object_store_uploads_pending",
+                "Uploads to cache.object_store running or waiting.",
+            )?,
+            tier_reads: counter_vec(
+                "hf_edge_object_store_reads_total",
+                "Fills that asked cache.object_store first: hit (served from it), miss, error \
+                 (or timeout), corrupt (not the blob: discarded), skipped (resting after an \
+                 error). All but hit were filled from the Hub.",
+                &["result"],
+            )?,
+            tier_bytes: counter_vec(
+                "hf_edge_object_store_bytes_total",
+                "Blob bytes read from (filled) and written to (uploaded) cache.object_store.",
+                &["direction"],
+            )?,
+            peer_requests: counter_vec(
+                "hf_edge_cluster_peer_requests_total",
+                "Blob requests between cluster nodes: sent (ok, or failed and the next source tried) and received (served, or refused).",
+                &["direction", "result"],
+            )?,
+            peer_received_bytes: counter(
+                "hf_edge_cluster_peer_received_bytes_total",
+                "Blob bytes received from other cluster nodes (not counted as upstream bytes).",
+            )?,
+            cluster_nodes: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "hf_edge_cluster_nodes",
+                        "Cluster nodes on the ring (this one included) by the last health check: up or down.",
+                    ),
+                    &["health"],
+                )?;
+                reg(Box::new(g.clone()))?;
+                g
+            },
             registry,
         };
+        for r in PeerRequest::ALL {
+            m.peer_requests.with_label_values(&r.labels());
+        }
         for r in CacheResult::ALL {
             m.cache_lookups.with_label_values(&[r.label()]);
         }
@@ -516,6 +632,22 @@ impl Metrics {
         self.sent_bytes
             .with_label_values(&[source])
             .inc_by(bytes as u64);
+    }
+
+    pub fn peer_request(&self, r: PeerRequest) {
+        self.peer_requests.with_label_values(&r.labels()).inc();
+    }
+
+    /// The cluster's nodes after a health check.
+    pub fn cluster_nodes(&self, up: usize, down: usize) {
+        self.cluster_nodes.with_label_values(&["up"]).set(up as i64);
+        self.cluster_nodes
+            .with_label_values(&["down"])
+            .set(down as i64);
+    }
+
+    pub fn peer_received(&self, bytes: usize) {
+        self.peer_received_bytes.inc_by(bytes as u64);
     }
 
     pub fn upstream_received(&self, bytes: usize) {
@@ -637,6 +769,25 @@ impl Metrics {
         self.store_reserved_bytes.set(store.reserved_bytes as i64);
         self.store_pinned_objects.set(store.pinned_objects as i64);
         self.store_pinned_bytes.set(store.pinned_bytes as i64);
+        catch_up(&self.store_memory_hits, store.memory_hits);
+        self.store_memory_bytes.set(store.memory_bytes as i64);
+        if let Some(t) = store.tier {
+            let by = |family: &IntCounterVec, label: &str, v: u64| {
+                catch_up(&family.with_label_values(&[label]), v)
+            };
+            by(&self.tier_uploads, "ok", t.uploads_ok);
+            by(&self.tier_uploads, "failed", t.uploads_failed);
+            by(&self.tier_uploads, "dropped", t.uploads_dropped);
+            by(&self.tier_uploads, "present", t.uploads_present);
+            self.tier_uploads_pending.set(t.uploads_pending as i64);
+            by(&self.tier_reads, "hit", t.reads_hit);
+            by(&self.tier_reads, "miss", t.reads_miss);
+            by(&self.tier_reads, "error", t.reads_error);
+            by(&self.tier_reads, "corrupt", t.reads_corrupt);
+            by(&self.tier_reads, "skipped", t.reads_skipped);
+            by(&self.tier_bytes, "read", t.bytes_read);
+            by(&self.tier_bytes, "written", t.bytes_written);
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

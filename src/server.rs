@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::ops::OpsApp;
 use crate::proxy::{EdgeProxy, RequestIds};
 use crate::status::StatusSource;
-use crate::store::{BlobStore, FillPolicy};
+use crate::store::{BlobStore, FillPolicy, ObjectTier};
 use crate::tls::Certificates;
 use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
@@ -69,12 +69,19 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
             cfg.cache.dir.display()
         )
     })?;
+    store.set_memory_limits(cfg.cache.memory);
     store.set_fill_policy(FillPolicy {
         max_fills: cfg.cache.max_fills,
         max_size: cfg.cache.max_size,
         eviction: Some(eviction_dyn),
         ..FillPolicy::default()
     });
+    if let Some(settings) = &cfg.cache.object_store {
+        let tier =
+            ObjectTier::new(settings).map_err(|e| anyhow::anyhow!("cache.object_store: {e}"))?;
+        log::info!("object store tier: {}", tier.location());
+        store.set_tier(tier);
+    }
     let store: &'static BlobStore = Box::leak(Box::new(store));
     store.start_index().with_context(|| {
         format!(

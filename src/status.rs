@@ -66,6 +66,16 @@ pub struct StoreStatus {
     pub fill_percent: f64,
     /// Reserved under `max_size` by fills in flight.
     pub reserved_bytes: u64,
+    /// `cache.object_store`, when one is configured.
+    pub object_store: Option<ObjectStoreStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ObjectStoreStatus {
+    /// `endpoint/bucket/prefix`.
+    pub location: String,
+    #[serde(flatten)]
+    pub counts: crate::metrics::TierCounts,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,6 +155,10 @@ impl StatusSource {
                 max_size: self.max_size,
                 fill_percent: percent(counts.bytes, self.max_size),
                 reserved_bytes: counts.reserved_bytes,
+                object_store: self.store.tier().map(|t| ObjectStoreStatus {
+                    location: t.location().to_string(),
+                    counts: t.stats.counts(),
+                }),
             },
             traffic: traffic(&self.metrics.traffic()),
             top_repos: self.top_repos().await,
@@ -353,6 +367,25 @@ white-space:pre-wrap;user-select:all}progress{width:14rem;height:1rem}.muted{col
 .state-offline,.state-unknown{color:#8a5a00}.num{text-align:right;font-variant-numeric:tabular-nums}";
 
 /// The page. Every value is escaped; the page loads nothing and runs no script.
+/// The store table's row for `cache.object_store`.
+fn object_store_row(o: &ObjectStoreStatus) -> String {
+    let c = &o.counts;
+    format!(
+        "<tr><th>object store</th><td id=\"object-store\">{}: {} fills served from it ({}), \
+         {} missed, {} failed, {} corrupt; {} uploaded ({}), {} failed, {} dropped</td></tr>",
+        escape(&o.location),
+        c.reads_hit,
+        human_bytes(c.bytes_read),
+        c.reads_miss,
+        c.reads_error + c.reads_skipped,
+        c.reads_corrupt,
+        c.uploads_ok,
+        human_bytes(c.bytes_written),
+        c.uploads_failed,
+        c.uploads_dropped,
+    )
+}
+
 pub fn html(s: &Status) -> String {
     let mut h = String::with_capacity(16 * 1024);
     let url = escape(&s.url);
@@ -413,7 +446,7 @@ pub fn html(s: &Status) -> String {
          <tr><th>directory</th><td>{}</td></tr>\
          <tr><th>fill</th><td>{} <span id=\"store-fill\">{} of {}</span> ({:.1} %)</td></tr>\
          <tr><th>blobs</th><td id=\"store-objects\">{}</td></tr>\
-         <tr><th>reserved by fills</th><td>{}</td></tr></table>\n",
+         <tr><th>reserved by fills</th><td>{}</td></tr>{}</table>\n",
         escape(&st.dir),
         bar("store-bar", st.fill_percent),
         human_bytes(st.bytes),
@@ -421,6 +454,9 @@ pub fn html(s: &Status) -> String {
         st.fill_percent,
         st.objects,
         human_bytes(st.reserved_bytes),
+        st.object_store
+            .as_ref()
+            .map_or_else(String::new, object_store_row),
     );
 
     let t = &s.traffic;
@@ -554,6 +590,10 @@ mod tests {
                 max_size: 100,
                 fill_percent: 10.0,
                 reserved_bytes: 0,
+                object_store: Some(ObjectStoreStatus {
+                    location: evil.to_string(),
+                    counts: Default::default(),
+                }),
             },
             traffic: traffic(&Traffic {
                 lookups: vec![("hit", 3), ("miss", 1)],

@@ -804,6 +804,57 @@ def check_full(r: dict, size: int, server: str) -> None:
         raise RuntimeError(f"{server}: incomplete responses {bad[:3]}")
 
 
+SWEEP_CONNS = (1, 4, 16, 64, 256)
+SWEEP_SERVERS = ("hf-edge", "nginx")
+
+
+def measure_sweep(b: Bench, secs: int) -> dict:
+    """config.json at each connection count of SWEEP_CONNS, one wrk run per server and count,
+    the servers' order alternating: requests/s, p50, p99 and server CPU per request."""
+    out = {s: [] for s in SWEEP_SERVERS}
+    for i, conns in enumerate(SWEEP_CONNS):
+        for s in SWEEP_SERVERS[i % 2:] + SWEEP_SERVERS[:i % 2]:
+            pids = b.server_pids(s)
+            cpu0 = cpu_seconds(pids)
+            w = wrk(b.url(s, SMALL), conns, secs)
+            cpu_us = (cpu_seconds(pids) - cpu0) / max(w["requests"] or 1, 1) * 1e6
+            out[s].append({"conns": conns, "rps": w["rps"], "p50_ms": w["p50_ms"], "p99_ms": w["p99_ms"],
+                           "cpu_us": cpu_us, "errors": w["socket_errors"] + w["non_2xx"]})
+            log(f"sweep {conns:3} conns {s:8}: {w['rps']:.0f} req/s p50 {w['p50_ms']:.2f} ms "
+                f"p99 {w['p99_ms']:.2f} ms, {cpu_us:.1f} µs CPU/request")
+    for s in SWEEP_SERVERS:
+        bad = [p for p in out[s] if p["errors"]]
+        if bad:
+            raise RuntimeError(f"{s}: errors in the concurrency sweep: {bad}")
+    return out
+
+
+def sweep_table(sweep: dict) -> str:
+    rows = ["| connections | hf-edge req/s | nginx req/s | hf-edge / nginx | hf-edge p99 (ms) "
+            "| nginx p99 (ms) | hf-edge CPU/req (µs) | nginx CPU/req (µs) |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for e, n in zip(sweep["hf-edge"], sweep["nginx"]):
+        rows.append(f"| {e['conns']} | {fmt(e['rps'], 0)} | {fmt(n['rps'], 0)} | {fmt(ratio(e['rps'], n['rps']))} "
+                    f"| {fmt(e['p99_ms'])} | {fmt(n['p99_ms'])} | {fmt(e['cpu_us'], 1)} | {fmt(n['cpu_us'], 1)} |")
+    return "\n".join(rows) + "\n"
+
+
+def sweep_plots(sweep: dict, out_dir: Path) -> list[Path]:
+    """req/s and p99 latency against connections, one line per server, as SVG files."""
+    sys.path.insert(0, str(HERE.parent))
+    from plot import line_chart
+
+    def series(key):
+        return {LABEL[s]: [(p["conns"], p[key]) for p in sweep[s]] for s in SWEEP_SERVERS}
+
+    return [
+        line_chart(out_dir / "small-file-rps.svg", "config.json hits: throughput", "connections",
+                   "requests/s", series("rps"), log_x=True),
+        line_chart(out_dir / "small-file-p99.svg", "config.json hits: p99 latency", "connections",
+                   "p99 latency (ms)", series("p99_ms"), log_x=True, log_y=True),
+    ]
+
+
 def measure_memory(b: Bench, clients: int) -> dict:
     """Issue 3 (c): hf-edge's RSS while N clients read the 1 GiB blob at once."""
     pid = b.edge_proc.pid
@@ -938,6 +989,10 @@ def report(results: dict) -> str:
            f"run took {results['elapsed_s']:.0f} s.", ""]
     if results.get("warm") or results.get("cold"):
         out.append(table(results))
+    if results.get("sweep"):
+        out.append(f"config.json hits against concurrency ({results['sweep_secs']} s of wrk per point, one run; "
+                   "plots: [req/s](small-file-rps.svg), [p99](small-file-p99.svg)):\n")
+        out.append(sweep_table(results["sweep"]))
     if results.get("coalescing") or results.get("memory"):
         out.append("Blob store (issue 3):\n")
         out.append(store_table(results))
@@ -988,6 +1043,7 @@ def main() -> int:
     DEADLINE[0] = T0 + args.budget
     runs = 1 if args.quick else args.runs
     small_secs, range_secs = (3, 3) if args.quick else (10, 5)
+    sweep_secs = 2 if args.quick else 8
 
     def on_signal(signum, _frame):
         raise SystemExit(f"stopped by signal {signum}")
@@ -1027,6 +1083,8 @@ def main() -> int:
         warm_up_and_verify(b)
         if not args.store:
             results["warm"] = measure_warm(b, runs, small_secs, range_secs)
+            results["sweep"] = measure_sweep(b, sweep_secs)
+            results["sweep_secs"] = sweep_secs
         results["memory"] = measure_memory(b, 32)
         ok = True
     except Deadline as e:
@@ -1054,6 +1112,13 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     (args.out.with_suffix(".md")).write_text(text)
     log(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+    if results.get("sweep"):
+        plots = sweep_plots(results["sweep"], args.out.parent)
+        log(f"wrote {', '.join(str(p) for p in plots)}")
+        if args.update_readme:
+            for p in plots:
+                shutil.copy(p, ROOT / "benches" / p.name)
+            log("copied the plots into benches/")
     if args.update_readme:
         update_readme(text)
     return 0

@@ -45,10 +45,20 @@ impl BlobId {
     }
 
     pub fn hex(&self) -> String {
-        match self {
-            BlobId::Sha256(b) => hex::encode(b),
-            BlobId::GitOid(b) => hex::encode(b),
-        }
+        let mut buf = [0u8; 64];
+        self.hex_into(&mut buf).to_string()
+    }
+
+    /// The hex digits, written into `buf` (no allocation: cache keys and ETags are built from
+    /// them on every hit).
+    fn hex_into<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        let bytes: &[u8] = match self {
+            BlobId::Sha256(b) => b,
+            BlobId::GitOid(b) => b,
+        };
+        let out = &mut buf[..bytes.len() * 2];
+        hex::encode_to_slice(bytes, out).expect("the buffer fits 32 bytes");
+        std::str::from_utf8(out).expect("hex digits are ASCII")
     }
 
     /// Parses the `algo/hex` form produced by `Display` (used as the cache key).
@@ -61,7 +71,10 @@ impl BlobId {
 
 impl fmt::Display for BlobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.algo(), self.hex())
+        let mut buf = [0u8; 64];
+        f.write_str(self.algo())?;
+        f.write_str("/")?;
+        f.write_str(self.hex_into(&mut buf))
     }
 }
 

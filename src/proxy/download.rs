@@ -14,7 +14,7 @@ use http::header;
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::{CacheEntryKey, EvictionManager};
-use pingora_proxy::Session;
+use pingora_proxy::{RangeType, Session};
 
 use super::ctx::{Ctx, Download, Flow, Target};
 use super::refetch::MAX_BODY_HOPS;
@@ -42,6 +42,8 @@ pub struct DownloadFlow {
     pub eviction: &'static (dyn EvictionManager + Sync),
     pub max_blob_size: u64,
     pub metrics: Arc<Metrics>,
+    /// With `cluster`: blobs this node does not own are filled from their owner.
+    pub peering: Option<super::Peering>,
 }
 
 impl DownloadFlow {
@@ -54,7 +56,7 @@ impl DownloadFlow {
         request: ResolveRequest,
         policy: &Policy,
     ) -> Result<bool> {
-        let Some(meta) = self.resolve(session, ctx, &request).await? else {
+        let Some((meta, stored)) = self.resolve(session, ctx, &request).await? else {
             return Ok(true);
         };
         // A renamed or transferred repo: the rules hold for where the Hub sent us too.
@@ -70,7 +72,6 @@ impl DownloadFlow {
         if range::unsatisfiable(session.req_header(), &meta) {
             return respond::unsatisfiable(session, &meta, &file_name, &ctx.request_id).await;
         }
-        let stored = meta.blob.is_some_and(|b| self.store.contains(&b));
         if (meta.download.is_none() || self.upstream.is_offline()) && !stored {
             let msg = format!(
                 "the Hub cannot be reached and {} is not cached",
@@ -120,24 +121,34 @@ impl DownloadFlow {
         Ok(())
     }
 
-    /// Metadata for a GET or HEAD; on `Ok(None)` an error response was already written.
+    /// Metadata for a GET or HEAD, and whether the store holds its blob; on `Ok(None)` an
+    /// error response was already written.
     async fn resolve(
         &self,
         session: &mut Session,
         ctx: &Ctx,
         request: &ResolveRequest,
-    ) -> Result<Option<FileMeta>> {
-        let raw_path = session.req_header().uri.path().to_string();
+    ) -> Result<Option<(FileMeta, bool)>> {
+        let raw_path = session.req_header().uri.path();
         let auth = ctx.auth.as_ref();
-        let mut meta = self.resolver.resolve(request, &raw_path, auth).await;
+        let stored = |m: &FileMeta| m.blob.is_some_and(|b| self.store.contains(&b));
+        let mut meta = self
+            .resolver
+            .resolve(request, raw_path, auth)
+            .await
+            .map(|m| (stored(&m), m));
         // A cached answer whose blob must be fetched needs a fresh signed URL.
-        if let Ok(m) = &meta {
-            if self.needs_fresh_url(m) {
-                meta = self.resolver.refresh(request, &raw_path, auth).await;
+        if let Ok((false, m)) = &meta {
+            if needs_fresh_url(m) {
+                meta = self
+                    .resolver
+                    .refresh(request, raw_path, auth)
+                    .await
+                    .map(|m| (stored(&m), m));
             }
         }
         match meta {
-            Ok(m) => Ok(Some(m)),
+            Ok((stored, m)) => Ok(Some((m, stored))),
             Err(e) => {
                 if let Some(cause) = e.cause() {
                     self.metrics.upstream_error(cause);
@@ -146,12 +157,6 @@ impl DownloadFlow {
                 Ok(None)
             }
         }
-    }
-
-    fn needs_fresh_url(&self, m: &FileMeta) -> bool {
-        let stored = m.blob.is_some_and(|b| self.store.contains(&b));
-        let url_fresh = m.download.is_some() && m.resolved_at.elapsed() < DOWNLOAD_URL_TTL;
-        !stored && !url_fresh && !m.stale
     }
 
     /// Serves a complete blob straight from the store, skipping Pingora's cache phase (its
@@ -166,7 +171,7 @@ impl DownloadFlow {
         let Some(blob) = download.meta.blob else {
             return Ok(());
         };
-        let Some((body, result)) = from_store::open(self.store, &blob).await? else {
+        let Some((body, result)) = from_store::open(self.store, &blob).await else {
             return Ok(());
         };
         download.cache_result = Some(result);
@@ -221,14 +226,39 @@ impl DownloadFlow {
         if size > self.max_blob_size {
             return Ok(());
         }
+        if let Some(peering) = &self.peering {
+            let start = match range::decide(session.req_header(), None, size) {
+                RangeType::Single(r) => r.start as u64,
+                _ => 0,
+            };
+            let streamed = peering.stream(blob, size, &target.url, start, &self.metrics);
+            match streamed.await {
+                None => {}
+                Some(Ok(stream)) => {
+                    download.cache_result = Some(CacheResult::Miss);
+                    let body = Box::new(stream);
+                    let (result, id) = (CacheResult::Miss, &ctx.request_id);
+                    return from_store::serve_reader(session, body, download, result, id).await;
+                }
+                Some(Err(e)) => {
+                    let path = &download.request.path;
+                    log::info!("{}: {path}: {e}; fetching it here", ctx.request_id);
+                }
+            }
+        }
         let source = || -> Arc<dyn crate::store::Refetch> {
-            Arc::new(refetch::UpstreamRefetch::new(
+            let hub = Arc::new(refetch::UpstreamRefetch::new(
                 (&self.upstream, &self.resolver, &self.metrics),
                 (target.clone(), ctx.auth.clone()),
                 download,
                 blob,
                 session.req_header().uri.path(),
-            ))
+            ));
+            let from_owner = self
+                .peering
+                .as_ref()
+                .and_then(|p| p.source(blob, size, &target.url, hub.clone(), &self.metrics));
+            from_owner.unwrap_or(hub)
         };
         let fetch = self.store.read_or_fill(blob, size, source).await;
         let (mut reader, result) = match self.reader_of(fetch, &blob, size) {
@@ -393,6 +423,13 @@ impl DownloadFlow {
         };
         self.store.record_ref(&entry, filled);
     }
+}
+
+/// Whether an answer for a blob the store does not hold must be asked again for a download URL
+/// that has not expired.
+fn needs_fresh_url(m: &FileMeta) -> bool {
+    let url_fresh = m.download.is_some() && m.resolved_at.elapsed() < DOWNLOAD_URL_TTL;
+    !url_fresh && !m.stale
 }
 
 /// `response_filter`: the Hub's headers for this file, whatever the body's source.

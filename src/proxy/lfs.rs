@@ -22,7 +22,7 @@ use pingora::Result;
 use pingora_proxy::Session;
 
 use super::download::DownloadFlow;
-use super::from_store::serve_blob;
+use super::from_store::{blob_response, serve_blob};
 use super::refetch::{answer_for, body_from, counted, ResumeError};
 use super::{respond, Ctx};
 use crate::access::IdentityKey;
@@ -224,7 +224,8 @@ impl DownloadFlow {
             }
         }
         let body = Box::new(reader);
-        serve_blob(session, body, size, decorate, result, &ctx.request_id).await?;
+        let resp = blob_response(size, decorate)?;
+        serve_blob(session, body, resp, result, &ctx.request_id).await?;
         Ok(true)
     }
 }

@@ -6,6 +6,7 @@
 //!   by the store's own task (with [`from_store`], [`range`] and [`refetch`]), so Pingora's
 //!   cache phase is never enabled;
 //! - [`lfs`]: git-lfs objects named by rewritten batch answers, from the same store;
+//! - [`peer`]: blobs between cluster nodes, asked of the owner and served to peers;
 //! - [`passthrough`]: everything else, to the Hub and back, uncached;
 //! - [`failure`]: how failures are answered and retried; [`respond`]: answers hf-edge writes;
 //! - [`log`]: request ids, metrics and access lines;
@@ -20,6 +21,7 @@ mod lfs;
 mod log;
 pub mod mount;
 mod passthrough;
+mod peer;
 pub mod range;
 mod refetch;
 mod respond;
@@ -43,6 +45,7 @@ pub use lfs::{LfsActions, MAX_ACTIONS as MAX_LFS_ACTIONS};
 pub use log::RequestIds;
 pub use mount::{Live, Mount};
 pub use passthrough::PassthroughFlow;
+pub use peer::Peering;
 pub use refetch::{answer_for, UpstreamRefetch};
 
 use crate::client::{self, TrustedProxies};
@@ -95,6 +98,9 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let mount = admission::route(session.req_header_mut(), &self.live.load())?;
         ctx.mount = Some(mount.clone());
+        if peer::is_peer_path(session.req_header().uri.path()) {
+            return mount.downloads.serve_peer(session, ctx).await;
+        }
         let req = session.req_header();
         let admitted = match admission::admit(req, &mount.policy, mount.site_auth.as_ref()) {
             Ok(a) => a,

@@ -14,6 +14,7 @@ use http::HeaderValue;
 use super::{DownloadFlow, PassthroughFlow};
 use crate::access::Policy;
 use crate::access_log::AccessLog;
+use crate::cluster::Cluster;
 use crate::hub::upstream::Upstream;
 
 /// One upstream under a prefix.
@@ -35,17 +36,31 @@ pub struct Live {
     /// prefix that matches is the only one.
     mounts: Vec<Arc<Mount>>,
     pub access_log: AccessLog,
+    /// `cluster`, shared by every mount's downloads.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl Live {
     /// `mounts` must hold exactly one mount at `/`.
-    pub fn new(mut mounts: Vec<Arc<Mount>>, access_log: AccessLog) -> Live {
+    pub fn new(
+        mut mounts: Vec<Arc<Mount>>,
+        access_log: AccessLog,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Live {
         mounts.sort_by_key(|m| m.prefix == "/");
         assert!(
             mounts.iter().filter(|m| m.prefix == "/").count() == 1,
             "one mount at /"
         );
-        Live { mounts, access_log }
+        Live {
+            mounts,
+            access_log,
+            cluster,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn mounts(&self) -> &[Arc<Mount>] {

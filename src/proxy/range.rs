@@ -124,11 +124,8 @@ pub fn select(req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
     let Some(size) = size.filter(|_| resp.status.as_u16() == 200) else {
         return RangeType::None;
     };
-    let etag = resp
-        .headers
-        .get(header::ETAG)
-        .map(|v| v.as_bytes().to_vec());
-    let range = decide(req, etag.as_deref(), size);
+    let etag = resp.headers.get(header::ETAG).map(|v| v.as_bytes());
+    let range = decide(req, etag, size);
     match apply(resp, &range, size) {
         Ok(()) => range,
         Err(_) => RangeType::None,
@@ -137,6 +134,10 @@ pub fn select(req: &RequestHeader, resp: &mut ResponseHeader) -> RangeType {
 
 /// What `req` asks of the file `meta` describes.
 fn decide_for(req: &RequestHeader, meta: &FileMeta) -> RangeType {
+    // Most requests have no range: no quoted ETag to build for them.
+    if !req.headers.contains_key(header::RANGE) {
+        return RangeType::None;
+    }
     decide(
         req,
         Some(format!("\"{}\"", meta.etag).as_bytes()),

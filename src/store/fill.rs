@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::object_store::TierFill;
 use super::resume::{backoff, Attempts, Refetch};
 use super::write::FillWriter;
 use super::{BlobStore, Fill, FillFailure, Progress};
@@ -37,6 +38,22 @@ pub(super) async fn run(
 ) {
     // A task dropped mid-fill (the runtime shutting down) still tells its readers.
     let mut guard = Unfinished(Some((store, fill.clone())));
+    let (file, replace) = match &store.tier {
+        None => (file, false),
+        Some(tier) => match tier.fill(store, &fill, file).await {
+            TierFill::Fallback { file, replace } => (file, replace),
+            TierFill::Committed => {
+                guard.0 = None;
+                store.commit(&fill);
+                return;
+            }
+            TierFill::Failed(e) => {
+                guard.0 = None;
+                store.abandon(&fill, store.write_failure(&fill, e));
+                return;
+            }
+        },
+    };
     let mut writer = FillWriter::new(store, fill.clone(), file);
     let end = match receive(store, &fill, &mut writer, source.as_ref()).await {
         Ok(()) => match writer.commit().await {
@@ -44,6 +61,9 @@ pub(super) async fn run(
                 guard.0 = None;
                 store.commit(&fill);
                 log::debug!("blob {}: filled and committed", fill.id);
+                if let Some(tier) = &store.tier {
+                    tier.upload(fill.id, fill.size, store.layout.blob(&fill.id), replace);
+                }
                 return;
             }
             Err(e) => End::Failed(store.write_failure(&fill, e)),

@@ -17,7 +17,7 @@ use crate::hub::headers::FileMeta;
 use crate::hub::upstream::{Upstream, UpstreamError};
 use crate::hub::url::Url;
 use crate::metrics::{Metrics, WarmResult};
-use crate::proxy::{Live, Mount, Target, UpstreamRefetch};
+use crate::proxy::{Live, Mount, Peering, Target, UpstreamRefetch};
 use crate::resolver::{ResolveError, Resolver, DOWNLOAD_URL_TTL};
 use crate::store::{BlobStore, Fetch, FillFailure, RefEntry, Refetch, Refused};
 
@@ -203,6 +203,7 @@ impl Warmer {
             auth: mount.site_auth.clone(),
             throttle: self.throttle.clone(),
             max_blob_size: self.max_blob_size,
+            peering: mount.downloads.peering.clone(),
         }
     }
 }
@@ -218,6 +219,8 @@ pub(super) struct Parts {
     auth: Option<HeaderValue>,
     throttle: Option<Arc<Throttle>>,
     max_blob_size: u64,
+    /// With `cluster`: a blob this node does not own is warmed from its owner, as for clients.
+    peering: Option<Peering>,
 }
 
 /// How a file ended up stored.
@@ -400,12 +403,17 @@ impl Parts {
         let mut busy = 0;
         let mut reader = loop {
             let source = || -> Arc<dyn Refetch> {
-                let origin = Arc::new(UpstreamRefetch::for_file(
+                let hub: Arc<dyn Refetch> = Arc::new(UpstreamRefetch::for_file(
                     (&self.upstream, &self.resolver, &self.metrics),
                     (Target::to(url.clone(), &self.upstream), self.auth.clone()),
                     (request, blob, meta.size),
                     &raw,
                 ));
+                let from_owner = self
+                    .peering
+                    .as_ref()
+                    .and_then(|p| p.source(blob, meta.size, &url, hub.clone(), &self.metrics));
+                let origin = from_owner.unwrap_or(hub);
                 match &self.throttle {
                     Some(t) => t.wrap(origin, self.store, blob),
                     None => origin,

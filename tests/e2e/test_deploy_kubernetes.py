@@ -74,7 +74,7 @@ def validate(objects: list[dict], validators: Path, tmp_path: Path) -> list[str]
 def test_the_kit_renders_and_validates(validators, tmp_path):
     objects = render(KIT)
     kinds = sorted(o["kind"] for o in objects)
-    assert kinds == ["ConfigMap", "ConfigMap", "PrometheusRule", "Service", "ServiceMonitor", "StatefulSet"]
+    assert kinds == ["ConfigMap", "ConfigMap", "PrometheusRule", "Service", "Service", "ServiceMonitor", "StatefulSet"]
     assert validate(objects, validators, tmp_path) == []
 
     # The validators can fail: a misspelt field in a core object and in a CRD's.
@@ -128,12 +128,24 @@ def test_the_objects_fit_together(tmp_path):
     (tmp_path / "secrets").mkdir()
     for key in ("hf-token", "admin-token"):
         (tmp_path / "secrets" / key).write_text("")
+    (tmp_path / "secrets" / "cluster-secret").write_text("0123456789abcdef" * 4)
     text = config_map["data"]["hf-edge.yaml"].replace(secrets + "/", f"{tmp_path}/secrets/")
     assert text != config_map["data"]["hf-edge.yaml"]
     (tmp_path / "hf-edge.yaml").write_text(text)
+    env = {"PATH": "/usr/bin:/bin"} | {e["name"]: "10.0.0.7" for e in container["env"] if "valueFrom" in e}
     checked = subprocess.run([str(edge_binary()), "check-config", str(tmp_path / "hf-edge.yaml")],
-                             capture_output=True, timeout=60)
+                             capture_output=True, timeout=60, env=env)
     assert checked.returncode == 0, checked.stderr.decode()
+
+    # The nodes find each other: cluster.self is the pod's IP, the peers the headless Service's name.
+    pod_ip = next(e for e in container["env"] if e["name"] == "POD_IP")
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert config["cluster"]["self"] == f"http://${{POD_IP}}:{ports['http']}"
+    peers = objects["Service", sts["spec"]["serviceName"]]
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    assert config["cluster"]["peers"] == [f"http://{peers['metadata']['name']}:{peers['spec']['ports'][0]['port']}"]
+    assert peers["spec"]["ports"][0]["targetPort"] == "http"
 
     service = objects["Service", "hf-edge"]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)

@@ -184,7 +184,10 @@ def test_no_label_carries_a_token_an_address_or_a_path(traffic):
         "status": {"1xx", "2xx", "3xx", "4xx", "5xx", "none"},
         "cache": {"hit", "miss", "coalesced", "stale", "bypass", "none"},
         "result": {"hit", "miss", "coalesced", "stale", "bypass", "fresh", "refreshed", "stale_served", "ok", "error",
-                   "fetched", "stored", "failed"},  # the last three: hf_edge_warm_files_total
+                   "fetched", "stored", "failed",  # hf_edge_warm_files_total
+                   "served", "refused"},  # hf_edge_cluster_peer_requests_total (with ok and failed)
+        "direction": {"sent", "received"},
+        "health": {"up", "down"},
         "source": {"cache", "upstream"},
         "kind": {"metadata", "blob", "api"},
         "cause": {"connect", "timeout", "reset", "5xx", "429"},
@@ -260,7 +263,7 @@ def test_prometheus_scrapes_the_edge_and_loads_the_alerts(traffic, tmp_path):
         assert {r["name"] for r in rules} == {
             "HfEdgeDown", "HfEdgeUpstreamErrors", "HfEdgeHitRatioCollapse", "HfEdgeStoreNearFull",
             "HfEdgeIntegrityFailure", "HfEdgeStoreWriteErrors", "HfEdgeFillsAbandoned",
-            "HfEdgeHubUnreachable",
+            "HfEdgeHubUnreachable", "HfEdgeClusterNodeDown",
         }
         assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     finally:

@@ -109,6 +109,25 @@ pub struct EdgeConfig {
     pub mounts: Vec<MountConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warm: Option<WarmConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `cluster:` (peering between hf-edge nodes).
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterConfig {
+    #[serde(rename = "self")]
+    pub self_url: String,
+    pub peers: Vec<String>,
+    pub secret: String,
+    pub replicate: bool,
+    pub health_check: HealthCheckConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheckConfig {
+    pub interval: String,
+    pub timeout: String,
 }
 
 /// `mounts[]`: an upstream under a path prefix.
@@ -169,6 +188,25 @@ pub struct CacheConfig {
     pub pin: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pinned: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max_object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreConfig>,
+}
+
+/// `cache.object_store`: an S3-compatible tier (a Garage the test started).
+#[derive(Debug, Clone, Serialize)]
+pub struct ObjectStoreConfig {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key_file: PathBuf,
+    pub prefix: String,
+    pub allow_http: bool,
+    pub timeout: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +287,9 @@ impl EdgeConfig {
                 max_fills: None,
                 pin: Vec::new(),
                 max_pinned: None,
+                memory_size: None,
+                memory_max_object: None,
+                object_store: None,
             },
             metrics: MetricsConfig {
                 listen: ([127, 0, 0, 1], free_port()).into(),
@@ -261,6 +302,7 @@ impl EdgeConfig {
             limits: LimitsConfig::default(),
             mounts: Vec::new(),
             warm: None,
+            cluster: None,
         }
     }
 

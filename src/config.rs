@@ -253,6 +253,8 @@ pub struct Cache {
     /// Fills (blobs being fetched into the store) at once; beyond, requests are served
     /// uncached.
     pub max_fills: usize,
+    /// `cache.memory_size` and `cache.memory_max_object`: the memory tier of small blobs.
+    pub memory: crate::store::MemoryLimits,
     /// `cache.pin` and `cache.max_pinned`: blobs of these repos are never evicted.
     pub pin: crate::store::PinPolicy,
     /// `cache.object_store`: a shared S3-compatible tier below the local store.
@@ -507,6 +509,8 @@ struct RawCache {
     api_snapshots_max_size: Scalar<Size>,
     api_snapshots_max_files: Scalar<usize>,
     max_fills: Scalar<usize>,
+    memory_size: Scalar<Size>,
+    memory_max_object: Scalar<Size>,
     pin: Vec<Scalar<String>>,
     max_pinned: Scalar<Size>,
     object_store: Option<RawObjectStore>,
@@ -523,6 +527,8 @@ impl Default for RawCache {
             api_snapshots_max_size: Scalar(Size(1 << 30)),
             api_snapshots_max_files: Scalar(100_000),
             max_fills: Scalar(64),
+            memory_size: Scalar(Size(256 << 20)),
+            memory_max_object: Scalar(Size(1 << 20)),
             pin: Vec::new(),
             max_pinned: Scalar(Size(10 << 30)),
             object_store: None,
@@ -820,6 +826,23 @@ fn egress(
         .map_err(|(k, m)| (key(&k), m))
 }
 
+/// `cache.memory_size` (0: no memory tier) and `cache.memory_max_object`.
+fn memory_limits(max_size: u64, max_object: u64) -> Result<crate::store::MemoryLimits, Invalid> {
+    if max_object == 0 {
+        return Err(bad("cache.memory_max_object", "must be greater than 0"));
+    }
+    if max_size > 0 && max_object > max_size {
+        return Err(bad(
+            "cache.memory_max_object",
+            "must be at most cache.memory_size",
+        ));
+    }
+    Ok(crate::store::MemoryLimits {
+        max_size,
+        max_object,
+    })
+}
+
 /// An optional value, empty (e.g. `${VAR:-}`) counting as unset.
 fn given<T: AsRef<std::ffi::OsStr>>(v: Option<Scalar<T>>) -> Option<T> {
     v.map(|s| s.0).filter(|v| !v.as_ref().is_empty())
@@ -862,6 +885,7 @@ impl RawConfig {
             api_snapshots_max_size: c.api_snapshots_max_size.0 .0,
             api_snapshots_max_files: c.api_snapshots_max_files.0,
             max_fills: c.max_fills.0,
+            memory: memory_limits(c.memory_size.0 .0, c.memory_max_object.0 .0)?,
             pin: pin_policy(&c.pin, c.max_pinned.0)?,
             object_store: c
                 .object_store
@@ -1595,6 +1619,13 @@ metrics:
         assert_eq!(c.cache.max_size, 100 << 30);
         assert_eq!(c.cache.revision_ttl, Duration::from_secs(60));
         assert_eq!(c.cache.max_fills, 64);
+        assert_eq!(
+            c.cache.memory,
+            crate::store::MemoryLimits {
+                max_size: 256 << 20,
+                max_object: 1 << 20
+            }
+        );
         assert_eq!(c.upstream.metadata_timeout, Duration::from_secs(5));
         assert_eq!(c.upstream.failure_hold_down, Duration::from_secs(10));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9090");
@@ -1680,6 +1711,20 @@ metrics:
             (
                 MINIMAL.replace("max_size: \"100GiB\"", "max_size: 1GiB\n  max_fills: 0"),
                 "cache.max_fills: must be at least 1",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: 1GiB\n  memory_size: 1MiB\n  memory_max_object: 2MiB",
+                ),
+                "cache.memory_max_object: must be at most cache.memory_size",
+            ),
+            (
+                MINIMAL.replace(
+                    "max_size: \"100GiB\"",
+                    "max_size: 1GiB\n  memory_max_object: 0",
+                ),
+                "cache.memory_max_object: must be greater than 0",
             ),
             (
                 MINIMAL.replace(

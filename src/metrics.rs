@@ -135,6 +135,9 @@ pub struct StoreCounts {
     /// Blobs `cache.pin` keeps out of eviction, and their bytes.
     pub pinned_objects: u64,
     pub pinned_bytes: u64,
+    /// Hits answered from the memory tier, and the bytes it keeps.
+    pub memory_hits: u64,
+    pub memory_bytes: u64,
     /// `cache.object_store`'s counters, when one is configured.
     pub tier: Option<TierCounts>,
 }
@@ -194,6 +197,8 @@ pub struct Metrics {
     hub_state: IntGaugeVec,
     store_pinned_objects: IntGauge,
     store_pinned_bytes: IntGauge,
+    store_memory_hits: IntCounter,
+    store_memory_bytes: IntGauge,
     warm_files: IntCounterVec,
     tier_uploads: IntCounterVec,
     tier_uploads_pending: IntGauge,
@@ -496,6 +501,14 @@ impl Metrics {
                 "hf_edge_store_pinned_bytes",
                 "Bytes of the blobs cache.pin keeps out of eviction (bounded by cache.max_pinned).",
             )?,
+            store_memory_hits: counter(
+                "hf_edge_store_memory_hits_total",
+                "Hits answered from the memory tier (cache.memory_size), without a read.",
+            )?,
+            store_memory_bytes: gauge(
+                "hf_edge_store_memory_bytes",
+                "Bytes of small blobs the memory tier keeps (bounded by cache.memory_size).",
+            )?,
             warm_files: counter_vec(
                 "hf_edge_warm_files_total",
                 "Files warm jobs handled: fetched into the store, found stored already, or failed.",
@@ -756,6 +769,8 @@ impl Metrics {
         self.store_reserved_bytes.set(store.reserved_bytes as i64);
         self.store_pinned_objects.set(store.pinned_objects as i64);
         self.store_pinned_bytes.set(store.pinned_bytes as i64);
+        catch_up(&self.store_memory_hits, store.memory_hits);
+        self.store_memory_bytes.set(store.memory_bytes as i64);
         if let Some(t) = store.tier {
             let by = |family: &IntCounterVec, label: &str, v: u64| {
                 catch_up(&family.with_label_values(&[label]), v)

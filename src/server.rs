@@ -64,6 +64,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
             cfg.cache.dir.display()
         )
     })?;
+    store.set_memory_limits(cfg.cache.memory);
     store.set_fill_policy(FillPolicy {
         max_fills: cfg.cache.max_fills,
         max_size: cfg.cache.max_size,

@@ -15,6 +15,7 @@ use pingora_cache::trace::SpanHandle;
 use pingora_cache::CacheKey;
 use tokio::sync::watch;
 
+use super::memory::Kept;
 use super::{FillFailure, Progress, ReaderSlot};
 use crate::hub::BlobId;
 
@@ -33,6 +34,8 @@ pub struct BlobReader {
     /// This reader's place among the fill's readers (for the orphan policy), and why the
     /// fill failed if it does.
     slot: Option<ReaderSlot>,
+    /// The blob's bytes, when the memory tier keeps them: read from there, not the file.
+    memory: Option<Arc<Kept>>,
 }
 
 impl BlobReader {
@@ -45,6 +48,16 @@ impl BlobReader {
             end: size,
             fill: None,
             slot: None,
+            memory: None,
+        }
+    }
+
+    /// A reader of a complete blob whose bytes the memory tier keeps.
+    pub(super) fn from_memory(id: BlobId, file: Arc<File>, kept: Arc<Kept>) -> BlobReader {
+        let size = kept.bytes.len() as u64;
+        BlobReader {
+            memory: Some(kept),
+            ..BlobReader::complete(id, file, size)
         }
     }
 
@@ -190,6 +203,11 @@ impl HandleHit for BlobReader {
         }
         let limit = self.readable_until().await?.min(self.end);
         let len = (limit - self.pos).min(CHUNK) as usize;
+        if let Some(kept) = &self.memory {
+            let start = self.pos as usize;
+            self.pos += len as u64;
+            return Ok(Some(kept.bytes.slice(start..start + len)));
+        }
         let cached = read_cached(&self.file, len, self.pos)
             .map_err(|e| self.error(&format!("read failed: {e}")))?;
         if let Some(buf) = cached {

@@ -20,6 +20,7 @@ mod fill;
 mod hit;
 mod index;
 mod layout;
+mod memory;
 mod object_store;
 mod persist;
 mod pin;
@@ -48,6 +49,7 @@ use tokio::sync::watch;
 pub use self::object_store::{ObjectStoreSettings, ObjectTier, TierStats};
 pub use hit::BlobReader;
 pub use layout::{FoundBlob, Layout};
+pub use memory::MemoryLimits;
 pub use pin::{PinPattern, PinPolicy, PinnedSet};
 pub use refs::{read_refs, refs_path, rewrite_refs, RefEntry, RefsLog};
 pub use resume::{Refetch, RefetchBody, RefetchError};
@@ -59,8 +61,14 @@ use write::WriteError;
 
 use crate::hub::BlobId;
 
-/// An open complete blob: its file, size, and when it was last checked on disk.
-type KeptHandle = (Arc<std::fs::File>, u64, std::time::Instant);
+/// An open complete blob: its file, size, when it was last checked on disk, and its bytes
+/// when the memory tier keeps them.
+type KeptHandle = (
+    Arc<std::fs::File>,
+    u64,
+    std::time::Instant,
+    Option<Arc<memory::Kept>>,
+);
 
 /// How long a kept handle is trusted before the blob is looked at on disk again (and its
 /// access time, the LRU order rebuilt at boot, is set): `hf-edge cache` commands may remove
@@ -273,6 +281,8 @@ impl StoreStats {
             reserved_bytes: get(&self.reserved_bytes),
             pinned_objects: 0,
             pinned_bytes: 0,
+            memory_hits: 0,
+            memory_bytes: 0,
             tier: None,
         }
     }
@@ -296,6 +306,8 @@ pub struct BlobStore {
     /// Open handles of complete blobs (immutable, so a kept handle is always right), with
     /// when the blob was last checked on disk and its access time set.
     handles: Mutex<HashMap<BlobId, KeptHandle>>,
+    /// `cache.memory_size`: the bytes of small complete blobs, kept with their handle.
+    memory: Arc<memory::MemoryTier>,
     refs: RefsLog,
     /// `cache.pin`: blobs kept out of the eviction manager, under `cache.max_pinned`.
     pins: PinPolicy,
@@ -337,6 +349,7 @@ impl BlobStore {
             reserved: Mutex::new(0),
             pool: OnceLock::new(),
             handles: Mutex::new(HashMap::new()),
+            memory: Arc::new(memory::MemoryTier::new(MemoryLimits::default())),
             pins: PinPolicy::default(),
             pinned: PinnedSet::default(),
             tier: None,
@@ -394,6 +407,8 @@ impl BlobStore {
         crate::metrics::StoreCounts {
             pinned_objects,
             pinned_bytes,
+            memory_hits: self.memory.hits.load(Ordering::Relaxed),
+            memory_bytes: self.memory.used(),
             tier: self.tier.as_ref().map(|t| t.stats.counts()),
             ..self.stats.counts()
         }
@@ -504,6 +519,11 @@ impl BlobStore {
     /// Sets how fills are bounded; before the store is shared.
     pub fn set_fill_policy(&mut self, policy: FillPolicy) {
         self.policy = policy;
+    }
+
+    /// Sets `cache.memory_size` and `cache.memory_max_object`, before the store is shared.
+    pub fn set_memory_limits(&mut self, limits: MemoryLimits) {
+        self.memory = Arc::new(memory::MemoryTier::new(limits));
     }
 
     fn writers(&self) -> std::io::Result<&WriterPool> {
@@ -837,13 +857,20 @@ impl BlobStore {
 
     async fn open_complete(&self, id: BlobId) -> Option<BlobReader> {
         let kept = self.handles.lock().get(&id).cloned();
-        if let Some((file, size, checked)) = kept {
+        if let Some((file, size, checked, in_memory)) = kept {
             if checked.elapsed() < HANDLE_RECHECK {
-                return Some(BlobReader::complete(id, file, size));
+                return Some(match in_memory {
+                    Some(bytes) => {
+                        self.memory.hits.fetch_add(1, Ordering::Relaxed);
+                        BlobReader::from_memory(id, file, bytes)
+                    }
+                    None => BlobReader::complete(id, file, size),
+                });
             }
             self.handles.lock().remove(&id);
         }
         let path = self.layout.blob(&id);
+        let tier = self.memory.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
             let len = f.metadata()?.len();
@@ -852,21 +879,26 @@ impl BlobStore {
             if let Err(e) = f.set_times(now) {
                 log::debug!("cannot set access time of {}: {e}", path.display());
             }
-            Ok::<_, std::io::Error>((f, len))
+            let in_memory = tier.load(&id, &f, len).map(Arc::new);
+            Ok::<_, std::io::Error>((f, len, in_memory))
         })
         .await
         .ok()?;
         match opened {
-            Ok((file, size)) => {
+            Ok((file, size, in_memory)) => {
                 self.touch(id);
                 let file = Arc::new(file);
                 let mut handles = self.handles.lock();
                 if handles.len() >= MAX_HANDLES {
                     handles.clear();
                 }
-                handles.insert(id, (file.clone(), size, std::time::Instant::now()));
+                let now = std::time::Instant::now();
+                handles.insert(id, (file.clone(), size, now, in_memory.clone()));
                 drop(handles);
-                Some(BlobReader::complete(id, file, size))
+                Some(match in_memory {
+                    Some(bytes) => BlobReader::from_memory(id, file, bytes),
+                    None => BlobReader::complete(id, file, size),
+                })
             }
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {

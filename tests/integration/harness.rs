@@ -189,6 +189,10 @@ pub struct CacheConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_pinned: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_max_object: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub object_store: Option<ObjectStoreConfig>,
 }
 
@@ -283,6 +287,8 @@ impl EdgeConfig {
                 max_fills: None,
                 pin: Vec::new(),
                 max_pinned: None,
+                memory_size: None,
+                memory_max_object: None,
                 object_store: None,
             },
             metrics: MetricsConfig {

@@ -159,6 +159,45 @@ fn miss_and_hit_answer_every_range_alike() {
 }
 
 #[test]
+fn a_blob_kept_in_memory_answers_every_range_alike_and_counts_its_hits() {
+    let hub = FakeHub::start();
+    let memory = |size: &str| {
+        let size = size.to_string();
+        Edge::builder(&hub)
+            .configure(|c| {
+                c.cache.memory_size = Some(size);
+                c.cache.memory_max_object = Some("4MiB".into());
+            })
+            .start()
+    };
+    let edge = memory("16MiB");
+    let full = edge.get(LFS, &[]).body;
+    assert_eq!(full.len(), LFS_SIZE);
+    // The first hit reads the stored blob into memory, checked against its address.
+    assert_eq!(edge.get(LFS, &[]).body, full);
+    assert_eq!(
+        edge.metric("hf_edge_store_memory_bytes", &[]),
+        LFS_SIZE as u64
+    );
+    let before = edge.metric("hf_edge_store_memory_hits_total", &[]);
+    check_every_case(&edge, &full, LFS);
+    // Every case but the unsatisfiable ones (answered before the store) read from memory.
+    let from_store = cases()
+        .iter()
+        .filter(|(_, status, _)| *status != 416)
+        .count();
+    let hits = edge.metric("hf_edge_store_memory_hits_total", &[]) - before;
+    assert_eq!(hits, from_store as u64);
+
+    // Turned off: the same bytes, from disk.
+    let off = memory("0");
+    assert_eq!(off.get(LFS, &[]).body, full);
+    check_every_case(&off, &full, LFS);
+    assert_eq!(off.metric("hf_edge_store_memory_hits_total", &[]), 0);
+    assert_eq!(off.metric("hf_edge_store_memory_bytes", &[]), 0);
+}
+
+#[test]
 fn ranges_during_a_fill_get_the_right_bytes() {
     let hub = FakeHub::start();
     let edge = Edge::builder(&hub).read_timeout("60s").start();

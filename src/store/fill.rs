@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::object_store::TierFill;
 use super::resume::{backoff, Attempts, Refetch};
-use super::write::FillWriter;
+use super::write::{FillWriter, WriteError};
 use super::{BlobStore, Fill, FillFailure, Progress};
 
 /// How long a fill without readers keeps going before its fate is decided, by default.
@@ -38,10 +38,14 @@ pub(super) async fn run(
 ) {
     // A task dropped mid-fill (the runtime shutting down) still tells its readers.
     let mut guard = Unfinished(Some((store, fill.clone())));
-    let (file, replace) = match &store.tier {
-        None => (file, false),
+    let (mut writer, replace, mixed) = match &store.tier {
+        None => (FillWriter::new(store, fill.clone(), file), false, false),
         Some(tier) => match tier.fill(store, &fill, file).await {
-            TierFill::Fallback { file, replace } => (file, replace),
+            TierFill::Origin {
+                writer,
+                replace,
+                mixed,
+            } => (writer, replace, mixed),
             TierFill::Committed => {
                 guard.0 = None;
                 store.commit(&fill);
@@ -54,7 +58,6 @@ pub(super) async fn run(
             }
         },
     };
-    let mut writer = FillWriter::new(store, fill.clone(), file);
     let end = match receive(store, &fill, &mut writer, source.as_ref()).await {
         Ok(()) => match writer.commit().await {
             Ok(()) => {
@@ -66,7 +69,14 @@ pub(super) async fn run(
                 }
                 return;
             }
-            Err(e) => End::Failed(store.write_failure(&fill, e)),
+            Err(e) => {
+                if let (Some(tier), true, WriteError::Mismatch(_)) = (&store.tier, mixed, &e) {
+                    // Which of the object's head or the Hub's tail was wrong is unknown: the
+                    // object is not read again until a Hub fill replaced it.
+                    tier.distrust(fill.id, &e.to_string());
+                }
+                End::Failed(store.write_failure(&fill, e))
+            }
         },
         Err(end) => end,
     };
@@ -88,7 +98,8 @@ impl Drop for Unfinished {
     }
 }
 
-/// Receives the whole body into `writer`, resuming cut bodies while attempts remain.
+/// Receives the (rest of the) body into `writer`, from `writer.received()` (where the object
+/// store's body was cut, if it was), resuming cut bodies while attempts remain.
 async fn receive(
     store: &'static BlobStore,
     fill: &Arc<Fill>,
@@ -107,19 +118,15 @@ async fn receive(
         let offset = writer.received();
         let opened = source.open(offset).await;
         let first = attempts.total == 0;
+        // Readers not yet answered get the origin's error; once they were, a failed open is
+        // a cut like any other.
+        let unanswered = first && *fill.progress.borrow() == Progress::Opening;
+        let resumed = !first || offset > 0;
         match opened {
-            Err(e) if first => return Err(End::Failed(FillFailure::Upstream(Arc::from(e)))),
+            Err(e) if unanswered => return Err(End::Failed(FillFailure::Upstream(Arc::from(e)))),
             Err(e) => log::warn!("blob {id}: resume failed: {e}"),
             Ok(mut body) => {
-                if first {
-                    fill.progress.send_if_modified(|p| {
-                        let opening = *p == Progress::Opening;
-                        if opening {
-                            *p = Progress::Written(0);
-                        }
-                        opening
-                    });
-                }
+                fill.open();
                 loop {
                     let flush_due = writer.flush_due();
                     tokio::select! {
@@ -140,7 +147,7 @@ async fn receive(
                         }
                         chunk = body.chunk() => match chunk {
                             Ok(Some(data)) => {
-                                if !first {
+                                if resumed {
                                     store.note_resumed_bytes(data.len());
                                 }
                                 if let Err(e) = writer.write(data).await {

@@ -126,6 +126,19 @@ impl std::fmt::Display for FillFailure {
     }
 }
 
+impl Fill {
+    /// The origin answered with the body: readers answer and stream it as it is written.
+    fn open(&self) {
+        self.progress.send_if_modified(|p| {
+            let opening = *p == Progress::Opening;
+            if opening {
+                *p = Progress::Written(0);
+            }
+            opening
+        });
+    }
+}
+
 /// A reader's place in a fill's reader count, given back when the reader is dropped.
 struct ReaderSlot(Arc<Fill>);
 

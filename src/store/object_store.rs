@@ -2,22 +2,25 @@
 //! S3). Keys are the local layout's (`{prefix}blobs/sha256/ab/ab12…`), so a blob is stored
 //! once for every node sharing the bucket.
 //!
-//! Reads: a fill first asks the tier. The object streams into the fill's temp file and is
-//! hashed like any fill, but its readers are told nothing until the blob is verified and
-//! committed: a wrong object is then discarded and the same fill goes on from the Hub with
-//! the client none the wiser (a reader that had been sent bytes of a wrong object could only
-//! have been cut off). A missing object, an error, no answer within `timeout` or a body
-//! stalled that long fall back to the Hub too; after an error the tier rests for [`REST`],
-//! so an object store that is down costs one timeout, not one per miss.
+//! Reads: a fill first asks the tier. An object of the blob's size streams into the fill's
+//! temp file like any origin's body: readers stream it as it is written and are held back
+//! from the final byte until the blob is verified and committed. A body cut or stalled for
+//! `timeout` is continued from the Hub at the first missing byte, in the same fill (the hash
+//! covers the bucket's bytes and the Hub's tail). A whole object that hashes wrong fails the
+//! fill like a Hub body that does (its readers are cut, nothing is committed): the object is
+//! then distrusted, so the next miss of the blob goes to the Hub and its upload replaces the
+//! object. A missing object, an object of the wrong size, an error or no answer within
+//! `timeout` fall back to the Hub before any byte is published; after an error the tier rests
+//! for [`REST`], so an object store that is down costs one timeout, not one per miss.
 //!
 //! Writes: a blob filled from the Hub is uploaded after it is committed, in the background,
 //! at most `max_uploads` at once with at most `upload_queue` more waiting (beyond, the upload
 //! is dropped and counted: a client never waits for the tier), streamed from the local file
 //! (a multipart upload for blobs over [`PART`]).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,6 +49,9 @@ const PARTS_IN_FLIGHT: usize = 2;
 pub const REST: Duration = Duration::from_secs(10);
 /// One upload request (a part, or a whole small blob) at most.
 const UPLOAD_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Blobs whose object is remembered as wrong, at most (the oldest is forgotten first: its
+/// next miss reads the object again and fails again, no worse).
+const MAX_DISTRUSTED: usize = 1024;
 
 /// `cache.object_store`, validated.
 #[derive(Clone, PartialEq)]
@@ -99,9 +105,10 @@ pub struct TierStats {
     pub reads_miss: AtomicU64,
     /// Errors and timeouts.
     pub reads_error: AtomicU64,
-    /// Objects that were not the blob (size or hash): discarded, filled from the Hub.
+    /// Objects that were not the blob: the wrong size (filled from the Hub), or the wrong
+    /// hash (the fill fails; the object is distrusted until replaced).
     pub reads_corrupt: AtomicU64,
-    /// Not asked: the tier rests after an error.
+    /// Not asked: the tier rests after an error, or the blob's object is distrusted.
     pub reads_skipped: AtomicU64,
     pub bytes_read: AtomicU64,
 }
@@ -138,6 +145,8 @@ pub struct ObjectTier {
     max_pending: usize,
     /// Until when reads are not tried (after an error).
     resting_until: Mutex<Option<Instant>>,
+    /// Blobs whose object hashed wrong: not read until an upload replaced it; oldest first.
+    distrusted: Mutex<VecDeque<BlobId>>,
     /// `endpoint/bucket/prefix`, for logs and the status page.
     location: String,
     pub stats: TierStats,
@@ -147,19 +156,25 @@ pub struct ObjectTier {
 pub(super) enum TierFill {
     /// Verified and committed.
     Committed,
-    /// The local disk failed: the fill fails as any fill whose write fails.
+    /// The local disk failed, or the whole object hashed wrong: the fill fails as any fill
+    /// whose write does.
     Failed(WriteError),
-    /// Not served by the tier: fill from the origin into this (rewound) temp file; `replace`:
-    /// the object there is not the blob, upload over it.
-    Fallback { file: File, replace: bool },
+    /// The origin fills the rest, from `writer.received()` (0 when the tier gave nothing);
+    /// `replace`: the object there is not the blob, upload over it; `mixed`: the writer holds
+    /// bytes of the object, so a wrong hash may be the object's fault.
+    Origin {
+        writer: FillWriter,
+        replace: bool,
+        mixed: bool,
+    },
 }
 
 /// Why a read from the tier was given up.
 enum ReadFailure {
     Missing,
-    /// Not the blob: wrong size or content.
+    /// Not the blob's size.
     Wrong(String),
-    /// Error, timeout, stall.
+    /// Error, timeout, stall (before or after bytes were received).
     Unavailable(String),
     Local(WriteError),
 }
@@ -209,6 +224,7 @@ impl ObjectTier {
             slots: Arc::new(Semaphore::new(s.max_uploads)),
             max_pending: s.max_uploads + s.upload_queue,
             resting_until: Mutex::new(None),
+            distrusted: Mutex::new(VecDeque::new()),
             location: format!(
                 "{}/{}/{}",
                 s.endpoint.trim_end_matches('/'),
@@ -258,28 +274,18 @@ impl ObjectTier {
         fill: &Arc<Fill>,
         file: File,
     ) -> TierFill {
-        if self.resting() {
+        let mut writer = FillWriter::new(store, fill.clone(), file);
+        let distrusted = self.is_distrusted(&fill.id);
+        if distrusted || self.resting() {
             self.stats.reads_skipped.fetch_add(1, Ordering::Relaxed);
-            return TierFill::Fallback {
-                file,
-                replace: false,
+            return TierFill::Origin {
+                writer,
+                replace: distrusted,
+                mixed: false,
             };
         }
-        // The same open file (and its lock on the temp file) for the Hub if this fails.
-        let mut spare = match file.try_clone() {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("blob {}: object store not asked: {e}", fill.id);
-                return TierFill::Fallback {
-                    file,
-                    replace: false,
-                };
-            }
-        };
-        let mut writer = FillWriter::new(store, fill.clone(), file);
         let key = self.key(&fill.id);
-        let read = self.read_into(&key, fill.size, &mut writer).await;
-        let failure = match read {
+        let failure = match self.read_into(&key, fill, &mut writer).await {
             Ok(()) => match writer.commit().await {
                 Ok(()) => {
                     self.stats.reads_hit.fetch_add(1, Ordering::Relaxed);
@@ -289,15 +295,17 @@ impl ObjectTier {
                     log::info!("blob {}: filled from the object store", fill.id);
                     return TierFill::Committed;
                 }
-                Err(WriteError::Io(e)) => ReadFailure::Local(WriteError::Io(e)),
-                Err(wrong) => ReadFailure::Wrong(wrong.to_string()),
+                Err(WriteError::Io(e)) => return TierFill::Failed(WriteError::Io(e)),
+                // Its readers were sent bytes of it: they can only be cut, like a Hub fill's.
+                Err(wrong) => {
+                    self.distrust(fill.id, &wrong.to_string());
+                    return TierFill::Failed(wrong);
+                }
             },
-            Err(failure) => {
-                // A batch still on a writer thread would write after the rewind below.
-                writer.settle_quietly().await;
-                failure
-            }
+            Err(failure) => failure,
         };
+        let received = writer.received();
+        self.stats.bytes_read.fetch_add(received, Ordering::Relaxed);
         let counter = match &failure {
             ReadFailure::Local(_) => None,
             ReadFailure::Missing => Some(&self.stats.reads_miss),
@@ -311,7 +319,8 @@ impl ObjectTier {
             }
             ReadFailure::Unavailable(why) => {
                 log::warn!(
-                    "blob {}: object store {} failed ({why}); filling from the Hub, not asking it for {REST:?}",
+                    "blob {}: object store {} failed after {received} bytes ({why}); the Hub \
+                     fills the rest, not asking the object store for {REST:?}",
                     fill.id,
                     self.location
                 );
@@ -325,24 +334,22 @@ impl ObjectTier {
         if let ReadFailure::Local(e) = failure {
             return TierFill::Failed(e);
         }
-        let replace = matches!(failure, ReadFailure::Wrong(_));
-        match spare.seek(SeekFrom::Start(0)) {
-            Ok(_) => TierFill::Fallback {
-                file: spare,
-                replace,
-            },
-            Err(e) => TierFill::Failed(WriteError::Io(e)),
+        TierFill::Origin {
+            writer,
+            replace: matches!(failure, ReadFailure::Wrong(_)),
+            mixed: received > 0,
         }
     }
 
-    /// Streams the object into `writer` (which hashes it; readers are not told of progress
-    /// until the fill commits: the fill's progress is still `Opening`).
+    /// Streams the object into `writer`. Readers are told of the fill's progress once the
+    /// object is known to have the blob's size: from then on they stream it.
     async fn read_into(
         &self,
         key: &ObjectPath,
-        size: u64,
+        fill: &Fill,
         writer: &mut FillWriter,
     ) -> Result<(), ReadFailure> {
+        let size = fill.size;
         let no_answer = || ReadFailure::Unavailable(format!("no answer within {:?}", self.timeout));
         let got = tokio::time::timeout(self.timeout, self.reads.get(key))
             .await
@@ -355,6 +362,7 @@ impl ObjectTier {
             let why = format!("{} bytes, the blob has {size}", got.meta.size);
             return Err(ReadFailure::Wrong(why));
         }
+        fill.open();
         let mut body = got.into_stream();
         loop {
             let chunk = tokio::time::timeout(self.timeout, body.next())
@@ -363,8 +371,7 @@ impl ObjectTier {
                     ReadFailure::Unavailable(format!("body stalled for {:?}", self.timeout))
                 })?;
             match chunk {
-                // A short body fails here, not in the commit, which would leave a batch of it
-                // being written.
+                // A short body fails here, not in the commit: the Hub fills the rest.
                 None if writer.received() == size => return Ok(()),
                 None => {
                     let why = format!("the body ended after {} bytes", writer.received());
@@ -373,9 +380,32 @@ impl ObjectTier {
                 Some(Err(e)) => return Err(ReadFailure::Unavailable(e.to_string())),
                 Some(Ok(data)) => writer.write(data).await.map_err(|e| match e {
                     WriteError::Io(e) => ReadFailure::Local(WriteError::Io(e)),
-                    wrong => ReadFailure::Wrong(wrong.to_string()),
+                    // Longer than it said: what came before this piece may still be right.
+                    wrong => ReadFailure::Unavailable(wrong.to_string()),
                 })?,
             }
+        }
+    }
+
+    fn is_distrusted(&self, id: &BlobId) -> bool {
+        self.distrusted.lock().contains(id)
+    }
+
+    /// Remembers that the blob's object is wrong (its content hashed wrong): its next miss
+    /// goes to the Hub, and that fill's upload replaces it.
+    pub(super) fn distrust(&self, id: BlobId, why: &str) {
+        self.stats.reads_corrupt.fetch_add(1, Ordering::Relaxed);
+        log::warn!(
+            "blob {id}: its object in {} is not the blob ({why}); the next fill goes to the Hub \
+             and replaces it",
+            self.location
+        );
+        let mut distrusted = self.distrusted.lock();
+        if !distrusted.contains(&id) {
+            if distrusted.len() >= MAX_DISTRUSTED {
+                distrusted.pop_front();
+            }
+            distrusted.push_back(id);
         }
     }
 
@@ -401,6 +431,9 @@ impl ObjectTier {
                     self.stats.uploads_present.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Uploaded::Put) => {
+                    if replace {
+                        self.distrusted.lock().retain(|d| *d != id);
+                    }
                     self.stats.uploads_ok.fetch_add(1, Ordering::Relaxed);
                     self.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
                     log::debug!("blob {id}: uploaded to the object store");

@@ -170,11 +170,6 @@ impl FillWriter {
             .ok_or_else(|| std::io::Error::other("write after a failed write").into())
     }
 
-    /// Waits for a batch still on a writer thread, if any: nothing writes to the file after.
-    pub(super) async fn settle_quietly(&mut self) {
-        let _ = self.settle().await;
-    }
-
     /// Hands the gathered bytes to a writer thread, once the previous batch is written: one
     /// batch written while the next is received bounds a fill's memory to two batches.
     async fn flush(&mut self) -> Result<(), WriteError> {

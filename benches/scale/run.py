@@ -46,6 +46,7 @@ _spec.loader.exec_module(L)
 COMMIT = hashlib.sha1(b"hf-edge scale bench").hexdigest()
 SPARSE_BLOB = 4 << 30  # 2,560 of them: 10 TiB
 IDLE = 10_000
+EVICT_KEEP = 10_000  # blobs the eviction run keeps (cache.max_size = 24 bytes each)
 HOT = "/gpt2/resolve/main/config.json"  # a small file of the fake Hub's
 
 
@@ -382,7 +383,7 @@ def main() -> int:
     ap.add_argument("--meta", type=int, default=1_000_000,
                     help="resolved files reloaded from meta.jsonl, for the metadata memory (0: skip)")
     ap.add_argument("--evict", type=int, default=110_000,
-                    help="blobs in the store of the eviction run, 100k of which are evicted (0: skip)")
+                    help=f"blobs in the store of the eviction run, all but {EVICT_KEEP:,} evicted (0: skip)")
     ap.add_argument("--idle", action=argparse.BooleanOptionalAction, default=True,
                     help=f"the {IDLE:,} idle connections run")
     ap.add_argument("--wrk-secs", type=int, default=10)
@@ -391,6 +392,8 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the generated stores")
     ap.add_argument("--budget", type=float, default=2400, help="deadline for the whole run (s)")
     args = ap.parse_args()
+    if args.evict and args.evict <= EVICT_KEEP:
+        ap.error(f"--evict must be over {EVICT_KEEP:,} (that many blobs stay)")
     global EDGE_BIN
     if args.edge_bin:
         EDGE_BIN, args.no_build = args.edge_bin.resolve(), True
@@ -406,7 +409,7 @@ def main() -> int:
         if args.sparse:
             results.append(measure("sparse", args.sparse, args))
         meta = measure_meta(args.meta, args) if args.meta else None
-        evict = measure_eviction(args.evict, args.evict - 100_000, args) if args.evict else None
+        evict = measure_eviction(args.evict, EVICT_KEEP, args) if args.evict else None
         idle = measure_idle(args) if args.idle else None
     finally:
         L.PROCS.stop_all()

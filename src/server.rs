@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -26,6 +27,9 @@ use crate::store::{BlobStore, FillPolicy, ObjectTier};
 use crate::tls::Certificates;
 use crate::warm::{Jobs, Schedule, Throttle, Warmer};
 
+/// The read buffer of a client connection (see where the listener is added).
+const CLIENT_READ_BUFFER: usize = 4096;
+
 /// How long a process started with `--upgrade` waits for the running one's sockets (it sends
 /// them once it gets SIGQUIT), and the running one tries to hand them over, in seconds.
 const UPGRADE_WAIT_SECS: usize = 30;
@@ -42,15 +46,16 @@ pub fn upgrade_sock(cfg: &Config) -> PathBuf {
 /// [`upgrade_sock`]) once the store and mounts are ready.
 pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     crate::durable::restrict_new_files(cfg.cache.group_access);
-    let (mut store, found) = BlobStore::open(&cfg.cache.dir)
+    let mut store = BlobStore::open(&cfg.cache.dir)
         .with_context(|| format!("cache.dir: cannot open {}", cfg.cache.dir.display()))?;
     crate::durable::restrict_dir(&cfg.cache.dir, cfg.cache.group_access)
         .with_context(|| format!("cache.dir: cannot restrict {}", cfg.cache.dir.display()))?;
+    let counts = store.stats.counts();
     log::info!(
         "cache {}: {} blob(s), {} bytes",
         cfg.cache.dir.display(),
-        found.len(),
-        found.iter().map(|b| b.size).sum::<u64>()
+        counts.objects,
+        counts.bytes
     );
     // The store's fill tasks and Pingora's `Storage` API take `&'static` store and eviction;
     // they live as long as the process.
@@ -108,6 +113,7 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
         certificates.clone(),
     )?);
     crate::gateway::reload_on_sighup(gateway.clone())?;
+    release_boot_memory();
     let live = gateway.live.clone();
     let upstreams = move || {
         let live = live.load();
@@ -173,18 +179,18 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     server.bootstrap();
     notify_systemd();
 
-    // Admit what is on disk, least recently used first; delete what no longer fits in the
-    // background, so a large store over its bound does not hold up serving.
-    let evict = store.seed_eviction(&found, eviction_dyn);
-    if !evict.is_empty() {
-        log::info!("evicting {} blob(s) over cache.max_size", evict.len());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        std::thread::Builder::new()
-            .name("boot-eviction".into())
-            .spawn(move || rt.block_on(store.purge_evicted(evict)))?;
-    }
+    // Admit what is on disk, least recently used first, and delete what no longer fits, in the
+    // background: a store of millions of blobs does not hold up serving (the hits need only
+    // the index; fills admitted meanwhile rank as the most recently used, as they are).
+    std::thread::Builder::new()
+        .name("boot-eviction".into())
+        .spawn(move || {
+            let evict = store.seed_eviction(eviction_dyn);
+            if !evict.is_empty() {
+                log::info!("evicting {} blob(s) over cache.max_size", evict.len());
+                store.evict(evict);
+            }
+        })?;
 
     let proxy = pingora_proxy::http_proxy(&server.configuration, proxy);
     let limits = downstream::Limits {
@@ -194,7 +200,13 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     let bounded = downstream::Bounded::new(proxy, limits, metrics.clone())
         .trusting(cfg.trusted_proxies.clone());
     let mut svc = Service::new("hf-edge proxy".to_string(), bounded);
-    svc.add_tcp(&cfg.listen.to_string());
+    // Pingora gives each accepted connection a 64 KiB read buffer for its whole life by
+    // default; requests here are headers (read into a buffer of Pingora's own) and rarely a
+    // body, so 10k idle keep-alive connections would hold hundreds of MiB for nothing.
+    svc.add_listener(
+        ListenerConfig::tcp(cfg.listen.to_string())
+            .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER)),
+    );
     if let (Some(tls), Some(certificates)) = (&cfg.tls, certificates) {
         let mut settings = TlsSettings::intermediate("", "")?;
         settings.set_cert_resolver(certificates);
@@ -235,6 +247,17 @@ pub fn run(cfg: Config, config_path: Option<PathBuf>, upgrade: bool) -> anyhow::
     // Every runtime has stopped, so no fill commits any more: the index written now is whole.
     store.close_index();
     std::process::exit(0)
+}
+
+/// Gives back to the system the heap that reading the journals at boot used and freed (a
+/// million `meta.jsonl` lines are parsed, deduplicated and rewritten): glibc keeps freed small
+/// allocations for reuse, which would leave hundreds of MiB resident for nothing.
+fn release_boot_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Tells systemd (`Type=notify` with `NotifyAccess=all`) that this process is ready and is the

@@ -508,7 +508,7 @@ fn remove_blob(layout: &Layout, path: &Path) -> Result<bool> {
 /// Lines the server appends meanwhile are kept: the file is re-read until nothing new came,
 /// then truncated and written back in one append, which concurrent appends land before or
 /// after, never inside.
-fn drop_refs(root: &Path, drop: impl Fn(&RefEntry) -> bool) -> Result<()> {
+pub(super) fn drop_refs(root: &Path, drop: impl Fn(&RefEntry) -> bool) -> Result<()> {
     let path = refs_path(root);
     crate::jsonl::rewrite_with(&path, |text| {
         let kept = keep_lines(&text, &drop);
@@ -814,8 +814,7 @@ mod tests {
         let a = s.blob(b"a", true, 5);
         let b = s.blob(b"b", true, 5);
         s.name("org/a", "main", "a", &a);
-        let present = [a, b].into_iter().collect();
-        let server = RefsLog::open(s.root(), &present).unwrap();
+        let server = RefsLog::open(s.root()).unwrap();
 
         purge(s.root(), "org/a", None).unwrap();
         server.record(&entry("org/b", "main", "b", &b), false);

@@ -23,11 +23,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use pingora_cache::key::HashBinary;
+
 use crate::hub::BlobId;
 
-const MAGIC: &[u8; 8] = b"HFEIDX01";
+const MAGIC: &[u8; 8] = b"HFEIDX02";
 const HEADER: usize = 32;
-const RECORD: usize = 58;
+const RECORD: usize = 74;
 
 /// What a record says about a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +45,20 @@ pub enum Op {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     pub id: BlobId,
+    /// Its cache-key hash (what the eviction manager knows it by): kept, since computing it
+    /// for millions of blobs would cost a boot seconds.
+    pub key: HashBinary,
     pub size: u64,
     pub access: u64,
 }
 
+/// The blobs by cache-key hash.
+pub type Blobs = HashMap<HashBinary, Entry>;
+
 /// The index as loaded at boot.
 #[derive(Debug)]
 pub struct Loaded {
-    pub entries: Vec<Entry>,
+    pub blobs: Blobs,
     /// The journal generation new records go to.
     pub generation: u64,
     /// Why the index may not match the disk (a crash, a torn journal, `hf-edge cache`): the
@@ -116,16 +124,17 @@ fn encode(op: Op, e: &Entry) -> [u8; RECORD] {
             r[2..22].copy_from_slice(b);
         }
     }
-    r[34..42].copy_from_slice(&e.size.to_le_bytes());
-    r[42..50].copy_from_slice(&e.access.to_le_bytes());
-    let sum = checksum(&r[..50]);
-    r[50..].copy_from_slice(&sum.to_le_bytes());
+    r[34..50].copy_from_slice(&e.key);
+    r[50..58].copy_from_slice(&e.size.to_le_bytes());
+    r[58..66].copy_from_slice(&e.access.to_le_bytes());
+    let sum = checksum(&r[..66]);
+    r[66..].copy_from_slice(&sum.to_le_bytes());
     r
 }
 
 fn decode(r: &[u8]) -> Option<(Op, Entry)> {
-    let sum = u64::from_le_bytes(r[50..58].try_into().ok()?);
-    if checksum(&r[..50]) != sum {
+    let sum = u64::from_le_bytes(r[66..74].try_into().ok()?);
+    if checksum(&r[..66]) != sum {
         return None;
     }
     let op = match r[0] {
@@ -139,22 +148,31 @@ fn decode(r: &[u8]) -> Option<(Op, Entry)> {
         2 => BlobId::GitOid(r[2..22].try_into().ok()?),
         _ => return None,
     };
-    let size = u64::from_le_bytes(r[34..42].try_into().ok()?);
-    let access = u64::from_le_bytes(r[42..50].try_into().ok()?);
-    Some((op, Entry { id, size, access }))
+    let key = r[34..50].try_into().ok()?;
+    let size = u64::from_le_bytes(r[50..58].try_into().ok()?);
+    let access = u64::from_le_bytes(r[58..66].try_into().ok()?);
+    Some((
+        op,
+        Entry {
+            id,
+            key,
+            size,
+            access,
+        },
+    ))
 }
 
 /// Applies one record to the map being loaded.
-fn apply(map: &mut HashMap<BlobId, Entry>, op: Op, e: Entry) {
+fn apply(map: &mut Blobs, op: Op, e: Entry) {
     match op {
         Op::Add => {
-            map.insert(e.id, e);
+            map.insert(e.key, e);
         }
         Op::Remove => {
-            map.remove(&e.id);
+            map.remove(&e.key);
         }
         Op::Touch => {
-            if let Some(known) = map.get_mut(&e.id) {
+            if let Some(known) = map.get_mut(&e.key) {
                 known.access = known.access.max(e.access);
             }
         }
@@ -221,7 +239,7 @@ pub fn load(root: &Path) -> Result<Loaded, LoadError> {
         stale = Some("`hf-edge cache` removed blobs since".into());
     }
     Ok(Loaded {
-        entries: map.into_values().collect(),
+        blobs: map,
         generation: last,
         stale,
     })
@@ -283,11 +301,15 @@ impl Writer {
         }))
     }
 
-    /// Appends one record: one `write` of 58 bytes, to the page cache (a process killed
-    /// after it returns keeps it; only a power loss can tear it).
-    pub fn append(&mut self, op: Op, e: &Entry) -> io::Result<()> {
-        self.records += 1;
-        self.journal.write_all(&encode(op, e))
+    /// Appends one record per entry, in one `write`, to the page cache (a process killed
+    /// after it returns keeps them; only a power loss can tear them).
+    pub fn append_all(&mut self, op: Op, entries: &[Entry]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(entries.len() * RECORD);
+        for e in entries {
+            buf.extend_from_slice(&encode(op, e));
+        }
+        self.records += entries.len() as u64;
+        self.journal.write_all(&buf)
     }
 
     /// Starts a new journal generation; the snapshot of `entries` taken at the same moment
@@ -353,7 +375,12 @@ mod tests {
         } else {
             BlobId::GitOid([n; 20])
         };
-        Entry { id, size, access }
+        Entry {
+            id,
+            key: [n; 16],
+            size,
+            access,
+        }
     }
 
     fn sorted(mut v: Vec<Entry>) -> Vec<Entry> {
@@ -367,12 +394,12 @@ mod tests {
         let root = dir.path();
         write_snapshot(root, 0, &[entry(1, 10, 5), entry(2, 20, 5)]).unwrap();
         let mut w = Writer::acquire(root, 0).unwrap().unwrap();
-        w.append(Op::Add, &entry(4, 40, 6)).unwrap();
-        w.append(Op::Remove, &entry(1, 10, 0)).unwrap();
-        w.append(Op::Touch, &entry(2, 0, 9)).unwrap();
+        w.append_all(Op::Add, &[entry(4, 40, 6)]).unwrap();
+        w.append_all(Op::Remove, &[entry(1, 10, 0)]).unwrap();
+        w.append_all(Op::Touch, &[entry(2, 0, 9)]).unwrap();
         let loaded = load(root).unwrap();
         assert_eq!(
-            sorted(loaded.entries),
+            sorted(loaded.blobs.into_values().collect()),
             vec![entry(2, 20, 9), entry(4, 40, 6)]
         );
         assert!(loaded.stale.is_some(), "a writer still owns it: dirty");
@@ -386,14 +413,14 @@ mod tests {
         let root = dir.path();
         write_snapshot(root, 0, &[]).unwrap();
         let mut w = Writer::acquire(root, 0).unwrap().unwrap();
-        w.append(Op::Add, &entry(2, 20, 1)).unwrap();
+        w.append_all(Op::Add, &[entry(2, 20, 1)]).unwrap();
         let g = w.rotate().unwrap();
-        w.append(Op::Add, &entry(4, 40, 1)).unwrap();
+        w.append_all(Op::Add, &[entry(4, 40, 1)]).unwrap();
         // A crash here replays both journals onto the old snapshot.
-        assert_eq!(load(root).unwrap().entries.len(), 2);
+        assert_eq!(load(root).unwrap().blobs.len(), 2);
         write_snapshot(root, g, &[entry(2, 20, 1)]).unwrap();
         assert!(!journal_path(root, 0).exists());
-        assert_eq!(load(root).unwrap().entries.len(), 2);
+        assert_eq!(load(root).unwrap().blobs.len(), 2);
         assert_eq!(load(root).unwrap().generation, 1);
     }
 
@@ -406,7 +433,7 @@ mod tests {
         torn.extend_from_slice(&encode(Op::Add, &entry(6, 60, 1))[..30]);
         fs::write(journal_path(root, 3), torn).unwrap();
         let loaded = load(root).unwrap();
-        assert_eq!(loaded.entries.len(), 2);
+        assert_eq!(loaded.blobs.len(), 2);
         assert!(loaded.stale.unwrap().contains("torn"));
     }
 

@@ -16,6 +16,7 @@
 //! fixed set of writer threads ([`pool`]).
 
 pub mod admin;
+mod evict;
 mod fill;
 mod hit;
 mod index;
@@ -48,6 +49,7 @@ use tokio::sync::watch;
 
 pub use self::object_store::{ObjectStoreSettings, ObjectTier, TierStats};
 pub use hit::BlobReader;
+pub use index::Entry as StoredBlob;
 pub use layout::{FoundBlob, Layout};
 pub use memory::MemoryLimits;
 pub use pin::{PinPattern, PinPolicy, PinnedSet};
@@ -303,6 +305,8 @@ pub struct BlobStore {
     reserved: Mutex<u64>,
     /// Started with the first fill (the `hf-edge cache` commands never need it).
     pool: OnceLock<WriterPool>,
+    /// Started with the first eviction.
+    deleter: OnceLock<evict::Deleter>,
     /// Open handles of complete blobs (immutable, so a kept handle is always right), with
     /// when the blob was last checked on disk and its access time set.
     handles: Mutex<HashMap<BlobId, KeptHandle>>,
@@ -322,11 +326,20 @@ pub fn cache_key(id: &BlobId) -> CacheKey {
     CacheKey::new(id.to_string(), "")
 }
 
+/// The compact form of a blob's cache key, from its hash (no variance, no user tag: as
+/// `cache_key(id).to_compact()`).
+fn compact_key(primary: HashBinary) -> CompactCacheKey {
+    CompactCacheKey {
+        primary,
+        variance: None,
+        user_tag: "".into(),
+    }
+}
+
 impl BlobStore {
     /// Opens the store at `dir`: creates it, removes stale temp files and indexes the blobs,
     /// from the persisted index when there is a sound one, else by listing them.
-    /// Returns the blobs found, least recently used first, for the eviction manager.
-    pub fn open(dir: &std::path::Path) -> std::io::Result<(BlobStore, Vec<FoundBlob>)> {
+    pub fn open(dir: &std::path::Path) -> std::io::Result<BlobStore> {
         let layout = Layout::new(dir);
         let removed = layout.prepare()?;
         if removed > 0 {
@@ -335,30 +348,30 @@ impl BlobStore {
                 dir.display()
             );
         }
-        let (mut found, boot) = load_or_scan(&layout)?;
-        found.sort_by_key(|b| b.last_access);
-        let present = found.iter().map(|b| b.id).collect();
+        let (index, boot) = load_or_scan(&layout)?;
+        let stats = StoreStats::default();
+        stats.objects.store(index.len() as u64, Ordering::Relaxed);
+        let bytes = index.values().map(|b| b.size).sum();
+        stats.bytes.store(bytes, Ordering::Relaxed);
         let store = BlobStore {
-            refs: RefsLog::open(layout.root(), &present)?,
+            refs: RefsLog::open(layout.root())?,
             layout,
-            index: Mutex::new(HashMap::with_capacity(found.len())),
+            index: Mutex::new(index),
             persist: Mutex::new(None),
             boot: Mutex::new(Some(boot)),
             fills: Mutex::new(Fills::default()),
             policy: FillPolicy::default(),
             reserved: Mutex::new(0),
             pool: OnceLock::new(),
+            deleter: OnceLock::new(),
             handles: Mutex::new(HashMap::new()),
             memory: Arc::new(memory::MemoryTier::new(MemoryLimits::default())),
             pins: PinPolicy::default(),
             pinned: PinnedSet::default(),
             tier: None,
-            stats: StoreStats::default(),
+            stats,
         };
-        for b in &found {
-            store.insert_index(b.id, b.size, unix_nanos(b.last_access));
-        }
-        Ok((store, found))
+        Ok(store)
     }
 
     pub fn layout(&self) -> &Layout {
@@ -392,6 +405,10 @@ impl BlobStore {
     /// Sets `cache.pin` and pins the stored blobs `refs.jsonl` names under it; before the
     /// store is shared and its eviction seeded.
     pub fn set_pins(&mut self, pins: PinPolicy) -> std::io::Result<()> {
+        if pins.patterns.is_empty() {
+            // Nothing to pin: `refs.jsonl` (a line per name served) need not be read.
+            return Ok(());
+        }
         let entries = read_refs(self.layout.root())?;
         let present = entries
             .iter()
@@ -434,41 +451,69 @@ impl BlobStore {
     }
 
     /// Admits the blobs found at boot into the eviction manager, oldest access first.
-    /// Returns what no longer fits, for [`BlobStore::purge_evicted`].
-    pub fn seed_eviction(
-        &self,
-        found: &[FoundBlob],
-        eviction: &(dyn EvictionManager + Sync),
-    ) -> Vec<CacheEntryKey> {
+    /// Returns what no longer fits, for [`BlobStore::evict`].
+    pub fn seed_eviction(&self, eviction: &(dyn EvictionManager + Sync)) -> Vec<CacheEntryKey> {
+        let mut found: Vec<StoredBlob> = self.index.lock().values().copied().collect();
+        found.sort_unstable_by_key(|b| b.access);
         let mut evict = Vec::new();
         for b in found.iter().filter(|b| !self.is_pinned(&b.id)) {
-            let key = CacheEntryKey::key_only(cache_key(&b.id).to_compact());
+            let key = CacheEntryKey::key_only(compact_key(b.key));
             evict.extend(eviction.admit(key, b.size as usize, SystemTime::now() + FOREVER));
         }
         evict
     }
 
-    /// Deletes blobs the eviction manager gave up on.
-    pub async fn purge_evicted(&'static self, evict: Vec<CacheEntryKey>) {
-        for key in evict {
-            let _ = self
-                .purge(
-                    PurgeTarget::Exact(&key),
-                    PurgeType::Eviction,
-                    &pingora_cache::trace::Span::inactive().handle(),
-                )
-                .await;
+    /// Forgets the blobs the eviction manager gave up on, in one lock of the index, and has
+    /// their files deleted in the background ([`evict`]).
+    pub fn evict(&self, evicted: Vec<CacheEntryKey>) {
+        if evicted.is_empty() {
+            return;
+        }
+        let removed: Vec<StoredBlob> = {
+            let mut index = self.index.lock();
+            evicted
+                .iter()
+                .filter_map(|k| index.remove(&k.key().primary))
+                .collect()
+        };
+        if removed.is_empty() {
+            return;
+        }
+        {
+            let mut handles = self.handles.lock();
+            for b in &removed {
+                handles.remove(&b.id);
+            }
+        }
+        for b in &removed {
+            self.pinned.unpin(&b.id);
+        }
+        let (n, bytes) = (removed.len() as u64, removed.iter().map(|b| b.size).sum());
+        self.stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.stats.objects.fetch_sub(n, Ordering::Relaxed);
+        self.stats.evictions.fetch_add(n, Ordering::Relaxed);
+        self.stats.evicted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.journal_all(index::Op::Remove, &removed);
+        let paths = removed.iter().map(|b| self.layout.blob(&b.id)).collect();
+        match self.deleter() {
+            Ok(deleter) => deleter.delete(paths),
+            Err(e) => log::error!("cannot start the eviction thread: {e}; evicted blobs stay on disk until the next boot's reconciling scan"),
         }
     }
 
-    fn insert_index(&self, id: BlobId, size: u64, access: u64) -> bool {
-        let entry = index::Entry { id, size, access };
-        let prev = self
-            .index
-            .lock()
-            .insert(cache_key(&id).primary_bin(), entry);
+    fn deleter(&self) -> std::io::Result<&evict::Deleter> {
+        if let Some(d) = self.deleter.get() {
+            return Ok(d);
+        }
+        // Two first evictions may race here; the loser's thread ends with its queue.
+        let _ = self.deleter.set(evict::Deleter::start()?);
+        Ok(self.deleter.get().expect("set above"))
+    }
+
+    fn insert_index(&self, entry: StoredBlob) -> bool {
+        let prev = self.index.lock().insert(entry.key, entry);
         if prev.is_none() {
-            self.stats.bytes.fetch_add(size, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(entry.size, Ordering::Relaxed);
             self.stats.objects.fetch_add(1, Ordering::Relaxed);
         }
         prev.is_none()
@@ -476,9 +521,14 @@ impl BlobStore {
 
     /// Indexes a blob that became complete on disk, and journals it.
     fn add_blob(&self, id: BlobId, size: u64) {
-        let access = unix_nanos(SystemTime::now());
-        self.insert_index(id, size, access);
-        self.journal(index::Op::Add, &index::Entry { id, size, access });
+        let entry = StoredBlob {
+            id,
+            key: cache_key(&id).primary_bin(),
+            size,
+            access: unix_nanos(SystemTime::now()),
+        };
+        self.insert_index(entry);
+        self.journal(index::Op::Add, &entry);
     }
 
     fn remove_index(&self, key: &CompactCacheKey) -> Option<(BlobId, u64)> {
@@ -495,9 +545,13 @@ impl BlobStore {
     /// journal that cannot be written is given up: the index is then stale, and the next
     /// boot reconciles it with a scan (`index.dirty` stays).
     fn journal(&self, op: index::Op, e: &index::Entry) {
+        self.journal_all(op, std::slice::from_ref(e));
+    }
+
+    fn journal_all(&self, op: index::Op, entries: &[index::Entry]) {
         let mut persist = self.persist.lock();
         if let Some(w) = persist.as_mut() {
-            if let Err(err) = w.append(op, e) {
+            if let Err(err) = w.append_all(op, entries) {
                 log::error!(
                     "store index: cannot append to the journal in {}: {err}; not journaling until the next restart",
                     self.layout.root().display()
@@ -746,7 +800,7 @@ impl BlobStore {
         *reserved += size;
         let evicted = self.resize_reservation(*reserved);
         drop(reserved);
-        self.purge_in_background(evicted);
+        self.evict(evicted);
         true
     }
 
@@ -755,7 +809,7 @@ impl BlobStore {
         *reserved = reserved.saturating_sub(size);
         let evicted = self.resize_reservation(*reserved);
         drop(reserved);
-        self.purge_in_background(evicted);
+        self.evict(evicted);
     }
 
     /// A committed blob trades its reservation for its place in the LRU.
@@ -771,7 +825,7 @@ impl BlobStore {
                 if let Some(eviction) = self.policy.eviction {
                     let key = CacheEntryKey::key_only(cache_key(&id).to_compact());
                     let evicted = eviction.admit(key, size as usize, SystemTime::now() + FOREVER);
-                    self.purge_in_background(evicted);
+                    self.evict(evicted);
                 }
                 log::info!("blob {id}: complete on disk, written by another process; adopted");
             }
@@ -791,7 +845,7 @@ impl BlobStore {
         }
         evicted.extend(self.resize_reservation(*reserved));
         drop(reserved);
-        self.purge_in_background(evicted);
+        self.evict(evicted);
     }
 
     /// The bytes of fills in flight stand in the eviction manager as one entry, re-admitted as
@@ -810,16 +864,6 @@ impl BlobStore {
             return Vec::new();
         }
         eviction.admit(key, reserved as usize, SystemTime::now() + FOREVER)
-    }
-
-    fn purge_in_background(&'static self, evicted: Vec<CacheEntryKey>) {
-        if evicted.is_empty() {
-            return;
-        }
-        // (No runtime only while one shuts down: the blobs are then evicted at the next boot.)
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(self.purge_evicted(evicted));
-        }
     }
 
     fn note_write_error(&self, e: &std::io::Error) {

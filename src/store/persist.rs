@@ -10,7 +10,7 @@ use pingora_cache::eviction::CacheEntryKey;
 use pingora_cache::key::CacheHashKey;
 
 use super::index::{self, LoadError, Writer};
-use super::{cache_key, BlobStore, FoundBlob, Layout, FOREVER};
+use super::{cache_key, compact_key, BlobStore, FoundBlob, Layout, StoredBlob, FOREVER};
 
 /// How often the index thread looks at the journal's length.
 const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -36,35 +36,26 @@ pub(super) fn unix_nanos(t: SystemTime) -> u64 {
 }
 
 /// The blobs, from the persisted index, or from a scan when there is none or it is damaged.
-pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(Vec<FoundBlob>, BootIndex)> {
+pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(index::Blobs, BootIndex)> {
     let root = layout.root();
     let started = Instant::now();
     let why = match index::load(root) {
         Ok(loaded) => {
             log::info!(
                 "store index: {} blob(s) loaded from {} in {:.3}s{}",
-                loaded.entries.len(),
+                loaded.blobs.len(),
                 index::snapshot_path(root).display(),
                 started.elapsed().as_secs_f64(),
                 loaded.stale.as_ref().map_or(String::new(), |why| format!(
                     "; it may be stale ({why}): reconciling it with a scan in the background"
                 )),
             );
-            let found = loaded
-                .entries
-                .iter()
-                .map(|e| FoundBlob {
-                    id: e.id,
-                    size: e.size,
-                    last_access: SystemTime::UNIX_EPOCH + Duration::from_nanos(e.access),
-                })
-                .collect();
             let boot = BootIndex {
                 generation: loaded.generation,
                 stale: loaded.stale,
                 scanned: false,
             };
-            return Ok((found, boot));
+            return Ok((loaded.blobs, boot));
         }
         Err(LoadError::Missing) => "there is none yet".to_string(),
         Err(e) => e.to_string(),
@@ -73,7 +64,11 @@ pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(Vec<FoundBlob>, 
         "store index: cannot use it ({why}): rebuilding it by a scan of {}",
         root.display()
     );
-    let found = layout.scan()?;
+    let found: index::Blobs = layout
+        .scan()?
+        .iter()
+        .map(|b| (stored(b).key, stored(b)))
+        .collect();
     log::info!(
         "store index: scanned {} blob(s) in {:.3}s",
         found.len(),
@@ -85,6 +80,16 @@ pub(super) fn load_or_scan(layout: &Layout) -> std::io::Result<(Vec<FoundBlob>, 
         scanned: true,
     };
     Ok((found, boot))
+}
+
+/// A blob found by a scan, as the index keeps it.
+fn stored(b: &FoundBlob) -> StoredBlob {
+    StoredBlob {
+        id: b.id,
+        key: cache_key(&b.id).primary_bin(),
+        size: b.size,
+        access: unix_nanos(b.last_access),
+    }
 }
 
 impl BlobStore {
@@ -216,22 +221,14 @@ impl BlobStore {
         let on_disk: HashSet<_> = found.iter().map(|b| b.id).collect();
         let mut evicted = Vec::new();
         let mut added = 0;
-        for b in &found {
-            let access = unix_nanos(b.last_access);
-            if !self.insert_index(b.id, b.size, access) {
+        for b in found.iter().map(stored) {
+            if !self.insert_index(b) {
                 continue;
             }
             added += 1;
-            self.journal(
-                index::Op::Add,
-                &index::Entry {
-                    id: b.id,
-                    size: b.size,
-                    access,
-                },
-            );
+            self.journal(index::Op::Add, &b);
             if let Some(eviction) = self.policy.eviction.filter(|_| !self.is_pinned(&b.id)) {
-                let key = CacheEntryKey::key_only(cache_key(&b.id).to_compact());
+                let key = CacheEntryKey::key_only(compact_key(b.key));
                 evicted.extend(eviction.admit(key, b.size as usize, SystemTime::now() + FOREVER));
             }
         }
@@ -260,12 +257,7 @@ impl BlobStore {
             "store index: reconciled with a scan in {:.3}s: {added} blob(s) added, {removed} gone",
             started.elapsed().as_secs_f64()
         );
-        if !evicted.is_empty() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(self.purge_evicted(evicted));
-        }
+        self.evict(evicted);
         Ok(())
     }
 }

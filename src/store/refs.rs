@@ -4,7 +4,6 @@
 //! operator list, count and purge by repo. It is advisory: a line whose blob is gone is
 //! ignored, and the file is compacted at boot.
 
-use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -75,16 +74,28 @@ pub fn rewrite_refs(root: &Path, keep: impl Fn(&RefEntry) -> bool) -> io::Result
 pub struct RefsLog(Appender<RefKey>);
 
 impl RefsLog {
-    /// Compacts the index to the blobs that exist, then opens it for appending (and keeps it
-    /// compacted as it grows: at most about twice its entries).
-    pub fn open(root: &Path, present: &HashSet<BlobId>) -> io::Result<RefsLog> {
-        rewrite_refs(root, |e| e.blob_id().is_some_and(|b| present.contains(&b)))?;
+    /// Opens the index for appending (and keeps it compacted as it grows: at most about twice
+    /// its entries), and drops the names of blobs that are gone in the background: that reads
+    /// and rewrites the whole file (a line per name served), which the boot of a store of
+    /// millions of blobs must not wait for. Lines appended meanwhile are kept, as beside
+    /// `hf-edge cache purge`, and so is the name of any blob on disk by then.
+    pub fn open(root: &Path) -> io::Result<RefsLog> {
+        let path = refs_path(root);
         let compaction = Compaction::new(RefEntry::key, usize::MAX);
-        Ok(RefsLog(Appender::open(
-            &refs_path(root),
-            compaction,
-            REMEMBER,
-        )?))
+        let log = RefsLog(Appender::open(&path, compaction, REMEMBER)?);
+        if std::fs::metadata(&path)?.len() == 0 {
+            return Ok(log);
+        }
+        let layout = super::Layout::new(root);
+        std::thread::Builder::new()
+            .name("refs compaction".into())
+            .spawn(move || {
+                let gone = |e: &RefEntry| e.blob_id().is_none_or(|b| !layout.blob(&b).exists());
+                if let Err(e) = super::admin::drop_refs(layout.root(), gone) {
+                    log::warn!("cannot compact {}: {e:#}", path.display());
+                }
+            })?;
+        Ok(log)
     }
 
     /// Appends `e` unless this process already recorded the same key, or, with `filled`, in
@@ -148,7 +159,7 @@ mod tests {
     #[test]
     fn spellings_of_one_entry_are_recorded_once_and_compact_to_one() {
         let dir = tempfile::tempdir().unwrap();
-        let log = RefsLog::open(dir.path(), &HashSet::new()).unwrap();
+        let log = RefsLog::open(dir.path()).unwrap();
         for i in 0..200 {
             let repo = if i % 2 == 0 { "GPT2" } else { "gpt2" };
             log.record(&entry(repo, &case_variant(i)), false);

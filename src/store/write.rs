@@ -203,18 +203,30 @@ impl FillWriter {
         let done = self.store.writers()?.run(move || {
             let actual = state.hasher.finish();
             if actual != expected {
-                return Ok(Some(actual));
+                return Ok(Err(actual));
             }
+            let synced = std::time::Instant::now();
             state.file.sync_all()?;
+            let file_sync = synced.elapsed();
             std::fs::create_dir_all(dest.parent().expect("blob path has a parent"))?;
             std::fs::rename(&temp, &dest)?;
             // Without it a crash can lose the rename of a blob already served as complete.
             crate::durable::sync_parent(&dest)?;
-            Ok::<_, std::io::Error>(None)
+            Ok::<_, std::io::Error>(Ok((file_sync, synced.elapsed())))
         });
         match done.await {
-            Ok(Ok(None)) => Ok(()),
-            Ok(Ok(Some(actual))) => Err(WriteError::Mismatch(actual)),
+            Ok(Ok(Ok((file_sync, commit)))) => {
+                // What the last byte waits for (readers get it only once the blob is in place),
+                // so an operator can tell a slow disk from a slow origin.
+                log::info!(
+                    "blob {expected}: {} bytes committed; fsync {:.3}s, fsync + rename + directory fsync {:.3}s",
+                    self.fill.size,
+                    file_sync.as_secs_f64(),
+                    commit.as_secs_f64()
+                );
+                Ok(())
+            }
+            Ok(Ok(Err(actual))) => Err(WriteError::Mismatch(actual)),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(std::io::Error::other("a writer thread failed").into()),
         }

@@ -528,8 +528,10 @@ impl Metrics {
             tier_reads: counter_vec(
                 "hf_edge_object_store_reads_total",
                 "Fills that asked cache.object_store first: hit (served from it), miss, error \
-                 (or timeout), corrupt (not the blob: discarded), skipped (resting after an \
-                 error). All but hit were filled from the Hub.",
+                 (or timeout; mid-body, the Hub fills the rest), corrupt (not the blob: the \
+                 wrong size, filled from the Hub; or the wrong hash, the fill fails and the \
+                 object is skipped until replaced), skipped (resting after an error, or the \
+                 object distrusted: filled from the Hub).",
                 &["result"],
             )?,
             tier_bytes: counter_vec(

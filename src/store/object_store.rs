@@ -525,3 +525,39 @@ async fn read_part(
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distrusted_objects_are_bounded_oldest_forgotten_first() {
+        let tier = ObjectTier::new(&ObjectStoreSettings {
+            endpoint: "http://127.0.0.1:1".into(),
+            bucket: "b".into(),
+            region: "r".into(),
+            access_key_id: "k".into(),
+            secret_access_key: "s".into(),
+            prefix: String::new(),
+            allow_http: true,
+            timeout: Duration::from_secs(1),
+            max_uploads: 1,
+            upload_queue: 1,
+        })
+        .expect("a tier");
+        let id = |n: usize| {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            BlobId::Sha256(b)
+        };
+        for n in 0..=MAX_DISTRUSTED {
+            tier.distrust(id(n), "test");
+            tier.distrust(id(n), "twice: remembered once");
+        }
+        assert_eq!(tier.distrusted.lock().len(), MAX_DISTRUSTED);
+        assert!(!tier.is_distrusted(&id(0)));
+        assert!(tier.is_distrusted(&id(1)) && tier.is_distrusted(&id(MAX_DISTRUSTED)));
+        let corrupt = tier.stats.reads_corrupt.load(Ordering::Relaxed);
+        assert_eq!(corrupt, 2 * (MAX_DISTRUSTED as u64 + 1));
+    }
+}

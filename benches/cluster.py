@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from support import FakeHub, free_port, start_fakehub, stop, wait_healthy  # noqa: E402
+from support import FakeHub, free_port, start_edge, start_fakehub, stop  # noqa: E402
 
 MODEL_REPO, MODEL_FILE = "sentence-transformers/all-MiniLM-L6-v2", "model.safetensors"
 FILES = [(MODEL_REPO, MODEL_FILE), ("gpt2", "pytorch_model.bin"), ("gpt2", "config.json")]
@@ -53,27 +52,13 @@ def start_nodes(binary: Path, hub_url: str, workdir: Path, count: int) -> list[d
     nodes = []
     try:
         for i, port in enumerate(ports):
-            metrics_port = free_port()
             node_dir = workdir / f"node-{i}"
             node_dir.mkdir()
-            config = {
-                "listen": f"127.0.0.1:{port}",
-                "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"]},
-                "cache": {"dir": str(node_dir / "cache"), "max_size": "10GiB"},
-                "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
-                "log": {"access": "off"},
-            }
-            if count > 1:
-                config["cluster"] = {"self": peers[i], "peers": peers, "secret": SECRET,
-                                     "health_check": {"interval": "500ms", "timeout": "500ms"}}
-            (node_dir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-            stderr_path = node_dir / "stderr.log"
-            with open(stderr_path, "wb") as stderr:
-                process = subprocess.Popen([str(binary), "serve", "--config", str(node_dir / "config.yaml")],
-                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
-            metrics = f"http://127.0.0.1:{metrics_port}"
-            nodes.append({"process": process, "addr": f"127.0.0.1:{port}", "metrics": metrics})
-            wait_healthy(process, f"{metrics}/healthz", stderr_path)
+            cluster = {"cluster": {"self": peers[i], "peers": peers, "secret": SECRET,
+                                   "health_check": {"interval": "500ms", "timeout": "500ms"}}}
+            process, addr, metrics = start_edge(binary, hub_url, node_dir, port=port,
+                                                extra=cluster if count > 1 else None)
+            nodes.append({"process": process, "addr": addr, "metrics": metrics})
         if count > 1:
             deadline = time.monotonic() + 30
             while not all(metric(n, 'hf_edge_cluster_nodes{health="up"}') == count for n in nodes):

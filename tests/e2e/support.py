@@ -302,16 +302,19 @@ def start_fakehub(log: Path, *options: str, timeout: float = STARTUP_TIMEOUT) ->
     return process, FakeHub(urls["hub"], urls["cdn"], urls["control"], urls["third"])
 
 
-def start_edge(binary: Path, hub_url: str, workdir: Path) -> tuple[subprocess.Popen, str, str]:
-    """A fresh hf-edge (the benchmarks' config) on an empty cache in `workdir`: (process, its
-    address host:port, its metrics URL); the caller stops it."""
-    port, metrics_port = free_port(), free_port()
+def start_edge(binary: Path, hub_url: str, workdir: Path, port: int | None = None,
+               extra: dict | None = None) -> tuple[subprocess.Popen, str, str]:
+    """A fresh hf-edge (the benchmarks' config, plus `extra` top-level keys) on an empty cache in
+    `workdir`, listening on `port` (a free one by default): (process, its address host:port, its
+    metrics URL); the caller stops it."""
+    port, metrics_port = port or free_port(), free_port()
     config = {
         "listen": f"127.0.0.1:{port}",
         "upstream": {"endpoint": hub_url, "cdn_hosts": ["127.0.0.2"]},
         "cache": {"dir": str(workdir / "cache"), "max_size": "10GiB"},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "log": {"access": "off"},
+        **(extra or {}),
     }
     (workdir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     stderr_path = workdir / "stderr.log"

@@ -34,7 +34,7 @@ use crate::hub::upstream::{HostClass, Upstream};
 use crate::hub::url::{Origin, Url};
 use crate::hub::BlobId;
 use crate::metrics::{Metrics, PeerRequest};
-use crate::store::{FillFailure, Refetch, RefetchBody, RefetchError};
+use crate::store::{seek_span, FillFailure, Refetch, RefetchBody, RefetchError};
 
 /// A mount's place in the cluster.
 #[derive(Clone)]
@@ -295,15 +295,13 @@ impl HandleHit for PeerStream {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let size = self.source.size;
-        let end = end.map_or(size, |e| (e as u64).min(size));
-        if start as u64 > end {
+        let Some((start, end)) = seek_span(self.source.size, start, end) else {
             return Err(self.error("seek past the end"));
-        }
-        if start as u64 != self.pos {
+        };
+        if start != self.pos {
             *self.body() = None;
         }
-        self.pos = start as u64;
+        self.pos = start;
         self.end = end;
         Ok(())
     }

@@ -191,6 +191,13 @@ fn read_cached(file: &File, len: usize, pos: u64) -> std::io::Result<Option<Byte
     Ok(Some(buf.freeze()))
 }
 
+/// The bytes `[start, end)` a hit handler's `seek` asks for in a body of `size` bytes: `end`
+/// defaults to and is clamped at `size`; `None` when `start` is past it.
+pub fn seek_span(size: u64, start: usize, end: Option<usize>) -> Option<(u64, u64)> {
+    let end = end.map_or(size, |e| (e as u64).min(size));
+    (start as u64 <= end).then_some((start as u64, end))
+}
+
 #[async_trait]
 impl HandleHit for BlobReader {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
@@ -255,11 +262,10 @@ impl HandleHit for BlobReader {
     }
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let end = end.map_or(self.size, |e| (e as u64).min(self.size));
-        if start as u64 > end {
+        let Some((start, end)) = seek_span(self.size, start, end) else {
             return Err(self.error("seek past the end"));
-        }
-        self.pos = start as u64;
+        };
+        self.pos = start;
         self.end = end;
         Ok(())
     }

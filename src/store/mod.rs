@@ -48,7 +48,7 @@ use pingora_cache::{CacheKey, CacheMeta, Storage};
 use tokio::sync::watch;
 
 pub use self::object_store::{ObjectStoreSettings, ObjectTier, TierStats};
-pub use hit::BlobReader;
+pub use hit::{seek_span, BlobReader};
 pub use index::Entry as StoredBlob;
 pub use layout::{FoundBlob, Layout};
 pub use memory::MemoryLimits;
